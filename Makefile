@@ -1,0 +1,43 @@
+# amplitude_sync: PGXS build. `make && make install`, then `make installcheck`
+# against a running cluster (test/run_tests.sh does all of it from scratch).
+EXTENSION = amplitude_sync
+MODULE_big = amplitude_sync
+DATA = sql/amplitude_sync--1.0.sql
+
+CORE_SRCS = $(sort $(wildcard src/core/*.cpp))
+GLUE_SRCS = $(sort $(wildcard src/pg/*.cpp))
+OBJS = $(CORE_SRCS:.cpp=.o) $(GLUE_SRCS:.cpp=.o)
+
+# pg_regress scripts in sql/, expected output in expected/. The suite needs the
+# mock server: test/run_tests.sh starts it and exports AMPLITUDE_MOCK_PORT.
+REGRESS = setup connection types mapping batching rejections responses timeout
+REGRESS_OPTS = --load-extension=amplitude_sync
+
+PG_CONFIG ?= pg_config
+PG_INCLUDE_SERVER := $(shell $(PG_CONFIG) --includedir-server)
+
+# PostgreSQL headers as system headers so -Werror applies to our code only.
+PG_CPPFLAGS = -isystem $(PG_INCLUDE_SERVER) -Isrc/core
+PG_CXXFLAGS = -std=c++17 -Wall -Wextra -Werror -Wno-register
+SHLIB_LINK = -lstdc++ -lcurl -lxxhash
+
+# No LLVM bitcode: it would need clang and ignores PG_CXXFLAGS.
+override with_llvm = no
+
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+# Pure C++ core unit tests (GoogleTest); they never see postgres.h.
+UNIT_TEST_BIN = test/unit/unit_tests
+$(UNIT_TEST_BIN): $(CORE_SRCS) $(wildcard src/core/*.hpp) $(wildcard test/unit/*.cpp)
+	$(CXX) -std=c++17 -O1 -g -Wall -Wextra -Werror -Isrc/core -o $@ \
+		$(sort $(wildcard test/unit/*.cpp)) $(CORE_SRCS) -lgtest -lgtest_main -lpthread -lcurl -lxxhash
+
+.PHONY: unittest
+unittest: $(UNIT_TEST_BIN)
+	./$(UNIT_TEST_BIN)
+
+clean: clean-unittest
+.PHONY: clean-unittest
+clean-unittest:
+	rm -f $(UNIT_TEST_BIN)

@@ -1,0 +1,55 @@
+-- Shared set-up for the suite: the extension, a server pointing at the mock
+-- Amplitude server (test/run_tests.sh exports its port), a user mapping, and
+-- helpers that read what the mock received. The port never appears in the
+-- expected output: psql echoes the variable names, not their values.
+\getenv mock_port AMPLITUDE_MOCK_PORT
+\set mock_url 'http://127.0.0.1:' :mock_port
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS amplitude_sync;
+RESET client_min_messages;
+
+CREATE TABLE mock_config (url text NOT NULL);
+INSERT INTO mock_config VALUES (:'mock_url');
+
+-- Runs curl against the mock and returns its JSON Lines as jsonb rows.
+CREATE FUNCTION mock_call(method text, path text, body text DEFAULT NULL)
+RETURNS SETOF jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    cmd text := format('curl -sS --fail-with-body -X %s', method);
+BEGIN
+    IF body IS NOT NULL THEN
+        cmd := cmd || ' -H ''Content-Type: application/json'' --data-binary '
+                   || '''' || replace(body, '''', '''\''''') || '''';
+    END IF;
+    cmd := cmd || ' ' || (SELECT url FROM mock_config) || path;
+    IF to_regclass('pg_temp.mock_lines') IS NULL THEN
+        CREATE TEMP TABLE mock_lines (line text);
+    END IF;
+    TRUNCATE mock_lines;
+    EXECUTE format($c$COPY mock_lines FROM PROGRAM %L WITH (FORMAT csv, QUOTE e'\x01', DELIMITER e'\x02')$c$, cmd);
+    RETURN QUERY SELECT line::jsonb FROM mock_lines WHERE line <> '';
+END $$;
+
+CREATE FUNCTION mock_reset() RETURNS void LANGUAGE sql
+    AS $$ SELECT count(*) FROM mock_call('POST', '/_mock/reset') $$;
+CREATE FUNCTION mock_faults(rules jsonb) RETURNS void LANGUAGE sql
+    AS $$ SELECT count(*) FROM mock_call('POST', '/_mock/faults', rules::text) $$;
+-- Every request the mock saw, in arrival order.
+CREATE FUNCTION mock_requests() RETURNS SETOF jsonb LANGUAGE sql
+    AS $$ SELECT * FROM mock_call('GET', '/_mock/requests') $$;
+-- The events Amplitude would have stored (deduplicated by insert_id).
+CREATE FUNCTION mock_events() RETURNS SETOF jsonb LANGUAGE sql
+    AS $$ SELECT * FROM mock_call('GET', '/_mock/events') $$;
+
+-- The server the suite uses, and a mapping with the mock's valid key.
+CREATE SERVER amplitude_mock FOREIGN DATA WRAPPER amplitude_sync
+    OPTIONS (endpoint :'mock_url', retry_backoff_ms '10');
+CREATE USER MAPPING FOR CURRENT_USER SERVER amplitude_mock
+    OPTIONS (api_key 'mock-key-0123456789abcdef');
+
+SELECT mock_reset();
+SELECT http_status, response::jsonb - 'server_upload_time' - 'payload_size_bytes' AS response
+FROM amplitude_sync.send_test_event('amplitude_mock');
+SELECT e->>'event_type' AS event_type, e->>'user_id' AS user_id,
+       e->'event_properties' AS props, e->>'insert_id' LIKE 'amplitude-sync-test-%' AS has_insert_id
+FROM mock_events() e;

@@ -1,0 +1,152 @@
+#include "amplitude_response.hpp"
+
+#include <nlohmann/json.hpp>
+
+namespace amplitude_sync {
+
+namespace {
+
+using nlohmann::json;
+
+std::string string_member(const json &body, const char *key) {
+    auto it = body.find(key);
+    return (it != body.end() && it->is_string()) ? it->get<std::string>() : std::string();
+}
+
+// {"field": [indices]} maps of a 400 answer.
+void collect_indices(const json &body, const char *map_name, const std::string &error,
+                     std::vector<RefusedIndex> &out) {
+    auto it = body.find(map_name);
+    if (it == body.end() || !it->is_object()) return;
+    for (auto &[field, indices] : it->items()) {
+        if (!indices.is_array()) continue;
+        for (const json &i : indices) {
+            if (i.is_number_unsigned())
+                out.push_back({i.get<size_t>(), field, error + " (field \"" + field + "\")"});
+        }
+    }
+}
+
+std::vector<std::string> map_keys(const json &body, const char *key) {
+    std::vector<std::string> ids;
+    auto it = body.find(key);
+    if (it != body.end() && it->is_object())
+        for (auto &item : it->items()) ids.push_back(item.key());
+    return ids;
+}
+
+std::string status_line(const HttpResponse &r, const std::string &api_key) {
+    std::string body = redact(r.body, api_key, 200);
+    for (char &c : body)
+        if (c == '\n' || c == '\r') c = ' ';
+    return "HTTP " + std::to_string(r.status) + (body.empty() ? "" : ": " + body);
+}
+
+}  // namespace
+
+std::string redact(std::string text, const std::string &secret, size_t max_length) {
+    if (!secret.empty()) {
+        for (size_t pos = text.find(secret); pos != std::string::npos;
+             pos = text.find(secret, pos)) {
+            text.replace(pos, secret.size(), "[redacted]");
+        }
+    }
+    if (text.size() > max_length) {
+        size_t cut = max_length;
+        while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+        text.resize(cut);
+        text += "...";
+    }
+    return text;
+}
+
+ResponseVerdict classify_events_response(const HttpResponse &r, const std::string &api_key) {
+    ResponseVerdict v;
+    if (r.status == 0) {
+        v.kind = ResponseKind::kRetry;
+        v.error = r.timed_out ? "request timed out" : redact(r.transport_error, api_key);
+        return v;
+    }
+    json body = json::parse(r.body, nullptr, /*allow_exceptions=*/false);
+    bool is_json = body.is_object();
+    std::string error = is_json ? redact(string_member(body, "error"), api_key) : "";
+
+    switch (r.status) {
+        case 200: {
+            // Only a JSON body with code 200 confirms ingestion; anything else
+            // (a proxy page, a cut body) is retried with the same insert_ids.
+            auto code = is_json ? body.find("code") : body.end();
+            if (is_json && code != body.end() && *code == 200) {
+                v.kind = ResponseKind::kAccepted;
+            } else {
+                v.kind = ResponseKind::kRetry;
+                v.error = "HTTP 200 without Amplitude's confirmation: " + status_line(r, api_key);
+            }
+            return v;
+        }
+        case 400: {
+            if (!is_json) {
+                v.kind = ResponseKind::kRefusedWhole;
+                v.error = status_line(r, api_key);
+                return v;
+            }
+            v.error = error.empty() ? status_line(r, api_key) : error;
+            if (body.contains("missing_field") ||
+                string_member(body, "error").rfind("Invalid API key", 0) == 0) {
+                v.kind = ResponseKind::kFatal;
+                if (body.contains("missing_field"))
+                    v.error += " (missing_field: " +
+                               redact(body["missing_field"].dump(), api_key) + ")";
+                return v;
+            }
+            for (const char *map : {"events_with_invalid_fields", "events_with_missing_fields",
+                                    "events_with_invalid_id_lengths"})
+                collect_indices(body, map, v.error, v.refused);
+            auto silenced = body.find("silenced_events");
+            if (silenced != body.end() && silenced->is_array()) {
+                for (const json &i : *silenced)
+                    if (i.is_number_unsigned())
+                        v.refused.push_back({i.get<size_t>(), "device_id",
+                                             "Amplitude has silenced this device_id"});
+            }
+            v.kind = v.refused.empty() ? ResponseKind::kRefusedWhole : ResponseKind::kRefusedSome;
+            return v;
+        }
+        case 413:
+            v.kind = ResponseKind::kTooLarge;
+            v.error = "payload too large (HTTP 413)";
+            return v;
+        case 429: {
+            v.kind = ResponseKind::kThrottled;
+            v.error = error.empty() ? status_line(r, api_key) : error;
+            if (is_json) {
+                auto events = body.find("throttled_events");
+                if (events != body.end() && events->is_array())
+                    for (const json &i : *events)
+                        if (i.is_number_unsigned()) v.throttled_events.push_back(i.get<size_t>());
+                v.throttled_users = map_keys(body, "throttled_users");
+                v.throttled_devices = map_keys(body, "throttled_devices");
+                v.quota_users = map_keys(body, "exceeded_daily_quota_users");
+                v.quota_devices = map_keys(body, "exceeded_daily_quota_devices");
+            }
+            return v;
+        }
+        case 500:
+        case 502:
+        case 503:
+        case 504:
+            v.kind = ResponseKind::kRetry;
+            v.error = status_line(r, api_key);
+            return v;
+        case 403:
+            v.kind = ResponseKind::kFatal;
+            v.error = "forbidden by Amplitude (HTTP 403): " + (error.empty() ? status_line(r, api_key) : error);
+            return v;
+        default:
+            v.kind = r.status >= 500 ? ResponseKind::kRetry : ResponseKind::kFatal;
+            v.error = "unexpected answer: " + status_line(r, api_key);
+            return v;
+    }
+}
+
+}  // namespace amplitude_sync

@@ -1,0 +1,147 @@
+// The one delivery path every sending function uses: batching under
+// Amplitude's limits, several requests in flight, and the response contract
+// (partial refusals, splitting, throttling, retries) so that every record
+// ends up sent, rejected with a reason, or reported as not sent.
+//
+// Ordering: records are spread over "lanes" by device_id (else user_id);
+// a lane has at most one request in flight and retries before it moves on,
+// so one device's records reach Amplitude in the query's order.
+//
+// Core file: no postgres.h. Interrupts arrive through the should_stop
+// callback, polled at least every 50 ms while waiting.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "amplitude_response.hpp"
+#include "http_transport.hpp"
+#include "records.hpp"
+
+namespace amplitude_sync {
+
+// How records become a request body: prefix, records joined by commas, suffix.
+class PayloadFormat {
+public:
+    virtual ~PayloadFormat() = default;
+    virtual const char *content_type() const = 0;
+    virtual size_t overhead_bytes() const = 0;
+    virtual void build(const std::vector<Record> &records, std::string &body) const = 0;
+    virtual ResponseVerdict classify(const HttpResponse &response) const = 0;
+};
+
+// {"api_key":..,"events":[..],"options":{..}} for /2/httpapi and /batch.
+class EventsFormat final : public PayloadFormat {
+public:
+    EventsFormat(const std::string &api_key, int min_id_length);
+    const char *content_type() const override { return "application/json"; }
+    size_t overhead_bytes() const override { return prefix_.size() + suffix_.size(); }
+    void build(const std::vector<Record> &records, std::string &body) const override;
+    ResponseVerdict classify(const HttpResponse &response) const override;
+
+private:
+    std::string api_key_;
+    std::string prefix_, suffix_;
+};
+
+struct DeliveryLimits {
+    size_t max_records = 2000;
+    size_t max_bytes = 1000000 - 1;  // /2/httpapi: "< 1 MB"
+};
+
+struct RetryPolicy {
+    int max_attempts = 8;              // per batch, for 5xx/timeouts/resets
+    long max_retry_ms = 300000;        // per batch, from its first failure
+    long backoff_base_ms = 500;        // doubles each attempt, with jitter
+    long backoff_cap_ms = 30000;
+    long throttle_pause_ms = 30000;    // throttled IDs: 30 s /2/httpapi, 15 s /batch
+    long project_throttle_pause_ms = 60000;
+};
+
+struct DeliveryStats {
+    uint64_t sent = 0;
+    uint64_t rejected = 0;
+    uint64_t not_sent = 0;
+    uint64_t requests = 0;
+    uint64_t retries = 0;  // requests that carried records already tried
+    uint64_t bytes_sent = 0;
+};
+
+enum class DeliveryState {
+    kRunning,
+    kInterrupted,  // should_stop said so: the caller raises the cancel
+    kStopped,      // Amplitude refused the configuration (key, 403): error()
+    kFailed,       // retry budget spent: error()
+};
+
+class Delivery {
+public:
+    Delivery(const PayloadFormat &format, Transport &transport, std::string url,
+             DeliveryLimits limits, RetryPolicy policy, size_t lanes,
+             std::function<bool()> should_stop);
+
+    // Queues a record; may wait for the network when its lane is full.
+    void add(Record &&record);
+    // A record refused before sending (by our own checks).
+    void reject(Rejection &&rejection);
+    // Sends what is queued and waits for every answer.
+    void finish();
+
+    DeliveryState state() const { return state_; }
+    const std::string &error() const { return error_; }
+    const DeliveryStats &stats() const { return stats_; }
+    // Rejections since the last call; the caller stores and clears them.
+    std::vector<Rejection> &rejections() { return rejections_; }
+
+private:
+    struct Batch {
+        std::vector<Record> records;
+        size_t bytes = 0;  // sum of record sizes
+        int attempts = 0;  // failed attempts (5xx, timeouts)
+        bool tried = false;
+        std::chrono::steady_clock::time_point not_before{};
+        std::chrono::steady_clock::time_point first_failure{};
+    };
+    struct Lane {
+        Batch building;
+        std::deque<Batch> ready;  // front goes next
+        bool in_flight = false;
+        Batch sending;
+        std::string body;
+    };
+
+    bool fits(const Batch &batch, size_t record_bytes) const;
+    void seal(Lane &lane);
+    void pump(int timeout_ms);
+    void launch_ready();
+    void handle(size_t lane_index, const HttpResponse &response);
+    void retry_later(Lane &lane, Batch &&batch, const std::string &error);
+    void split_front(Lane &lane, Batch &&batch);
+    void give_up(Batch &&batch, Outcome outcome, const std::string &field,
+                 const std::string &reason);
+    void stop(DeliveryState state, const std::string &error);
+    void drain_unsent();
+    bool idle() const;
+
+    const PayloadFormat &format_;
+    Transport &transport_;
+    std::string url_;
+    DeliveryLimits limits_;
+    RetryPolicy policy_;
+    std::function<bool()> should_stop_;
+    std::vector<Lane> lanes_;
+    size_t max_records_;  // lowered after a 413
+    DeliveryState state_ = DeliveryState::kRunning;
+    std::string error_;
+    DeliveryStats stats_;
+    std::vector<Rejection> rejections_;
+    std::minstd_rand jitter_;
+    std::vector<std::pair<size_t, HttpResponse>> done_;
+};
+
+}  // namespace amplitude_sync

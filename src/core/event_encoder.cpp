@@ -1,0 +1,436 @@
+#include "event_encoder.hpp"
+
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstring>
+#include <unordered_set>
+
+namespace amplitude_sync {
+
+namespace {
+
+struct FieldSpec {
+    const char *column;  // column name that selects the field
+    const char *key;     // Amplitude's key
+    FieldRole role;
+};
+
+// Amplitude's top-level event fields (HTTP V2 API reference). Anything not
+// listed becomes an event property.
+const FieldSpec kEventFields[] = {
+    {"event_type", "event_type", FieldRole::kEventType},
+    {"user_id", "user_id", FieldRole::kUserId},
+    {"device_id", "device_id", FieldRole::kDeviceId},
+    {"insert_id", "insert_id", FieldRole::kInsertId},
+    {"time", "time", FieldRole::kEpochMillis},
+    {"session_id", "session_id", FieldRole::kEpochMillis},
+    {"event_id", "event_id", FieldRole::kInteger},
+    {"event_properties", "event_properties", FieldRole::kEventProperties},
+    {"user_properties", "user_properties", FieldRole::kObject},
+    {"groups", "groups", FieldRole::kObject},
+    {"group_properties", "group_properties", FieldRole::kObject},
+    {"plan", "plan", FieldRole::kObject},
+    {"ingestion_metadata", "ingestion_metadata", FieldRole::kObject},
+    {"app_version", "app_version", FieldRole::kString},
+    {"platform", "platform", FieldRole::kString},
+    {"os_name", "os_name", FieldRole::kString},
+    {"os_version", "os_version", FieldRole::kString},
+    {"device_brand", "device_brand", FieldRole::kString},
+    {"device_manufacturer", "device_manufacturer", FieldRole::kString},
+    {"device_model", "device_model", FieldRole::kString},
+    {"carrier", "carrier", FieldRole::kString},
+    {"country", "country", FieldRole::kString},
+    {"region", "region", FieldRole::kString},
+    {"city", "city", FieldRole::kString},
+    {"dma", "dma", FieldRole::kString},
+    {"language", "language", FieldRole::kString},
+    {"price", "price", FieldRole::kNumber},
+    {"quantity", "quantity", FieldRole::kInteger},
+    {"revenue", "revenue", FieldRole::kNumber},
+    {"product_id", "productId", FieldRole::kString},
+    {"productId", "productId", FieldRole::kString},
+    {"revenue_type", "revenueType", FieldRole::kString},
+    {"revenueType", "revenueType", FieldRole::kString},
+    {"currency", "currency", FieldRole::kString},
+    {"location_lat", "location_lat", FieldRole::kNumber},
+    {"location_lng", "location_lng", FieldRole::kNumber},
+    {"ip", "ip", FieldRole::kString},
+    {"idfa", "idfa", FieldRole::kString},
+    {"idfv", "idfv", FieldRole::kString},
+    {"adid", "adid", FieldRole::kString},
+    {"android_id", "android_id", FieldRole::kString},
+    {"android_app_set_id", "android_app_set_id", FieldRole::kString},
+    {"user_agent", "user_agent", FieldRole::kString},
+    {"partner_id", "partner_id", FieldRole::kString},
+    {"library", "library", FieldRole::kString},
+    {"skip_user_properties_sync", "$skip_user_properties_sync", FieldRole::kBool},
+    {"$skip_user_properties_sync", "$skip_user_properties_sync", FieldRole::kBool},
+};
+
+const char *const kRefusedIds[] = {
+    "anonymous", "nil", "none", "null", "n/a", "na", "undefined", "unknown", "",
+    "00000000-0000-0000-0000-000000000000", "{}", "lmy47d", "0", "-1",
+};
+
+bool is_string_role(FieldRole r) {
+    return r == FieldRole::kEventType || r == FieldRole::kUserId || r == FieldRole::kDeviceId ||
+           r == FieldRole::kInsertId || r == FieldRole::kString;
+}
+
+bool is_json_category(TypeCategory c) {
+    return c == TypeCategory::kJson || c == TypeCategory::kJsonb;
+}
+
+// Which column types each role accepts; the message says what to do instead.
+const char *type_problem(FieldRole role, TypeCategory c) {
+    switch (role) {
+        case FieldRole::kProperty:
+            return nullptr;
+        case FieldRole::kEventType:
+        case FieldRole::kUserId:
+        case FieldRole::kDeviceId:
+        case FieldRole::kInsertId:
+        case FieldRole::kString:
+            return (is_json_category(c) || c == TypeCategory::kArray)
+                       ? "must be a scalar (text, number, uuid, ...)"
+                       : nullptr;
+        case FieldRole::kEpochMillis:
+            return (c == TypeCategory::kTimestampTz || c == TypeCategory::kTimestamp ||
+                    c == TypeCategory::kDate || c == TypeCategory::kInteger)
+                       ? nullptr
+                       : "must be a timestamptz, timestamp, date or integer epoch milliseconds";
+        case FieldRole::kInteger:
+            return c == TypeCategory::kInteger ? nullptr : "must be an integer";
+        case FieldRole::kNumber:
+            return (c == TypeCategory::kInteger || c == TypeCategory::kFloat ||
+                    c == TypeCategory::kNumeric)
+                       ? nullptr
+                       : "must be numeric";
+        case FieldRole::kObject:
+        case FieldRole::kEventProperties:
+            return is_json_category(c) ? nullptr : "must be json or jsonb";
+        case FieldRole::kBool:
+            return c == TypeCategory::kBool ? nullptr : "must be boolean";
+    }
+    return nullptr;
+}
+
+size_t utf8_length(std::string_view s) {
+    size_t n = 0;
+    for (char c : s)
+        if ((static_cast<unsigned char>(c) & 0xC0) != 0x80) ++n;
+    return n;
+}
+
+// An ID quoted for a message, cut short so a huge value cannot flood a log.
+std::string quoted_for_message(std::string_view id) {
+    constexpr size_t kMax = 64;
+    std::string out = "\"";
+    if (id.size() <= kMax) {
+        out.append(id);
+    } else {
+        size_t cut = kMax;
+        while (cut > 0 && (static_cast<unsigned char>(id[cut]) & 0xC0) == 0x80) --cut;
+        out.append(id.substr(0, cut)).append("...");
+    }
+    return out + "\"";
+}
+
+const char *role_field_name(FieldRole role) {
+    switch (role) {
+        case FieldRole::kUserId: return "user_id";
+        case FieldRole::kDeviceId: return "device_id";
+        default: return "";
+    }
+}
+
+}  // namespace
+
+std::vector<ColumnPlan> plan_event_columns(const std::vector<ColumnInput> &columns) {
+    std::vector<ColumnPlan> plan;
+    std::unordered_set<std::string> keys_seen, properties_seen;
+    bool has_event_type = false, has_id = false;
+    for (const ColumnInput &col : columns) {
+        ColumnPlan p;
+        p.column_name = col.name;
+        p.category = col.category;
+        const char *key = nullptr;
+        for (const FieldSpec &f : kEventFields) {
+            if (col.name == f.column) {
+                p.role = f.role;
+                key = f.key;
+                break;
+            }
+        }
+        // "plan" and "ingestion_metadata" are common property names: only a
+        // json column means Amplitude's object.
+        if (p.role == FieldRole::kObject && !is_json_category(col.category) &&
+            (col.name == "plan" || col.name == "ingestion_metadata")) {
+            p.role = FieldRole::kProperty;
+            key = nullptr;
+        }
+        std::string name_for_key = key ? key : col.name;
+        if (!append_json_string(p.json_key, name_for_key))
+            throw PlanError("22021", "column name is not valid UTF-8", "", "");
+        if (const char *problem = type_problem(p.role, col.category)) {
+            throw PlanError("42804", "column \"" + col.name + "\" " + problem,
+                            "Column \"" + col.name + "\" maps to Amplitude's \"" +
+                                name_for_key + "\" field.",
+                            "Cast the column in the query, or alias it to another name to "
+                            "send it as an event property.");
+        }
+        auto &seen = p.role == FieldRole::kProperty ? properties_seen : keys_seen;
+        if (!seen.insert(name_for_key).second) {
+            throw PlanError("42701",
+                            "column \"" + col.name + "\" maps to \"" + name_for_key +
+                                "\" more than once",
+                            "Each Amplitude field and each event property can come from one "
+                            "column only.",
+                            "Give the columns distinct aliases in the query.");
+        }
+        has_event_type |= p.role == FieldRole::kEventType;
+        has_id |= p.role == FieldRole::kUserId || p.role == FieldRole::kDeviceId;
+        plan.push_back(std::move(p));
+    }
+    const char *hint =
+        "Alias the query's columns to Amplitude's field names, for example: "
+        "SELECT 'Signed Up' AS event_type, id AS user_id, created_at AS time FROM users.";
+    if (!has_event_type)
+        throw PlanError("42703", "query has no column named \"event_type\"",
+                        "Every Amplitude event needs an event type.", hint);
+    if (!has_id)
+        throw PlanError("42703", "query has no column named \"user_id\" or \"device_id\"",
+                        "Every Amplitude event needs a user_id or a device_id.", hint);
+    return plan;
+}
+
+std::optional<std::string> check_amplitude_id(std::string_view id, int min_id_length) {
+    std::string lower(id);
+    std::transform(lower.begin(), lower.end(), lower.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    for (const char *refused : kRefusedIds) {
+        if (lower == refused)
+            return quoted_for_message(id) + " is a placeholder value that Amplitude refuses";
+    }
+    if (utf8_length(id) < static_cast<size_t>(min_id_length))
+        return quoted_for_message(id) + " is shorter than " + std::to_string(min_id_length) +
+               " characters";
+    return std::nullopt;
+}
+
+std::string derive_insert_id(std::string_view event_json) {
+    XXH128_hash_t h = XXH3_128bits(event_json.data(), event_json.size());
+    static const char hex[] = "0123456789abcdef";
+    std::string out = "as-";
+    for (uint64_t part : {h.high64, h.low64})
+        for (int shift = 60; shift >= 0; shift -= 4) out.push_back(hex[(part >> shift) & 0xF]);
+    return out;
+}
+
+EventEncoder::EventEncoder(std::vector<ColumnPlan> plan, int min_id_length)
+    : plan_(std::move(plan)), min_id_length_(min_id_length) {
+    for (const ColumnPlan &p : plan_)
+        if (p.role == FieldRole::kProperty) property_keys_.push_back(p.json_key);
+}
+
+void EventEncoder::begin_row(uint64_t row_number) {
+    row_number_ = row_number;
+    top_.clear();
+    properties_.clear();
+    event_properties_json_.clear();
+    identity_.user_id.clear();
+    identity_.device_id.clear();
+    identity_.insert_id.clear();
+    identity_.event_type.clear();
+    has_event_type_ = has_user_id_ = has_device_id_ = false;
+    rejected_ = false;
+}
+
+void EventEncoder::reject(size_t col, const std::string &reason) {
+    if (rejected_) return;  // the first problem is the one reported
+    rejected_ = true;
+    reject_field_ = plan_[col].column_name;
+    reject_reason_ = "column \"" + plan_[col].column_name + "\": " + reason;
+}
+
+void EventEncoder::begin_member(size_t col, std::string &target) {
+    if (!target.empty()) target.push_back(',');
+    target.append(plan_[col].json_key);
+    target.push_back(':');
+}
+
+void EventEncoder::keep_identity(size_t col, std::string_view text) {
+    switch (plan_[col].role) {
+        case FieldRole::kEventType:
+            identity_.event_type.assign(text);
+            has_event_type_ = true;
+            break;
+        case FieldRole::kUserId:
+            identity_.user_id.assign(text);
+            has_user_id_ = true;
+            break;
+        case FieldRole::kDeviceId:
+            identity_.device_id.assign(text);
+            has_device_id_ = true;
+            break;
+        case FieldRole::kInsertId:
+            identity_.insert_id.assign(text);
+            break;
+        default:
+            break;
+    }
+}
+
+bool EventEncoder::encode_row(uint64_t row_number, const Value *values, Record &record,
+                              Rejection &rejection) {
+    begin_row(row_number);
+    for (size_t col = 0; col < plan_.size() && !rejected_; ++col) {
+        if (!values[col].is_null) put_value(col, values[col]);
+    }
+    return finish_row(record, rejection);
+}
+
+void EventEncoder::put_value(size_t col, const Value &v) {
+    const ColumnPlan &p = plan_[col];
+    std::string reason;
+    if (is_string_role(p.role)) {
+        // Amplitude wants strings here: numbers, booleans and dates are sent
+        // as their text (an integer user id 42 becomes "42").
+        if (v.category == TypeCategory::kText || v.category == TypeCategory::kOther) {
+            put_string(col, std::string_view(v.text, v.text_len));
+            return;
+        }
+        scratch_.clear();
+        if (!append_value_json(scratch_, v, reason)) return reject(col, reason);
+        std::string_view text(scratch_);
+        if (!text.empty() && text.front() == '"') text = text.substr(1, text.size() - 2);
+        put_string(col, text);
+        return;
+    }
+    if (p.role == FieldRole::kEpochMillis) {
+        if (v.infinite) return reject(col, "infinite timestamps cannot be sent");
+        int64_t ms = v.i;
+        if (v.category == TypeCategory::kDate) {
+            ms = (v.i * 86400 + kPgEpochToUnixMicros / 1000000) * 1000;
+        } else if (v.category != TypeCategory::kInteger) {
+            ms = pg_timestamp_to_unix_millis(v.i);
+        }
+        begin_member(col, top_);
+        append_json_int(top_, ms);
+        return;
+    }
+    bool is_object = p.role == FieldRole::kObject || p.role == FieldRole::kEventProperties;
+    if (is_object && !json_is_object(std::string_view(v.text, v.text_len)))
+        return reject(col, "value must be a JSON object");
+    if (p.role == FieldRole::kEventProperties) {
+        event_properties_json_.assign(v.text, v.text_len);
+        if (json_max_depth(event_properties_json_) > kMaxPropertyDepth)
+            return reject(col, "nesting deeper than Amplitude's limit of " +
+                                   std::to_string(kMaxPropertyDepth) + " levels");
+        return;
+    }
+    // Numbers, booleans, objects and properties: the value's own JSON.
+    std::string &target = p.role == FieldRole::kProperty ? properties_ : top_;
+    size_t mark = target.size();
+    begin_member(col, target);
+    size_t value_start = target.size();
+    if (!append_value_json(target, v, reason)) {
+        target.resize(mark);
+        return reject(col, reason);
+    }
+    if (v.category == TypeCategory::kJson || v.category == TypeCategory::kJsonb ||
+        v.category == TypeCategory::kArray) {
+        // A property value sits one level below event_properties.
+        int depth = json_max_depth(std::string_view(target).substr(value_start)) +
+                    (p.role == FieldRole::kProperty ? 1 : 0);
+        if (depth > kMaxPropertyDepth) {
+            target.resize(mark);
+            return reject(col, "nesting deeper than Amplitude's limit of " +
+                                   std::to_string(kMaxPropertyDepth) + " levels");
+        }
+    }
+}
+
+void EventEncoder::put_string(size_t col, std::string_view text) {
+    std::string &target = plan_[col].role == FieldRole::kProperty ? properties_ : top_;
+    size_t mark = target.size();
+    begin_member(col, target);
+    if (!append_json_string(target, text)) {
+        target.resize(mark);
+        return reject(col, "text is not valid UTF-8");
+    }
+    keep_identity(col, text);
+}
+
+bool EventEncoder::finish_row(Record &record, Rejection &rejection) {
+    record.row_number = row_number_;
+    record.json.clear();
+    if (!rejected_) {
+        std::string &out = record.json;
+        out.push_back('{');
+        out.append(top_);
+        if (!event_properties_json_.empty() || !properties_.empty()) {
+            if (!top_.empty()) out.push_back(',');
+            out.append("\"event_properties\":{");
+            bool first = true;
+            json_object_members(event_properties_json_, members_);
+            for (const JsonMember &m : members_) {
+                // A property column wins over the same key in event_properties.
+                if (std::find(property_keys_.begin(), property_keys_.end(), m.quoted_key) !=
+                    property_keys_.end())
+                    continue;
+                if (!first) out.push_back(',');
+                first = false;
+                out.append(m.quoted_key).push_back(':');
+                out.append(m.value);
+            }
+            if (!properties_.empty()) {
+                if (!first) out.push_back(',');
+                out.append(properties_);
+            }
+            out.push_back('}');
+        }
+        if (identity_.insert_id.empty()) {
+            identity_.insert_id = derive_insert_id(out);
+            out.append(",\"insert_id\":\"").append(identity_.insert_id).push_back('"');
+        }
+        out.push_back('}');
+
+        if (!has_event_type_ || identity_.event_type.empty()) {
+            rejected_ = true;
+            reject_field_ = "event_type";
+            reject_reason_ = has_event_type_ ? "event_type is empty" : "event_type is missing";
+        } else if (!has_user_id_ && !has_device_id_) {
+            rejected_ = true;
+            reject_field_ = "user_id";
+            reject_reason_ = "neither user_id nor device_id is set";
+        } else {
+            for (FieldRole role : {FieldRole::kUserId, FieldRole::kDeviceId}) {
+                const std::string &id =
+                    role == FieldRole::kUserId ? identity_.user_id : identity_.device_id;
+                bool present = role == FieldRole::kUserId ? has_user_id_ : has_device_id_;
+                if (!present) continue;
+                if (auto problem = check_amplitude_id(id, min_id_length_)) {
+                    rejected_ = true;
+                    reject_field_ = role_field_name(role);
+                    reject_reason_ = std::string(role_field_name(role)) + " " + *problem;
+                    break;
+                }
+            }
+        }
+    }
+    record.user_id = identity_.user_id;
+    record.device_id = identity_.device_id;
+    record.insert_id = identity_.insert_id;
+    record.event_type = identity_.event_type;
+    if (!rejected_) return true;
+    rejection.record = record;
+    rejection.outcome = Outcome::kRejected;
+    rejection.field = reject_field_;
+    rejection.reason = reject_reason_;
+    return false;
+}
+
+}  // namespace amplitude_sync

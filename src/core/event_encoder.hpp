@@ -1,0 +1,112 @@
+// Turns query rows into Amplitude event JSON: the "field mapper".
+//
+// Columns are matched by name to Amplitude's top-level event fields; every
+// other column becomes an event property. The PostgreSQL glue classifies
+// each column's type into a TypeCategory, asks plan_event_columns() for a
+// plan (which rejects unusable column types up front), then feeds each row's
+// values to EventEncoder, which writes the event text directly into a reused
+// buffer. Core file: no postgres.h.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "json_text.hpp"
+#include "records.hpp"
+#include "value.hpp"
+
+namespace amplitude_sync {
+
+// What a column means in an event.
+enum class FieldRole {
+    kProperty,         // an event property named after the column
+    kEventType,
+    kUserId,
+    kDeviceId,
+    kInsertId,
+    kString,           // other string fields: platform, country, ...
+    kEpochMillis,      // time, session_id
+    kInteger,          // event_id, quantity
+    kNumber,           // price, revenue, location_lat, location_lng
+    kObject,           // user_properties, groups, group_properties, plan, ...
+    kEventProperties,  // event_properties: merged with the property columns
+    kBool,             // $skip_user_properties_sync
+};
+
+struct ColumnPlan {
+    std::string column_name;
+    FieldRole role = FieldRole::kProperty;
+    TypeCategory category = TypeCategory::kOther;
+    std::string json_key;  // the key written, quoted and escaped
+};
+
+// A configuration mistake found before any row is read (SQLSTATE given).
+struct PlanError : std::runtime_error {
+    PlanError(const char *sqlstate, const std::string &message, const std::string &detail,
+              const std::string &hint)
+        : std::runtime_error(message), sqlstate(sqlstate), detail(detail), hint(hint) {}
+    const char *sqlstate;
+    std::string detail;
+    std::string hint;
+};
+
+struct ColumnInput {
+    std::string name;
+    TypeCategory category;
+};
+
+// Checks names and types and decides each column's role. Throws PlanError.
+std::vector<ColumnPlan> plan_event_columns(const std::vector<ColumnInput> &columns);
+
+// Amplitude's ID rules: returns the reason an ID would be refused, if any.
+std::optional<std::string> check_amplitude_id(std::string_view id, int min_id_length);
+
+// Deterministic insert_id for an event text: "as-" and 32 hex digits.
+std::string derive_insert_id(std::string_view event_json_without_insert_id);
+
+constexpr int kMaxPropertyDepth = 40;
+
+class EventEncoder {
+public:
+    EventEncoder(std::vector<ColumnPlan> plan, int min_id_length);
+
+    const std::vector<ColumnPlan> &plan() const { return plan_; }
+
+    // Encodes one row (values[i] belongs to plan()[i]): true with the event
+    // in record, or false with the reason in rejection (its record carries
+    // what could be identified).
+    bool encode_row(uint64_t row_number, const Value *values, Record &record,
+                    Rejection &rejection);
+
+private:
+    void begin_row(uint64_t row_number);
+    void put_value(size_t col, const Value &v);
+    void put_string(size_t col, std::string_view text);
+    void reject(size_t col, const std::string &reason);
+    void begin_member(size_t col, std::string &target);
+    void keep_identity(size_t col, std::string_view text);
+    bool finish_row(Record &record, Rejection &rejection);
+
+    std::vector<ColumnPlan> plan_;
+    int min_id_length_;
+    std::vector<std::string> property_keys_;  // quoted keys of property columns
+
+    // Per-row state; buffers keep their capacity across rows.
+    uint64_t row_number_ = 0;
+    std::string top_;          // top-level members, comma separated
+    std::string properties_;   // property-column members, comma separated
+    std::string event_properties_json_;  // the event_properties column, raw
+    std::string scratch_;
+    std::vector<JsonMember> members_;
+    Record identity_;
+    bool has_event_type_ = false, has_user_id_ = false, has_device_id_ = false;
+    bool rejected_ = false;
+    std::string reject_field_;
+    std::string reject_reason_;
+};
+
+}  // namespace amplitude_sync

@@ -1,0 +1,37 @@
+// Plain records passed between the row encoder, the delivery engine and the
+// PostgreSQL glue that stores them. Core file: no postgres.h.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace amplitude_sync {
+
+// One encoded Amplitude record (an event, an identification, a group) plus
+// the identifying fields the run log keeps when it is rejected.
+struct Record {
+    uint64_t row_number = 0;  // 1-based position in the query result
+    std::string json;         // the record exactly as it is sent
+    std::string user_id;
+    std::string device_id;
+    std::string insert_id;
+    std::string event_type;
+
+    // Requests to Amplitude keep the order of one device's (else user's) rows.
+    const std::string &ordering_key() const { return device_id.empty() ? user_id : device_id; }
+};
+
+// Why a row was not delivered.
+enum class Outcome {
+    kRejected,  // refused, by our checks or by Amplitude: resending cannot help
+    kNotSent,   // delivery gave up (retry budget, run stopped): a re-run can send it
+};
+
+struct Rejection {
+    Record record;         // json is empty when the row could not be encoded
+    Outcome outcome = Outcome::kRejected;
+    std::string field;     // the offending field, when known
+    std::string reason;    // human-readable, never contains the API key
+};
+
+}  // namespace amplitude_sync

@@ -1,0 +1,23 @@
+// The Amplitude connection, the postgres_fdw way: non-secret settings are
+// options of a foreign server of the amplitude_sync wrapper, the API key is
+// an option of a user mapping (hidden from other roles by pg_user_mappings).
+#pragma once
+
+struct AmpConnection {
+    const char *server_name;
+    const char *base_url;  // no trailing slash
+    const char *api_key;
+    bool allow_plain_http;  // only with an endpoint, which only superusers set
+    bool verify_tls;
+    int connect_timeout_ms;
+    int request_timeout_ms;
+    int max_concurrency;
+    int max_attempts;
+    int max_retry_seconds;
+    int retry_backoff_ms;
+    int throttle_pause_ms;  // -1: Amplitude's documented pause for the endpoint
+};
+
+// Looks up the server and the current user's (or PUBLIC's) mapping, checking
+// USAGE on the server. Raises PostgreSQL errors; strings are palloc'd.
+void load_connection(const char *server_name, AmpConnection *conn);

@@ -1,0 +1,26 @@
+// Reading column values out of PostgreSQL Datums into core Values, with the
+// per-column type work (output functions, array layout) done once.
+#pragma once
+
+#include "pg_headers.hpp"
+#include "value.hpp"
+
+struct ColumnReader {
+    amplitude_sync::TypeCategory category;
+    Oid type_oid;  // after looking through domains
+    FmgrInfo output;  // numeric, jsonb, other; for arrays: the element's
+    // Arrays only.
+    Oid elem_type;
+    int16 elem_len;
+    bool elem_byval;
+    char elem_align;
+    amplitude_sync::TypeCategory elem_category;
+};
+
+// Sets up a reader for a column of type type_oid.
+void init_column_reader(ColumnReader *reader, Oid type_oid);
+
+// Fills value from a Datum. Text lives in CurrentMemoryContext (reset per row)
+// and is converted to UTF-8 when the database encoding is another one.
+void read_column_value(const ColumnReader *reader, Datum datum, bool is_null,
+                       amplitude_sync::Value *value);

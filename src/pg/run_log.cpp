@@ -1,0 +1,140 @@
+#include "run_log.hpp"
+
+#include <string>
+
+using amplitude_sync::Outcome;
+using amplitude_sync::Rejection;
+
+namespace {
+
+// Payloads above this size are not kept (the reason still says why).
+constexpr size_t kMaxStoredPayload = 1000000;
+
+struct OwnerScope {
+    Oid saved_user;
+    int saved_context;
+};
+
+void become_owner(const RunLog *log, OwnerScope *scope) {
+    GetUserIdAndSecContext(&scope->saved_user, &scope->saved_context);
+    SetUserIdAndSecContext(log->owner, scope->saved_context | SECURITY_LOCAL_USERID_CHANGE |
+                                           SECURITY_RESTRICTED_OPERATION);
+}
+
+void restore_user(const OwnerScope *scope) {
+    SetUserIdAndSecContext(scope->saved_user, scope->saved_context);
+}
+
+// UTF-8 text from the core as a text Datum in the database encoding.
+Datum text_datum(const std::string &s) {
+    char *server = pg_any_to_server(s.data(), static_cast<int>(s.size()), PG_UTF8);
+    return PointerGetDatum(server == s.data() ? cstring_to_text_with_len(s.data(), static_cast<int>(s.size()))
+                                              : cstring_to_text(server));
+}
+
+Oid extension_owner() {
+    Oid ext = get_extension_oid("amplitude_sync", false);
+    bool isnull;
+    Oid argtypes[1] = {OIDOID};
+    Datum args[1] = {ObjectIdGetDatum(ext)};
+    if (SPI_execute_with_args("SELECT extowner FROM pg_catalog.pg_extension WHERE oid = $1", 1,
+                              argtypes, args, nullptr, true, 1) != SPI_OK_SELECT ||
+        SPI_processed != 1)
+        elog(ERROR, "amplitude_sync: extension owner not found");
+    return DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+}  // namespace
+
+void run_log_start(RunLog *log, const char *function_name, const char *server_name,
+                   const char *endpoint) {
+    log->owner = extension_owner();
+    log->started_at = GetCurrentTimestamp();
+    log->insert_rejection = nullptr;
+    Oid run_by = GetUserId();
+
+    OwnerScope scope;
+    become_owner(log, &scope);
+    Oid argtypes[5] = {TEXTOID, TEXTOID, TEXTOID, OIDOID, TIMESTAMPTZOID};
+    Datum args[5] = {CStringGetTextDatum(function_name), CStringGetTextDatum(server_name),
+                     CStringGetTextDatum(endpoint), ObjectIdGetDatum(run_by),
+                     TimestampTzGetDatum(log->started_at)};
+    int rc = SPI_execute_with_args(
+        "INSERT INTO amplitude_sync.sync_runs (function_name, server_name, endpoint, run_by, started_at, status) "
+        "VALUES ($1, $2, $3, $4::pg_catalog.regrole, $5, 'running') RETURNING run_id",
+        5, argtypes, args, nullptr, false, 1);
+    if (rc != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
+        elog(ERROR, "amplitude_sync: could not record the run");
+    bool isnull;
+    log->run_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+
+    Oid rej_types[10] = {INT8OID, INT8OID, TEXTOID, TEXTOID, TEXTOID,
+                         TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+    log->insert_rejection = SPI_prepare(
+        "INSERT INTO amplitude_sync.rejected_records (run_id, row_number, outcome, field, reason, "
+        "user_id, device_id, insert_id, event_type, payload) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::pg_catalog.json)",
+        10, rej_types);
+    if (!log->insert_rejection) elog(ERROR, "amplitude_sync: could not prepare the rejection log");
+    restore_user(&scope);
+}
+
+void run_log_store_rejections(RunLog *log, std::vector<Rejection> *rejections) {
+    if (rejections->empty()) return;
+    OwnerScope scope;
+    become_owner(log, &scope);
+    for (size_t k = 0; k < rejections->size(); ++k) {
+        const Rejection *r = &(*rejections)[k];
+        Datum values[10];
+        char nulls[10];
+        memset(nulls, ' ', sizeof nulls);
+        values[0] = Int64GetDatum(log->run_id);
+        values[1] = Int64GetDatum(static_cast<int64>(r->record.row_number));
+        values[2] = CStringGetTextDatum(r->outcome == Outcome::kRejected ? "rejected" : "not_sent");
+        const std::string *texts[7] = {&r->field, &r->reason, &r->record.user_id,
+                                       &r->record.device_id, &r->record.insert_id,
+                                       &r->record.event_type, &r->record.json};
+        for (int i = 0; i < 7; ++i) {
+            bool keep = !texts[i]->empty() && (i != 6 || texts[i]->size() <= kMaxStoredPayload);
+            if (keep) values[3 + i] = text_datum(*texts[i]);
+            else nulls[3 + i] = 'n';
+        }
+        if (SPI_execute_plan(log->insert_rejection, values, nulls, false, 0) != SPI_OK_INSERT)
+            elog(ERROR, "amplitude_sync: could not record a rejected row");
+    }
+    restore_user(&scope);
+    rejections->clear();
+}
+
+void run_log_finish(RunLog *log, const char *status, int64 rows_read,
+                    const amplitude_sync::DeliveryStats *stats, const char *error) {
+    OwnerScope scope;
+    become_owner(log, &scope);
+    Oid argtypes[10] = {INT8OID, TEXTOID, INT8OID, INT8OID, INT8OID,
+                        INT8OID, INT8OID, INT8OID, INT8OID, TEXTOID};
+    Datum args[10] = {Int64GetDatum(log->run_id),
+                      CStringGetTextDatum(status),
+                      Int64GetDatum(rows_read),
+                      Int64GetDatum(static_cast<int64>(stats->sent)),
+                      Int64GetDatum(static_cast<int64>(stats->rejected)),
+                      Int64GetDatum(static_cast<int64>(stats->not_sent)),
+                      Int64GetDatum(static_cast<int64>(stats->requests)),
+                      Int64GetDatum(static_cast<int64>(stats->retries)),
+                      Int64GetDatum(static_cast<int64>(stats->bytes_sent)),
+                      error ? CStringGetTextDatum(error) : (Datum)0};
+    char nulls[11] = "          ";
+    if (!error) nulls[9] = 'n';
+    int rc = SPI_execute_with_args(
+        "UPDATE amplitude_sync.sync_runs SET status = $2, finished_at = pg_catalog.clock_timestamp(), "
+        "rows_read = $3, sent = $4, rejected = $5, not_sent = $6, requests = $7, retries = $8, "
+        "bytes_sent = $9, error = $10 WHERE run_id = $1",
+        10, argtypes, args, nulls, false, 0);
+    if (rc != SPI_OK_UPDATE) elog(ERROR, "amplitude_sync: could not record the run's end");
+    restore_user(&scope);
+}
+
+Datum run_log_elapsed(const RunLog *log) {
+    Interval *elapsed = static_cast<Interval *>(palloc0(sizeof(Interval)));
+    elapsed->time = GetCurrentTimestamp() - log->started_at;
+    return IntervalPGetDatum(elapsed);
+}

@@ -1,0 +1,32 @@
+// Run history: one row per call in amplitude_sync.sync_runs, one row per
+// record that was not delivered in amplitude_sync.rejected_records. Written
+// with SPI as the extension's owner, so callers need no rights on the tables
+// (which row-level security keeps private to the role that ran them).
+#pragma once
+
+#include <vector>
+
+#include "delivery.hpp"
+#include "pg_headers.hpp"
+#include "records.hpp"
+
+struct RunLog {
+    int64 run_id;
+    Oid owner;  // the extension's owner
+    TimestampTz started_at;
+    SPIPlanPtr insert_rejection;
+};
+
+// SPI must be connected. Inserts the run as "running".
+void run_log_start(RunLog *log, const char *function_name, const char *server_name,
+                   const char *endpoint);
+
+// Stores the rejections and empties the vector.
+void run_log_store_rejections(RunLog *log, std::vector<amplitude_sync::Rejection> *rejections);
+
+// Marks the run finished with its counts.
+void run_log_finish(RunLog *log, const char *status, int64 rows_read,
+                    const amplitude_sync::DeliveryStats *stats, const char *error);
+
+// Microseconds since the run started, as an interval Datum.
+Datum run_log_elapsed(const RunLog *log);
