@@ -41,3 +41,7 @@ clean: clean-unittest
 .PHONY: clean-unittest
 clean-unittest:
 	rm -f $(UNIT_TEST_BIN)
+
+# PGXS does not track header dependencies: rebuild everything when any header
+# changes (a stale object with an old class layout crashes the backend).
+$(OBJS): $(wildcard src/core/*.hpp src/pg/*.hpp)

@@ -29,6 +29,7 @@ Control API (never recorded as requests)
                             (API keys go back to those from the command line)
     GET    /_mock/requests  JSON Lines: every request to an ingestion path, in arrival order
     GET    /_mock/events    JSON Lines: stored (deduplicated) events plus "$path" and "$seq"
+    GET    /_mock/bodies    JSON Lines: {"seq": n, "body": the request body text exactly as sent}
     GET    /_mock/users     JSON Lines: user profiles (device-only profiles have user_id null)
     GET    /_mock/groups    JSON Lines: group profiles
     GET    /_mock/stats     {"requests": n, "events_stored": n, "duplicates_dropped": n}
@@ -1176,6 +1177,7 @@ class MockState:
         self.silenced_devices = set()
         self.server_upload_time = None
         self.requests = []
+        self.bodies = []        # raw request bodies (decompressed), by seq - 1
         self.events = []
         self.seen_insert_ids = set()
         self.users = {}
@@ -1196,7 +1198,18 @@ class MockState:
                 "events": None, "identification": None, "response": None,
             }
             self.requests.append(record)
+            self.bodies.append({"seq": record["seq"], "body": None})
             return record
+
+    def keep_body(self, record, raw, content_encoding):
+        """Keeps the body text as sent, so tests can check exact bytes (numbers
+        beyond a double's precision, key order) that parsed JSON would lose."""
+        try:
+            text = decode_content(raw, content_encoding).decode("utf-8", errors="replace")
+        except Exception:  # a corrupt gzip body: keep nothing
+            text = None
+        with self.lock:
+            self.bodies[record["seq"] - 1]["body"] = text
 
     def close_record(self, record, req, reply, fault):
         with self.lock:
@@ -1303,6 +1316,8 @@ class MockState:
                 rows = self.requests
             elif what == "events":
                 rows = self.events
+            elif what == "bodies":
+                rows = self.bodies
             elif what == "users":
                 rows = sorted(self.users.values(), key=lambda p: (
                     p["user_id"] is None, p["user_id"] or p["device_ids"][0]))
@@ -1416,6 +1431,7 @@ class MockHandler(BaseHTTPRequestHandler):
             self.state.close_record(record, None, reply, None)
             return self._send(reply)
         record = self.state.open_record(path, self.headers, len(raw))
+        self.state.keep_body(record, raw, self.headers.get("Content-Encoding"))
         if method != "POST":
             reply = not_found()
             self.state.close_record(record, None, reply, None)
@@ -1462,7 +1478,7 @@ class MockHandler(BaseHTTPRequestHandler):
         raw = self._read_body_or_close()
         route = (method, path)
         state = self.state
-        if route in (("GET", "/_mock/requests"), ("GET", "/_mock/events"),
+        if route in (("GET", "/_mock/requests"), ("GET", "/_mock/events"), ("GET", "/_mock/bodies"),
                      ("GET", "/_mock/users"), ("GET", "/_mock/groups"), ("GET", "/_mock/faults")):
             return self._send(text_reply(200, state.lines(path.rsplit("/", 1)[1]),
                                          "application/x-ndjson; charset=utf-8"))

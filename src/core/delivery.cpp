@@ -7,13 +7,13 @@
 
 namespace amplitude_sync {
 
-using Clock = std::chrono::steady_clock;
-
 namespace {
 
-// Sealed batches a lane may hold besides the one in flight: enough to keep
-// the connection busy, few enough that memory stays bounded.
-constexpr size_t kMaxReadyPerLane = 2;
+using Clock = std::chrono::steady_clock;
+
+// Sealed batches waiting besides those in flight: enough to keep every
+// connection busy, few enough that memory stays bounded.
+constexpr size_t kMaxWaitingBatches = 2;
 
 long millis_until(Clock::time_point t) {
     auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(t - Clock::now()).count();
@@ -47,7 +47,7 @@ ResponseVerdict EventsFormat::classify(const HttpResponse &response) const {
 }
 
 Delivery::Delivery(const PayloadFormat &format, Transport &transport, std::string url,
-                   DeliveryLimits limits, RetryPolicy policy, size_t lanes,
+                   DeliveryLimits limits, RetryPolicy policy, size_t concurrency,
                    std::function<bool()> should_stop)
     : format_(format),
       transport_(transport),
@@ -55,9 +55,11 @@ Delivery::Delivery(const PayloadFormat &format, Transport &transport, std::strin
       limits_(limits),
       policy_(policy),
       should_stop_(std::move(should_stop)),
-      lanes_(lanes ? lanes : 1),
+      concurrency_(concurrency ? concurrency : 1),
       max_records_(limits.max_records),
-      jitter_(static_cast<unsigned>(Clock::now().time_since_epoch().count())) {}
+      jitter_(static_cast<unsigned>(Clock::now().time_since_epoch().count())) {
+    slots_.assign(concurrency_, queue_.end());
+}
 
 bool Delivery::fits(const Batch &batch, size_t record_bytes) const {
     size_t commas = batch.records.size();
@@ -81,11 +83,10 @@ void Delivery::add(Record &&record) {
                     std::to_string(limits_.max_bytes) + " bytes)");
         return;
     }
-    Lane &lane = lanes_[std::hash<std::string>{}(record.ordering_key()) % lanes_.size()];
-    if (!lane.building.records.empty() && !fits(lane.building, record.json.size())) seal(lane);
-    lane.building.bytes += record.json.size();
-    lane.building.records.push_back(std::move(record));
-    if (lane.building.records.size() >= max_records_) seal(lane);
+    if (!building_.records.empty() && !fits(building_, record.json.size())) seal();
+    building_.bytes += record.json.size();
+    building_.records.push_back(std::move(record));
+    if (building_.records.size() >= max_records_) seal();
 }
 
 void Delivery::reject(Rejection &&rejection) {
@@ -93,47 +94,66 @@ void Delivery::reject(Rejection &&rejection) {
     rejections_.push_back(std::move(rejection));
 }
 
-void Delivery::seal(Lane &lane) {
-    lane.ready.push_back(std::move(lane.building));
-    lane.building = Batch{};
+void Delivery::seal() {
+    queue_.push_back(std::move(building_));
+    building_ = Batch{};
     launch_ready();
-    while (state_ == DeliveryState::kRunning && lane.ready.size() > kMaxReadyPerLane) pump(50);
+    // Bounded memory: the batches in flight plus a few waiting.
+    while (state_ == DeliveryState::kRunning && queue_.size() > concurrency_ + kMaxWaitingBatches)
+        pump(50);
 }
 
 void Delivery::finish() {
-    for (Lane &lane : lanes_) {
-        if (!lane.building.records.empty()) {
-            lane.ready.push_back(std::move(lane.building));
-            lane.building = Batch{};
-        }
+    if (!building_.records.empty() && state_ == DeliveryState::kRunning) {
+        queue_.push_back(std::move(building_));
+        building_ = Batch{};
     }
-    while (state_ != DeliveryState::kInterrupted && !idle()) pump(50);
-    if (state_ == DeliveryState::kStopped || state_ == DeliveryState::kFailed) drain_unsent();
+    while (state_ == DeliveryState::kRunning && !queue_.empty()) pump(50);
+    // Stopped or failed: answers still on the way are collected, nothing is retried.
+    while (state_ != DeliveryState::kInterrupted && in_flight()) pump(50);
+    if (state_ == DeliveryState::kStopped || state_ == DeliveryState::kFailed) {
+        for (Batch &b : queue_) give_up(std::move(b), Outcome::kNotSent, "", "not sent: " + error_);
+        queue_.clear();
+        give_up(std::move(building_), Outcome::kNotSent, "", "not sent: " + error_);
+        building_ = Batch{};
+    }
 }
 
-bool Delivery::idle() const {
-    for (const Lane &lane : lanes_) {
-        if (lane.in_flight) return false;
-        if (state_ == DeliveryState::kRunning && !lane.ready.empty()) return false;
-    }
-    return true;
+bool Delivery::in_flight() const {
+    for (const auto &it : slots_)
+        if (it != queue_.end()) return true;
+    return false;
 }
 
 void Delivery::launch_ready() {
     if (state_ != DeliveryState::kRunning) return;
-    for (size_t i = 0; i < lanes_.size(); ++i) {
-        Lane &lane = lanes_[i];
-        if (lane.in_flight || lane.ready.empty()) continue;
-        if (Clock::now() < lane.ready.front().not_before) continue;
-        lane.sending = std::move(lane.ready.front());
-        lane.ready.pop_front();
-        format_.build(lane.sending.records, lane.body);
-        transport_.start(i, url_, format_.content_type(), lane.body);
-        lane.in_flight = true;
-        stats_.requests++;
-        stats_.bytes_sent += lane.body.size();
-        if (lane.sending.tried) stats_.retries++;
-        lane.sending.tried = true;
+    // Keys of earlier unfinished batches: a batch sharing one must wait.
+    std::unordered_set<std::string_view> earlier_keys;
+    auto now = Clock::now();
+    for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+        bool can_start = it->slot < 0 && now >= it->not_before;
+        if (can_start) {
+            for (const Record &r : it->records) {
+                if (earlier_keys.count(r.ordering_key())) {
+                    can_start = false;
+                    break;
+                }
+            }
+        }
+        if (can_start) {
+            auto free_slot = std::find(slots_.begin(), slots_.end(), queue_.end());
+            if (free_slot == slots_.end()) return;  // every slot busy
+            it->slot = static_cast<int>(free_slot - slots_.begin());
+            *free_slot = it;
+            format_.build(it->records, it->body);
+            transport_.start(static_cast<size_t>(it->slot), url_, format_.content_type(), it->body);
+            stats_.requests++;
+            stats_.bytes_sent += it->body.size();
+            if (it->tried) stats_.retries++;
+            it->tried = true;
+        }
+        if (std::next(it) != queue_.end())
+            for (const Record &r : it->records) earlier_keys.insert(r.ordering_key());
     }
 }
 
@@ -144,21 +164,32 @@ void Delivery::pump(int timeout_ms) {
     }
     launch_ready();
     // Sleep no longer than until the next paused batch may go.
-    for (const Lane &lane : lanes_) {
-        if (!lane.in_flight && !lane.ready.empty())
-            timeout_ms = static_cast<int>(std::min<long>(timeout_ms, millis_until(lane.ready.front().not_before)));
+    for (const Batch &b : queue_) {
+        if (b.slot < 0)
+            timeout_ms = static_cast<int>(std::min<long>(timeout_ms, millis_until(b.not_before)));
     }
     done_.clear();
     transport_.wait(timeout_ms, done_);
-    for (auto &[lane_index, response] : done_) handle(lane_index, response);
+    for (auto &[slot, response] : done_) {
+        Queue::iterator batch = slots_[slot];
+        slots_[slot] = queue_.end();
+        handle(batch, response);
+    }
     launch_ready();
 }
 
-void Delivery::handle(size_t lane_index, const HttpResponse &response) {
-    Lane &lane = lanes_[lane_index];
-    lane.in_flight = false;
-    Batch batch = std::move(lane.sending);
-    lane.sending = Batch{};
+void Delivery::requeue(Queue::iterator at, Batch &&batch) {
+    batch.slot = -1;
+    batch.tried = true;
+    batch.body.clear();
+    batch.body.shrink_to_fit();
+    queue_.insert(at, std::move(batch));
+}
+
+void Delivery::handle(Queue::iterator it, const HttpResponse &response) {
+    Batch batch = std::move(*it);
+    auto at = queue_.erase(it);  // replacements go where the batch was
+    batch.slot = -1;
     ResponseVerdict v = format_.classify(response);
 
     if (v.kind == ResponseKind::kAccepted) {
@@ -175,33 +206,33 @@ void Delivery::handle(size_t lane_index, const HttpResponse &response) {
             break;
         case ResponseKind::kRefusedSome: {
             std::vector<bool> refused(batch.records.size(), false);
-            Batch rest;
-            rest.tried = true;
+            bool any = false;
             for (const RefusedIndex &r : v.refused) {
                 if (r.index >= batch.records.size() || refused[r.index]) continue;
-                refused[r.index] = true;
+                refused[r.index] = any = true;
                 Batch lone;
                 lone.records.push_back(batch.records[r.index]);
                 give_up(std::move(lone), Outcome::kRejected, r.field,
                         "refused by Amplitude: " + r.reason);
             }
-            if (std::none_of(refused.begin(), refused.end(), [](bool b) { return b; })) {
-                split_front(lane, std::move(batch));  // indices made no sense: bisect
+            if (!any) {
+                split(at, std::move(batch));  // the indices made no sense: bisect
                 return;
             }
+            Batch rest;
             for (size_t i = 0; i < batch.records.size(); ++i) {
                 if (refused[i]) continue;
                 rest.bytes += batch.records[i].json.size();
                 rest.records.push_back(std::move(batch.records[i]));
             }
-            if (!rest.records.empty()) lane.ready.push_front(std::move(rest));
+            if (!rest.records.empty()) requeue(at, std::move(rest));
             return;
         }
         case ResponseKind::kRefusedWhole:
             if (batch.records.size() == 1) {
                 give_up(std::move(batch), Outcome::kRejected, "", "refused by Amplitude: " + v.error);
             } else {
-                split_front(lane, std::move(batch));
+                split(at, std::move(batch));
             }
             return;
         case ResponseKind::kTooLarge:
@@ -211,19 +242,20 @@ void Delivery::handle(size_t lane_index, const HttpResponse &response) {
             } else {
                 // Later batches of the run stay at most this size.
                 max_records_ = std::max<size_t>(1, std::min(max_records_, batch.records.size() / 2));
-                split_front(lane, std::move(batch));
+                split(at, std::move(batch));
             }
             return;
         case ResponseKind::kThrottled: {
-            if (batch.first_failure == Clock::time_point{}) batch.first_failure = Clock::now();
-            if (millis_until(batch.first_failure + std::chrono::milliseconds(policy_.max_retry_ms)) == 0) {
+            auto now = Clock::now();
+            if (batch.first_failure == Clock::time_point{}) batch.first_failure = now;
+            if (now - batch.first_failure >= std::chrono::milliseconds(policy_.max_retry_ms)) {
                 give_up(std::move(batch), Outcome::kNotSent, "", "not sent: still throttled: " + v.error);
                 stop(DeliveryState::kFailed, "gave up on throttled records: " + v.error);
                 return;
             }
             if (v.project_throttled()) {
-                batch.not_before = Clock::now() + std::chrono::milliseconds(policy_.project_throttle_pause_ms);
-                lane.ready.push_front(std::move(batch));
+                batch.not_before = now + std::chrono::milliseconds(policy_.project_throttle_pause_ms);
+                requeue(at, std::move(batch));
                 return;
             }
             std::unordered_set<std::string> quota_users(v.quota_users.begin(), v.quota_users.end());
@@ -231,10 +263,11 @@ void Delivery::handle(size_t lane_index, const HttpResponse &response) {
             std::unordered_set<std::string> paused_users(v.throttled_users.begin(), v.throttled_users.end());
             std::unordered_set<std::string> paused_devices(v.throttled_devices.begin(), v.throttled_devices.end());
             std::unordered_set<size_t> paused_indices(v.throttled_events.begin(), v.throttled_events.end());
-            Batch now, later;
-            now.tried = later.tried = true;
+            // Records of throttled IDs wait; the others go again at once. Only
+            // later batches sharing a paused ID wait behind them.
+            Batch now_batch, later;
             later.first_failure = batch.first_failure;
-            later.not_before = Clock::now() + std::chrono::milliseconds(policy_.throttle_pause_ms);
+            later.not_before = now + std::chrono::milliseconds(policy_.throttle_pause_ms);
             for (size_t i = 0; i < batch.records.size(); ++i) {
                 Record &r = batch.records[i];
                 if ((!r.user_id.empty() && quota_users.count(r.user_id)) ||
@@ -245,18 +278,18 @@ void Delivery::handle(size_t lane_index, const HttpResponse &response) {
                             "daily quota exceeded: Amplitude refuses more events for this ID today");
                     continue;
                 }
-                bool paused = paused_indices.count(i) || paused_users.count(r.user_id) ||
-                              paused_devices.count(r.device_id);
-                Batch &target = paused ? later : now;
+                bool paused = paused_indices.count(i) || (!r.user_id.empty() && paused_users.count(r.user_id)) ||
+                              (!r.device_id.empty() && paused_devices.count(r.device_id));
+                Batch &target = paused ? later : now_batch;
                 target.bytes += r.json.size();
                 target.records.push_back(std::move(r));
             }
-            if (!later.records.empty()) lane.ready.push_front(std::move(later));
-            if (!now.records.empty()) lane.ready.push_front(std::move(now));
+            if (!now_batch.records.empty()) requeue(at, std::move(now_batch));
+            if (!later.records.empty()) requeue(at, std::move(later));
             return;
         }
         case ResponseKind::kRetry:
-            retry_later(lane, std::move(batch), v.error);
+            retry_later(at, std::move(batch), v.error);
             return;
         case ResponseKind::kFatal:
             give_up(std::move(batch), Outcome::kNotSent, "", "not sent: " + v.error);
@@ -265,7 +298,7 @@ void Delivery::handle(size_t lane_index, const HttpResponse &response) {
     }
 }
 
-void Delivery::retry_later(Lane &lane, Batch &&batch, const std::string &error) {
+void Delivery::retry_later(Queue::iterator at, Batch &&batch, const std::string &error) {
     auto now = Clock::now();
     if (batch.attempts == 0) batch.first_failure = now;
     batch.attempts++;
@@ -282,20 +315,19 @@ void Delivery::retry_later(Lane &lane, Batch &&batch, const std::string &error) 
     // Equal jitter: half fixed, half random, so retries of many runs spread out.
     long delay = backoff / 2 + static_cast<long>(jitter_() % static_cast<unsigned long>(backoff / 2 + 1));
     batch.not_before = now + std::chrono::milliseconds(delay);
-    lane.ready.push_front(std::move(batch));
+    requeue(at, std::move(batch));
 }
 
-void Delivery::split_front(Lane &lane, Batch &&batch) {
+void Delivery::split(Queue::iterator at, Batch &&batch) {
     size_t half = batch.records.size() / 2;
     Batch first, second;
-    first.tried = second.tried = true;
     for (size_t i = 0; i < batch.records.size(); ++i) {
         Batch &target = i < half ? first : second;
         target.bytes += batch.records[i].json.size();
         target.records.push_back(std::move(batch.records[i]));
     }
-    lane.ready.push_front(std::move(second));
-    lane.ready.push_front(std::move(first));
+    requeue(at, std::move(first));
+    requeue(at, std::move(second));
 }
 
 void Delivery::give_up(Batch &&batch, Outcome outcome, const std::string &field,
@@ -308,21 +340,13 @@ void Delivery::give_up(Batch &&batch, Outcome outcome, const std::string &field,
         rej.reason = reason;
         reject(std::move(rej));
     }
+    batch.records.clear();
 }
 
 void Delivery::stop(DeliveryState state, const std::string &error) {
     if (state_ != DeliveryState::kRunning) return;
     state_ = state;
     error_ = error;
-}
-
-void Delivery::drain_unsent() {
-    for (Lane &lane : lanes_) {
-        for (Batch &b : lane.ready) give_up(std::move(b), Outcome::kNotSent, "", "not sent: " + error_);
-        lane.ready.clear();
-        give_up(std::move(lane.building), Outcome::kNotSent, "", "not sent: " + error_);
-        lane.building = Batch{};
-    }
 }
 
 }  // namespace amplitude_sync

@@ -3,9 +3,11 @@
 // (partial refusals, splitting, throttling, retries) so that every record
 // ends up sent, rejected with a reason, or reported as not sent.
 //
-// Ordering: records are spread over "lanes" by device_id (else user_id);
-// a lane has at most one request in flight and retries before it moves on,
-// so one device's records reach Amplitude in the query's order.
+// Ordering: batches are filled in query order and kept in a queue in that
+// order. A batch starts only when no earlier unfinished batch (in flight,
+// waiting to retry, or paused by a 429) holds a record of the same device_id
+// (else user_id), so one device's records reach Amplitude in the query's
+// order while batches of unrelated devices go out concurrently.
 //
 // Core file: no postgres.h. Interrupts arrive through the should_stop
 // callback, polled at least every 50 ms while waiting.
@@ -13,7 +15,7 @@
 
 #include <chrono>
 #include <cstdint>
-#include <deque>
+#include <list>
 #include <functional>
 #include <random>
 #include <string>
@@ -82,10 +84,10 @@ enum class DeliveryState {
 class Delivery {
 public:
     Delivery(const PayloadFormat &format, Transport &transport, std::string url,
-             DeliveryLimits limits, RetryPolicy policy, size_t lanes,
+             DeliveryLimits limits, RetryPolicy policy, size_t concurrency,
              std::function<bool()> should_stop);
 
-    // Queues a record; may wait for the network when its lane is full.
+    // Queues a record; may wait for the network when the queue is full.
     void add(Record &&record);
     // A record refused before sending (by our own checks).
     void reject(Rejection &&rejection);
@@ -99,34 +101,32 @@ public:
     std::vector<Rejection> &rejections() { return rejections_; }
 
 private:
+    using Clock = std::chrono::steady_clock;
     struct Batch {
         std::vector<Record> records;
         size_t bytes = 0;  // sum of record sizes
         int attempts = 0;  // failed attempts (5xx, timeouts)
         bool tried = false;
-        std::chrono::steady_clock::time_point not_before{};
-        std::chrono::steady_clock::time_point first_failure{};
+        int slot = -1;     // transport slot while in flight
+        Clock::time_point not_before{};
+        Clock::time_point first_failure{};
+        std::string body;  // while in flight
     };
-    struct Lane {
-        Batch building;
-        std::deque<Batch> ready;  // front goes next
-        bool in_flight = false;
-        Batch sending;
-        std::string body;
-    };
+    using Queue = std::list<Batch>;
 
     bool fits(const Batch &batch, size_t record_bytes) const;
-    void seal(Lane &lane);
+    void seal();
     void pump(int timeout_ms);
     void launch_ready();
-    void handle(size_t lane_index, const HttpResponse &response);
-    void retry_later(Lane &lane, Batch &&batch, const std::string &error);
-    void split_front(Lane &lane, Batch &&batch);
+    void handle(Queue::iterator batch, const HttpResponse &response);
+    // Puts batch (or what is left of it) back in the queue at position at.
+    void requeue(Queue::iterator at, Batch &&batch);
+    void retry_later(Queue::iterator at, Batch &&batch, const std::string &error);
+    void split(Queue::iterator at, Batch &&batch);
     void give_up(Batch &&batch, Outcome outcome, const std::string &field,
                  const std::string &reason);
     void stop(DeliveryState state, const std::string &error);
-    void drain_unsent();
-    bool idle() const;
+    bool in_flight() const;
 
     const PayloadFormat &format_;
     Transport &transport_;
@@ -134,7 +134,10 @@ private:
     DeliveryLimits limits_;
     RetryPolicy policy_;
     std::function<bool()> should_stop_;
-    std::vector<Lane> lanes_;
+    size_t concurrency_;
+    Batch building_;
+    Queue queue_;                           // query order; finished batches leave it
+    std::vector<Queue::iterator> slots_;    // in-flight batch per slot, or queue_.end()
     size_t max_records_;  // lowered after a 413
     DeliveryState state_ = DeliveryState::kRunning;
     std::string error_;
