@@ -63,10 +63,12 @@ CREATE SERVER amplitude_flaky FOREIGN DATA WRAPPER amplitude_sync
     OPTIONS (endpoint :'mock_url', max_attempts '3', retry_backoff_ms '1');
 CREATE USER MAPPING FOR CURRENT_USER SERVER amplitude_flaky OPTIONS (api_key 'mock-key-0123456789abcdef');
 SELECT mock_faults('[{"action": "status", "status": 500, "times": -1}]');
+\set VERBOSITY terse
 SELECT status, rows_read, sent, rejected, not_sent, requests, retries
 FROM amplitude_sync.amplitude_send_events('amplitude_flaky', $$
     SELECT 'Down' AS event_type, 'user-' || lpad(g::text, 5, '0') AS user_id FROM generate_series(1, 5) g
 $$);
+\set VERBOSITY default
 SELECT status, rows_read = sent + rejected + not_sent AS balanced, error
 FROM amplitude_sync.sync_runs WHERE run_id = (SELECT max(run_id) FROM amplitude_sync.sync_runs);
 SELECT row_number, outcome, reason, insert_id IS NOT NULL AS has_insert_id FROM amplitude_sync.rejected_records

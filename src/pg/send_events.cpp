@@ -231,9 +231,9 @@ Datum amplitude_sync_send_events(PG_FUNCTION_ARGS) {
     if (failed) {
         error = psprintf("%s; the run stopped after reading %lld rows (the rest of the query was not read)",
                          run->delivery.error().c_str(), static_cast<long long>(rows_read));
-        ereport(WARNING, (errmsg("amplitude_sync run %lld failed: %s", static_cast<long long>(log.run_id),
-                                 run->delivery.error().c_str()),
-                          errdetail("%llu rows were sent, %llu rejected and %llu not sent.",
+        ereport(WARNING, (errmsg("amplitude_sync run failed: %s", run->delivery.error().c_str()),
+                          errdetail("Run %lld: %llu rows were sent, %llu rejected and %llu not sent.",
+                                    static_cast<long long>(log.run_id),
                                     static_cast<unsigned long long>(stats->sent),
                                     static_cast<unsigned long long>(stats->rejected),
                                     static_cast<unsigned long long>(stats->not_sent)),

@@ -1,0 +1,263 @@
+// Unit tests for src/core/amplitude_response: classify_events_response for
+// each kind of answer Amplitude (or a proxy, or the network) gives, and
+// redact().
+#include "amplitude_response.hpp"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+using namespace amplitude_sync;
+
+namespace {
+
+const std::string kKey = "0123456789abcdef0123456789abcdef";
+
+ResponseVerdict Classify(int status, const std::string &body) {
+    HttpResponse r;
+    r.status = status;
+    r.body = body;
+    return classify_events_response(r, kKey);
+}
+
+// "index:field" for each refused record, in the verdict's order.
+std::vector<std::string> Refused(const ResponseVerdict &v) {
+    std::vector<std::string> out;
+    for (const RefusedIndex &r : v.refused) out.push_back(std::to_string(r.index) + ":" + r.field);
+    return out;
+}
+
+using Strings = std::vector<std::string>;
+using Indices = std::vector<size_t>;
+
+}  // namespace
+
+// ------------------------------------------------------------- transport
+
+TEST(ClassifyResponse, TransportErrorIsRetriedWithKeyRedacted) {
+    HttpResponse r;
+    r.transport_error = "Connection reset by peer (api_key=" + kKey + ")";
+    ResponseVerdict v = classify_events_response(r, kKey);
+    EXPECT_EQ(v.kind, ResponseKind::kRetry);
+    EXPECT_EQ(v.error, "Connection reset by peer (api_key=[redacted])");
+}
+
+TEST(ClassifyResponse, TimeoutIsRetried) {
+    HttpResponse r;
+    r.timed_out = true;
+    r.transport_error = "Operation timed out after 30000 milliseconds";
+    ResponseVerdict v = classify_events_response(r, kKey);
+    EXPECT_EQ(v.kind, ResponseKind::kRetry);
+    EXPECT_EQ(v.error, "request timed out");
+}
+
+// ------------------------------------------------------------------- 200
+
+TEST(ClassifyResponse, ConfirmedSuccess) {
+    ResponseVerdict v = Classify(
+        200, R"({"code":200,"events_ingested":3,"payload_size_bytes":512,"server_upload_time":1714566600250})");
+    EXPECT_EQ(v.kind, ResponseKind::kAccepted);
+    EXPECT_EQ(v.error, "");
+    EXPECT_TRUE(v.refused.empty());
+}
+
+TEST(ClassifyResponse, Http200WithoutConfirmationIsRetried) {
+    ResponseVerdict v = Classify(200, "<html>\n<body>OK</body></html>");
+    EXPECT_EQ(v.kind, ResponseKind::kRetry);
+    EXPECT_EQ(v.error, "HTTP 200 without Amplitude's confirmation: HTTP 200: <html> <body>OK</body></html>");
+
+    v = Classify(200, "");
+    EXPECT_EQ(v.kind, ResponseKind::kRetry);
+    EXPECT_EQ(v.error, "HTTP 200 without Amplitude's confirmation: HTTP 200");
+
+    EXPECT_EQ(Classify(200, R"({"code":"200"})").kind, ResponseKind::kRetry);
+    EXPECT_EQ(Classify(200, R"({"events_ingested":3})").kind, ResponseKind::kRetry);
+    EXPECT_EQ(Classify(200, R"({"code":200,"events_ingested":3)").kind, ResponseKind::kRetry);  // cut
+    EXPECT_EQ(Classify(200, "[200]").kind, ResponseKind::kRetry);
+}
+
+// ------------------------------------------------------------------- 400
+
+TEST(ClassifyResponse, Http400WithIndexMapsRefusesThoseRecords) {
+    ResponseVerdict v = Classify(400, R"({"code":400,"error":"Invalid field values on some events",
+        "events_with_invalid_fields":{"time":[3,1]},
+        "events_with_missing_fields":{"event_type":[0]},
+        "events_with_invalid_id_lengths":{"user_id":[5],"device_id":[6]}})");
+    EXPECT_EQ(v.kind, ResponseKind::kRefusedSome);
+    EXPECT_EQ(v.error, "Invalid field values on some events");
+    // Maps in a fixed order; fields within a map in key order.
+    EXPECT_EQ(Refused(v), (Strings{"3:time", "1:time", "0:event_type", "6:device_id", "5:user_id"}));
+    EXPECT_EQ(v.refused[0].reason, "Invalid field values on some events (field \"time\")");
+    EXPECT_EQ(v.refused[4].reason, "Invalid field values on some events (field \"user_id\")");
+}
+
+TEST(ClassifyResponse, Http400SilencedEventsAreRefused) {
+    ResponseVerdict v = Classify(400, R"({"code":400,"error":"Events silenced for device_id",
+        "silenced_devices":["device-9"],"silenced_events":[2,4]})");
+    EXPECT_EQ(v.kind, ResponseKind::kRefusedSome);
+    EXPECT_EQ(Refused(v), (Strings{"2:device_id", "4:device_id"}));
+    EXPECT_EQ(v.refused[1].reason, "Amplitude has silenced this device_id");
+}
+
+TEST(ClassifyResponse, Http400IgnoresIndicesThatAreNotNonNegativeIntegers) {
+    ResponseVerdict v = Classify(
+        400, R"({"code":400,"error":"Invalid field values on some events",
+                 "events_with_invalid_fields":{"time":[-1,"2",1.5,null],"ip":"7"},"silenced_events":[-3]})");
+    EXPECT_EQ(v.kind, ResponseKind::kRefusedWhole);
+    EXPECT_TRUE(v.refused.empty());
+    EXPECT_EQ(v.error, "Invalid field values on some events");
+}
+
+TEST(ClassifyResponse, Http400WithoutIndicesRefusesTheWholeRequest) {
+    ResponseVerdict v = Classify(400, R"({"code":400,"error":"Invalid JSON request body"})");
+    EXPECT_EQ(v.kind, ResponseKind::kRefusedWhole);
+    EXPECT_EQ(v.error, "Invalid JSON request body");
+
+    v = Classify(400, R"({"code":400})");
+    EXPECT_EQ(v.kind, ResponseKind::kRefusedWhole);
+    EXPECT_EQ(v.error, R"(HTTP 400: {"code":400})");
+}
+
+TEST(ClassifyResponse, Http400FromAProxyIsRefusedWhole) {
+    ResponseVerdict v = Classify(400, "<html>Bad Request</html>");
+    EXPECT_EQ(v.kind, ResponseKind::kRefusedWhole);
+    EXPECT_EQ(v.error, "HTTP 400: <html>Bad Request</html>");
+}
+
+TEST(ClassifyResponse, InvalidApiKeyIsFatalAndRedacted) {
+    ResponseVerdict v = Classify(400, R"({"code":400,"error":"Invalid API key: )" + kKey + R"("})");
+    EXPECT_EQ(v.kind, ResponseKind::kFatal);
+    EXPECT_EQ(v.error, "Invalid API key: [redacted]");
+    EXPECT_TRUE(v.refused.empty());
+}
+
+TEST(ClassifyResponse, MissingFieldIsFatal) {
+    ResponseVerdict v = Classify(
+        400, R"({"code":400,"error":"Request missing required field","missing_field":"api_key",
+                 "events_with_missing_fields":{"event_type":[0]}})");
+    EXPECT_EQ(v.kind, ResponseKind::kFatal);
+    EXPECT_EQ(v.error, "Request missing required field (missing_field: \"api_key\")");
+    EXPECT_TRUE(v.refused.empty());
+}
+
+// ------------------------------------------------------------------- 413
+
+TEST(ClassifyResponse, Http413MeansSplit) {
+    ResponseVerdict v = Classify(413, R"({"code":413,"error":"Payload too large"})");
+    EXPECT_EQ(v.kind, ResponseKind::kTooLarge);
+    EXPECT_EQ(v.error, "payload too large (HTTP 413)");
+    EXPECT_EQ(Classify(413, "<html>Request Entity Too Large</html>").kind, ResponseKind::kTooLarge);
+}
+
+// ------------------------------------------------------------------- 429
+
+TEST(ClassifyResponse, Http429NamesThrottledAndOverQuotaIds) {
+    ResponseVerdict v = Classify(429, R"({"code":429,"error":"Too many requests for some devices and users",
+        "eps_threshold":30,"throttled_devices":{"device-a":31},"throttled_users":{"user-b":32,"user-c":40},
+        "throttled_events":[3,4,7],"exceeded_daily_quota_users":{"user-q":500200},
+        "exceeded_daily_quota_devices":{"device-q":500900}})");
+    EXPECT_EQ(v.kind, ResponseKind::kThrottled);
+    EXPECT_EQ(v.error, "Too many requests for some devices and users");
+    EXPECT_EQ(v.throttled_events, (Indices{3, 4, 7}));
+    EXPECT_EQ(v.throttled_devices, (Strings{"device-a"}));
+    EXPECT_EQ(v.throttled_users, (Strings{"user-b", "user-c"}));
+    EXPECT_EQ(v.quota_users, (Strings{"user-q"}));
+    EXPECT_EQ(v.quota_devices, (Strings{"device-q"}));
+    EXPECT_FALSE(v.project_throttled());
+}
+
+TEST(ClassifyResponse, Http429WithOnlyQuotaIsNotProjectWide) {
+    ResponseVerdict v = Classify(429, R"({"code":429,"error":"x","exceeded_daily_quota_users":{"user-q":1}})");
+    EXPECT_EQ(v.kind, ResponseKind::kThrottled);
+    EXPECT_FALSE(v.project_throttled());
+    EXPECT_EQ(v.quota_users, (Strings{"user-q"}));
+}
+
+TEST(ClassifyResponse, Http429WithEmptyMapsIsProjectWide) {
+    ResponseVerdict v = Classify(429, R"({"code":429,"error":"Too many requests","throttled_users":{},"throttled_events":[]})");
+    EXPECT_EQ(v.kind, ResponseKind::kThrottled);
+    EXPECT_TRUE(v.project_throttled());
+    EXPECT_EQ(v.error, "Too many requests");
+
+    v = Classify(429, "<html>slow down</html>");
+    EXPECT_EQ(v.kind, ResponseKind::kThrottled);
+    EXPECT_TRUE(v.project_throttled());
+    EXPECT_EQ(v.error, "HTTP 429: <html>slow down</html>");
+}
+
+// ------------------------------------------------------------------- 5xx
+
+TEST(ClassifyResponse, ServerErrorsAreRetried) {
+    for (int status : {500, 502, 503, 504}) {
+        ResponseVerdict v = Classify(status, "upstream\r\nfailed");
+        EXPECT_EQ(v.kind, ResponseKind::kRetry) << status;
+        EXPECT_EQ(v.error, "HTTP " + std::to_string(status) + ": upstream  failed");
+    }
+}
+
+TEST(ClassifyResponse, UnlistedServerErrorsAreRetriedAsUnexpected) {
+    for (int status : {501, 505, 520, 599}) {
+        ResponseVerdict v = Classify(status, "");
+        EXPECT_EQ(v.kind, ResponseKind::kRetry) << status;
+        EXPECT_EQ(v.error, "unexpected answer: HTTP " + std::to_string(status));
+    }
+}
+
+TEST(ClassifyResponse, LongBodiesAreCutInErrors) {
+    ResponseVerdict v = Classify(502, std::string(500, 'x'));
+    EXPECT_EQ(v.error, "HTTP 502: " + std::string(200, 'x') + "...");
+}
+
+// ------------------------------------------------------------- fatal ones
+
+TEST(ClassifyResponse, ForbiddenIsFatal) {
+    ResponseVerdict v = Classify(403, R"({"code":403,"error":"Forbidden"})");
+    EXPECT_EQ(v.kind, ResponseKind::kFatal);
+    EXPECT_EQ(v.error, "forbidden by Amplitude (HTTP 403): Forbidden");
+
+    v = Classify(403, "<html>denied</html>");
+    EXPECT_EQ(v.kind, ResponseKind::kFatal);
+    EXPECT_EQ(v.error, "forbidden by Amplitude (HTTP 403): HTTP 403: <html>denied</html>");
+}
+
+TEST(ClassifyResponse, OtherClientStatusesAreFatal) {
+    for (int status : {301, 401, 404, 405, 409, 414}) {
+        ResponseVerdict v = Classify(status, "nope");
+        EXPECT_EQ(v.kind, ResponseKind::kFatal) << status;
+        EXPECT_EQ(v.error, "unexpected answer: HTTP " + std::to_string(status) + ": nope");
+    }
+}
+
+TEST(ClassifyResponse, KeyIsRedactedFromQuotedBodies) {
+    ResponseVerdict v = Classify(404, "no project for key " + kKey);
+    EXPECT_EQ(v.error, "unexpected answer: HTTP 404: no project for key [redacted]");
+}
+
+// ----------------------------------------------------------------- redact
+
+TEST(Redact, ReplacesEveryOccurrence) {
+    EXPECT_EQ(redact("k=SECRET&again=SECRETSECRET", "SECRET"), "k=[redacted]&again=[redacted][redacted]");
+    EXPECT_EQ(redact("nothing here", "SECRET"), "nothing here");
+}
+
+TEST(Redact, EmptySecretChangesNothing) {
+    EXPECT_EQ(redact("abc", ""), "abc");
+}
+
+TEST(Redact, CutsToMaxLength) {
+    EXPECT_EQ(redact(std::string(301, 'a'), "k"), std::string(300, 'a') + "...");
+    EXPECT_EQ(redact(std::string(300, 'a'), "k"), std::string(300, 'a'));
+    EXPECT_EQ(redact("abcdef", "k", 4), "abcd...");
+}
+
+TEST(Redact, CutsOnACharacterBoundary) {
+    // "aé€": cutting at 2 would split é, at 4 would split €.
+    EXPECT_EQ(redact("a\xc3\xa9\xe2\x82\xac", "k", 2), "a...");
+    EXPECT_EQ(redact("a\xc3\xa9\xe2\x82\xac", "k", 4), "a\xc3\xa9...");
+}
+
+TEST(Redact, RedactsBeforeCuttingSoNoPartOfTheKeyLeaks) {
+    std::string out = redact(std::string(295, 'a') + "SECRETKEY", "SECRETKEY");
+    EXPECT_EQ(out, std::string(295, 'a') + "[reda...");
+}
