@@ -60,5 +60,10 @@ SELECT status, rejected FROM amplitude_sync.amplitude_send_events('amplitude_moc
 $$);
 SELECT row_number, field, reason FROM amplitude_sync.rejected_records
 WHERE run_id = (SELECT max(run_id) FROM amplitude_sync.sync_runs);
+SELECT status, rejected FROM amplitude_sync.amplitude_send_events('amplitude_mock', $$
+    SELECT 'Old Time' AS event_type, 'user-types' AS user_id, '1969-12-31 23:59:59+00'::timestamptz AS time
+$$);
+SELECT row_number, field, reason FROM amplitude_sync.rejected_records
+WHERE run_id = (SELECT max(run_id) FROM amplitude_sync.sync_runs);
 SELECT count(*) AS events_stored FROM mock_events();
 RESET TimeZone;

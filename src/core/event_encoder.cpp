@@ -317,6 +317,9 @@ void EventEncoder::put_value(size_t col, const Value &v) {
         } else if (v.category != TypeCategory::kInteger) {
             ms = pg_timestamp_to_unix_millis(v.i);
         }
+        // Amplitude refuses times before the Unix epoch (session_id -1 means none).
+        if (ms < (p.json_key == "\"session_id\"" ? -1 : 0))
+            return reject(col, "Amplitude refuses times before 1970-01-01");
         begin_member(col, top_);
         append_json_int(top_, ms);
         return;
