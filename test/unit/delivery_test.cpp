@@ -1,0 +1,757 @@
+// Unit tests for src/core/delivery: batching, lanes and ordering, and how
+// Delivery reacts to each kind of answer. A fake Transport records every
+// request (parsed with nlohmann/json) and answers from a script or a function,
+// so each test states exactly which rows each request carried, in what order.
+#include "delivery.hpp"
+
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <map>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+using namespace amplitude_sync;
+using Clock = std::chrono::steady_clock;
+using Rows = std::vector<uint64_t>;
+
+namespace {
+
+const std::string kApiKey = "test-api-key-0123456789abcdef";
+const std::string kUrl = "https://api2.amplitude.test/2/httpapi";
+
+// ------------------------------------------------------------- fake network
+
+struct Request {
+    size_t index = 0;  // 0-based, in the order requests were started
+    size_t slot = 0;   // the lane that sent it
+    std::string url, content_type, body;
+    nlohmann::json json;
+    Rows rows;                         // event_properties.n of each event, in order
+    std::vector<std::string> keys;     // each event's ordering key (device_id, else user_id)
+    Clock::time_point started;
+};
+
+using Responder = std::function<HttpResponse(const Request &)>;
+
+class FakeTransport : public Transport {
+public:
+    explicit FakeTransport(Responder responder) : responder_(std::move(responder)) {}
+
+    void start(size_t slot, const std::string &url, const std::string &content_type,
+               const std::string &body) override {
+        if (!busy_.insert(slot).second) ++overlapping_starts;
+        Request r;
+        r.index = requests.size();
+        r.slot = slot;
+        r.url = url;
+        r.content_type = content_type;
+        r.body = body;
+        r.json = nlohmann::json::parse(body);
+        for (const nlohmann::json &event : r.json.at("events")) {
+            r.rows.push_back(event.at("event_properties").at("n").get<uint64_t>());
+            r.keys.push_back(event.contains("device_id") ? event["device_id"].get<std::string>()
+                                                         : event["user_id"].get<std::string>());
+        }
+        r.started = Clock::now();
+        requests.push_back(std::move(r));
+        pending_.push_back(requests.size() - 1);
+    }
+
+    // Answers everything in flight at once, in start order; sleeps like a
+    // real wait when nothing is in flight.
+    void wait(int timeout_ms, std::vector<std::pair<size_t, HttpResponse>> &done) override {
+        if (pending_.empty()) {
+            ++idle_waits;
+            std::this_thread::sleep_for(std::chrono::milliseconds(std::max(timeout_ms, 0)));
+            return;
+        }
+        for (size_t index : pending_) {
+            const Request &r = requests[index];
+            busy_.erase(r.slot);
+            HttpResponse answer = responder_(r);
+            statuses.push_back(answer.status);
+            done.emplace_back(r.slot, std::move(answer));
+        }
+        pending_.clear();
+    }
+
+    std::vector<Request> requests;
+    std::vector<int> statuses;  // answer given to requests[i]
+    int overlapping_starts = 0;  // a start on a slot whose request was not answered
+    int idle_waits = 0;
+
+private:
+    Responder responder_;
+    std::set<size_t> busy_;
+    std::vector<size_t> pending_;
+};
+
+HttpResponse Answer(int status, std::string body) {
+    HttpResponse r;
+    r.status = status;
+    r.body = std::move(body);
+    return r;
+}
+
+HttpResponse Ok() { return Answer(200, R"({"code":200,"events_ingested":1})"); }
+
+HttpResponse TransportError(const std::string &error) {
+    HttpResponse r;
+    r.transport_error = error;
+    return r;
+}
+
+// Answers from a list, then 200 for everything after it.
+Responder Script(std::vector<HttpResponse> answers) {
+    auto queue = std::make_shared<std::deque<HttpResponse>>(answers.begin(), answers.end());
+    return [queue](const Request &) {
+        if (queue->empty()) return Ok();
+        HttpResponse r = queue->front();
+        queue->pop_front();
+        return r;
+    };
+}
+
+Responder Always(HttpResponse answer) {
+    return [answer](const Request &) { return answer; };
+}
+
+bool Contains(const Rows &rows, uint64_t n) {
+    return std::find(rows.begin(), rows.end(), n) != rows.end();
+}
+
+// ---------------------------------------------------------------- records
+
+// An event with property n = row number, for user (or device) key; padded
+// with a "pad" property to exactly `size` bytes when size is given.
+Record MakeRecord(uint64_t n, const std::string &user, size_t size = 0,
+                  const std::string &device = "") {
+    Record r;
+    r.row_number = n;
+    r.user_id = user;
+    r.device_id = device;
+    r.event_type = "e";
+    r.insert_id = "id-" + std::to_string(n);
+    std::string head = R"({"event_type":"e","user_id":")" + user + "\"";
+    if (!device.empty()) head += R"(,"device_id":")" + device + "\"";
+    head += R"(,"insert_id":")" + r.insert_id + R"(","event_properties":{"n":)" + std::to_string(n);
+    r.json = head + "}}";
+    if (size) {
+        std::string padded = head + R"(,"pad":"")" + "}}";
+        EXPECT_GE(size, padded.size()) << "record size too small for the test";
+        r.json = head + R"(,"pad":")" + std::string(size - padded.size(), 'x') + "\"}}";
+        EXPECT_EQ(r.json.size(), size);
+    }
+    return r;
+}
+
+RetryPolicy FastPolicy() {
+    RetryPolicy p;
+    p.max_attempts = 4;
+    p.max_retry_ms = 10000;
+    p.backoff_base_ms = 1;
+    p.backoff_cap_ms = 2;
+    p.throttle_pause_ms = 5;
+    p.project_throttle_pause_ms = 5;
+    return p;
+}
+
+DeliveryLimits Limits(size_t max_records, size_t max_bytes = 1000000 - 1) {
+    DeliveryLimits l;
+    l.max_records = max_records;
+    l.max_bytes = max_bytes;
+    return l;
+}
+
+size_t LaneOf(const std::string &key, size_t lanes) { return std::hash<std::string>{}(key) % lanes; }
+
+// The first user names "user-<k>" that land in distinct lanes.
+std::vector<std::string> UsersInDistinctLanes(size_t count, size_t lanes) {
+    std::vector<std::string> users;
+    std::set<size_t> used;
+    for (int k = 1; users.size() < count && k < 10000; ++k) {
+        std::string user = "user-" + std::to_string(k);
+        if (used.insert(LaneOf(user, lanes)).second) users.push_back(user);
+    }
+    return users;
+}
+
+// One Delivery with its format and fake transport. should_stop also trips
+// after 5 s so a stuck test fails (state kInterrupted) instead of hanging.
+struct Harness {
+    explicit Harness(Responder responder, DeliveryLimits limits = Limits(2000),
+                     RetryPolicy policy = FastPolicy(), size_t lanes = 1,
+                     std::function<bool()> stop = nullptr)
+        : format(kApiKey, 5),
+          transport(std::move(responder)),
+          deadline(Clock::now() + std::chrono::seconds(5)),
+          delivery(format, transport, kUrl, limits, policy, lanes,
+                   [this, stop] { return (stop && stop()) || Clock::now() > deadline; }) {}
+
+    void AddRows(uint64_t first, uint64_t last, const std::string &user = "user-1") {
+        for (uint64_t n = first; n <= last; ++n) delivery.add(MakeRecord(n, user));
+    }
+    // Rows each request carried, in request order.
+    std::vector<Rows> RequestRows() const {
+        std::vector<Rows> out;
+        for (const Request &r : transport.requests) out.push_back(r.rows);
+        return out;
+    }
+    // Row numbers of the rejections with this outcome, in report order.
+    Rows RejectedRows(Outcome outcome) {
+        Rows out;
+        for (const Rejection &r : delivery.rejections())
+            if (r.outcome == outcome) out.push_back(r.record.row_number);
+        return out;
+    }
+    const Rejection *RejectionFor(uint64_t row) {
+        for (const Rejection &r : delivery.rejections())
+            if (r.record.row_number == row) return &r;
+        return nullptr;
+    }
+
+    EventsFormat format;
+    FakeTransport transport;
+    Clock::time_point deadline;
+    Delivery delivery;
+};
+
+Rows Range(uint64_t first, uint64_t last) {
+    Rows out;
+    for (uint64_t n = first; n <= last; ++n) out.push_back(n);
+    return out;
+}
+
+long MillisBetween(Clock::time_point a, Clock::time_point b) {
+    return static_cast<long>(std::chrono::duration_cast<std::chrono::milliseconds>(b - a).count());
+}
+
+}  // namespace
+
+// ============================================================ EventsFormat
+
+TEST(EventsFormat, BuildsTheHttpApiBody) {
+    EventsFormat format("KEY", 5);
+    Record a, b;
+    a.json = R"({"a":1})";
+    b.json = R"({"b":2})";
+    std::string body = "stale";
+    format.build({a, b}, body);
+    EXPECT_EQ(body, R"({"api_key":"KEY","events":[{"a":1},{"b":2}]})");
+    EXPECT_EQ(format.overhead_bytes(), body.size() - a.json.size() - b.json.size() - 1);
+    EXPECT_STREQ(format.content_type(), "application/json");
+}
+
+TEST(EventsFormat, SendsMinIdLengthOptionOnlyWhenNotTheDefault) {
+    Record a;
+    a.json = "{}";
+    std::string body;
+    EventsFormat(R"(k"ey)", 3).build({a}, body);
+    EXPECT_EQ(body, R"({"api_key":"k\"ey","events":[{}],"options":{"min_id_length":3}})");
+    EventsFormat(R"(k"ey)", 5).build({a}, body);
+    EXPECT_EQ(body, R"({"api_key":"k\"ey","events":[{}]})");
+}
+
+TEST(EventsFormat, ClassifiesWithItsApiKeyRedacted) {
+    EventsFormat format("KEY-123", 5);
+    ResponseVerdict v = format.classify(Answer(400, R"({"code":400,"error":"Invalid API key: KEY-123"})"));
+    EXPECT_EQ(v.kind, ResponseKind::kFatal);
+    EXPECT_EQ(v.error, "Invalid API key: [redacted]");
+}
+
+// ================================================================ batching
+
+TEST(DeliveryBatching, FiveThousandRecordsMakeThreeRequestsOfAtMost2000) {
+    Harness h(Always(Ok()));
+    for (uint64_t n = 1; n <= 5000; ++n) h.delivery.add(MakeRecord(n, "user-" + std::to_string(n % 10)));
+    h.delivery.finish();
+
+    ASSERT_EQ(h.transport.requests.size(), 3u);
+    EXPECT_EQ(h.transport.requests[0].rows, Range(1, 2000));
+    EXPECT_EQ(h.transport.requests[1].rows, Range(2001, 4000));
+    EXPECT_EQ(h.transport.requests[2].rows, Range(4001, 5000));
+    size_t bytes = 0;
+    for (const Request &r : h.transport.requests) {
+        EXPECT_EQ(r.url, kUrl);
+        EXPECT_EQ(r.content_type, "application/json");
+        EXPECT_EQ(r.json["api_key"], kApiKey);
+        EXPECT_FALSE(r.json.contains("options"));
+        bytes += r.body.size();
+    }
+    EXPECT_EQ(h.delivery.state(), DeliveryState::kRunning);
+    EXPECT_EQ(h.delivery.stats().sent, 5000u);
+    EXPECT_EQ(h.delivery.stats().requests, 3u);
+    EXPECT_EQ(h.delivery.stats().retries, 0u);
+    EXPECT_EQ(h.delivery.stats().rejected, 0u);
+    EXPECT_EQ(h.delivery.stats().not_sent, 0u);
+    EXPECT_EQ(h.delivery.stats().bytes_sent, bytes);
+    EXPECT_TRUE(h.delivery.rejections().empty());
+}
+
+TEST(DeliveryBatching, RecordCountLimitIsExact) {
+    Harness h(Always(Ok()), Limits(3));
+    h.AddRows(1, 7);
+    h.delivery.finish();
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2, 3}, {4, 5, 6}, {7}}));
+}
+
+TEST(DeliveryBatching, ByteLimitFillsRequestsUpToExactlyMaxBytes) {
+    const size_t overhead = EventsFormat(kApiKey, 5).overhead_bytes();
+    const size_t max_bytes = overhead + 3 * 100 + 2;  // three 100-byte records and two commas
+    Harness h(Always(Ok()), Limits(2000, max_bytes));
+    for (uint64_t n = 1; n <= 10; ++n) h.delivery.add(MakeRecord(n, "user-1", 100));
+    h.delivery.finish();
+
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2, 3}, {4, 5, 6}, {7, 8, 9}, {10}}));
+    for (size_t i = 0; i < 3; ++i) EXPECT_EQ(h.transport.requests[i].body.size(), max_bytes);
+    EXPECT_EQ(h.delivery.stats().sent, 10u);
+}
+
+TEST(DeliveryBatching, OneByteLessMeansOneRecordLess) {
+    const size_t overhead = EventsFormat(kApiKey, 5).overhead_bytes();
+    Harness h(Always(Ok()), Limits(2000, overhead + 3 * 100 + 1));
+    for (uint64_t n = 1; n <= 5; ++n) h.delivery.add(MakeRecord(n, "user-1", 100));
+    h.delivery.finish();
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2}, {3, 4}, {5}}));
+    for (const Request &r : h.transport.requests) EXPECT_LE(r.body.size(), overhead + 3 * 100 + 1);
+}
+
+TEST(DeliveryBatching, RecordLargerThanAnyRequestIsRejected) {
+    const size_t overhead = EventsFormat(kApiKey, 5).overhead_bytes();
+    const size_t max_bytes = overhead + 99;
+    Harness h(Always(Ok()), Limits(2000, max_bytes));
+    h.delivery.add(MakeRecord(1, "user-1", 100));
+    h.delivery.add(MakeRecord(2, "user-1", 99));
+    h.delivery.finish();
+
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{2}}));
+    EXPECT_EQ(h.RejectedRows(Outcome::kRejected), (Rows{1}));
+    EXPECT_EQ(h.RejectionFor(1)->reason,
+              "record is 100 bytes, more than one request may carry (" + std::to_string(max_bytes) +
+                  " bytes)");
+    EXPECT_EQ(h.delivery.stats().sent, 1u);
+    EXPECT_EQ(h.delivery.stats().rejected, 1u);
+}
+
+TEST(DeliveryBatching, EncoderRejectionsAreCountedAndPassedOn) {
+    Harness h(Always(Ok()));
+    Rejection refused;
+    refused.record.row_number = 5;
+    refused.reason = "event_type is missing";
+    Rejection unsent;
+    unsent.record.row_number = 6;
+    unsent.outcome = Outcome::kNotSent;
+    h.delivery.reject(std::move(refused));
+    h.delivery.reject(std::move(unsent));
+    h.delivery.finish();
+    EXPECT_EQ(h.delivery.stats().rejected, 1u);
+    EXPECT_EQ(h.delivery.stats().not_sent, 1u);
+    EXPECT_EQ(h.delivery.stats().requests, 0u);
+    ASSERT_EQ(h.delivery.rejections().size(), 2u);
+    EXPECT_EQ(h.delivery.rejections()[0].reason, "event_type is missing");
+}
+
+// ========================================================= lanes and order
+
+TEST(DeliveryLanes, KeysInDifferentLanesGoInSeparateRequests) {
+    std::vector<std::string> users = UsersInDistinctLanes(2, 4);
+    ASSERT_EQ(users.size(), 2u);
+    Harness h(Always(Ok()), Limits(2000), FastPolicy(), 4);
+    h.delivery.add(MakeRecord(1, users[0]));
+    h.delivery.add(MakeRecord(2, users[1]));
+    h.delivery.add(MakeRecord(3, users[0]));
+    h.delivery.add(MakeRecord(4, users[1]));
+    h.delivery.finish();
+
+    ASSERT_EQ(h.transport.requests.size(), 2u);
+    std::map<size_t, Rows> by_lane;
+    for (const Request &r : h.transport.requests) by_lane[r.slot] = r.rows;
+    EXPECT_EQ(by_lane[LaneOf(users[0], 4)], (Rows{1, 3}));
+    EXPECT_EQ(by_lane[LaneOf(users[1], 4)], (Rows{2, 4}));
+}
+
+TEST(DeliveryLanes, DeviceIdIsTheOrderingKeyWhenPresent) {
+    std::vector<std::string> users = UsersInDistinctLanes(2, 4);
+    ASSERT_EQ(users.size(), 2u);
+    Harness h(Always(Ok()), Limits(2000), FastPolicy(), 4);
+    // Different users on one device travel together, in the device's lane.
+    h.delivery.add(MakeRecord(1, users[0], 0, "device-shared"));
+    h.delivery.add(MakeRecord(2, users[1], 0, "device-shared"));
+    h.delivery.finish();
+    ASSERT_EQ(h.transport.requests.size(), 1u);
+    EXPECT_EQ(h.transport.requests[0].rows, (Rows{1, 2}));
+    EXPECT_EQ(h.transport.requests[0].slot, LaneOf("device-shared", 4));
+}
+
+TEST(DeliveryLanes, PerKeyOrderHoldsAcrossLanesRetriesAndThrottling) {
+    const size_t lanes = 4;
+    std::vector<std::string> keys = {"user-a", "user-b", "user-c", "user-d", "user-e", "device-f"};
+    bool throttled_once = false;
+    Responder responder = [&](const Request &r) {
+        // Throttle user-b the first time it shows up, fail every third request.
+        if (!throttled_once && std::count(r.keys.begin(), r.keys.end(), "user-b")) {
+            throttled_once = true;
+            return Answer(429, R"({"code":429,"error":"slow","throttled_users":{"user-b":31}})");
+        }
+        if (r.index % 3 == 2) return Answer(503, "busy");
+        return Ok();
+    };
+    RetryPolicy policy = FastPolicy();
+    policy.max_attempts = 50;
+    Harness h(responder, Limits(3), policy, lanes);
+
+    std::map<std::string, Rows> expected;
+    for (uint64_t n = 1; n <= 90; ++n) {
+        const std::string &key = keys[(n * 7 + n / 5) % keys.size()];
+        expected[key].push_back(n);
+        h.delivery.add(key.rfind("device", 0) == 0 ? MakeRecord(n, "user-x", 0, key) : MakeRecord(n, key));
+    }
+    h.delivery.finish();
+
+    ASSERT_EQ(h.delivery.state(), DeliveryState::kRunning) << h.delivery.error();
+    EXPECT_EQ(h.transport.overlapping_starts, 0);
+    EXPECT_TRUE(throttled_once);
+
+    std::map<std::string, Rows> delivered;  // accepted rows per key, in send order
+    std::set<uint64_t> seen;
+    uint64_t expected_retries = 0, failed = 0;
+    for (const Request &r : h.transport.requests) {
+        bool resend = false;
+        for (size_t i = 0; i < r.rows.size(); ++i) {
+            EXPECT_EQ(r.slot, LaneOf(r.keys[i], lanes)) << "row " << r.rows[i] << " in wrong lane";
+            resend |= !seen.insert(r.rows[i]).second;
+            if (h.transport.statuses[r.index] == 200) delivered[r.keys[i]].push_back(r.rows[i]);
+        }
+        expected_retries += resend;
+        failed += h.transport.statuses[r.index] != 200;
+    }
+    EXPECT_EQ(delivered, expected);
+    EXPECT_GT(failed, 5u);
+    EXPECT_EQ(h.delivery.stats().sent, 90u);
+    EXPECT_EQ(h.delivery.stats().requests, h.transport.requests.size());
+    EXPECT_EQ(h.delivery.stats().retries, expected_retries);
+    EXPECT_TRUE(h.delivery.rejections().empty());
+}
+
+// ========================================================== 400 refusals
+
+TEST(DeliveryRefusals, PartialRefusalDropsThoseAndResendsTheRestFirst) {
+    Harness h(Script({Answer(400, R"({"code":400,"error":"Invalid field values on some events",
+                                       "events_with_invalid_fields":{"time":[1,3]}})")}),
+              Limits(5));
+    h.AddRows(1, 10);
+    h.delivery.finish();
+
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2, 3, 4, 5}, {1, 3, 5}, {6, 7, 8, 9, 10}}));
+    EXPECT_EQ(h.RejectedRows(Outcome::kRejected), (Rows{2, 4}));
+    const Rejection *r = h.RejectionFor(2);
+    ASSERT_NE(r, nullptr);
+    EXPECT_EQ(r->field, "time");
+    EXPECT_EQ(r->reason, "refused by Amplitude: Invalid field values on some events (field \"time\")");
+    EXPECT_EQ(r->record.insert_id, "id-2");
+    EXPECT_EQ(h.delivery.stats().sent, 8u);
+    EXPECT_EQ(h.delivery.stats().rejected, 2u);
+    EXPECT_EQ(h.delivery.stats().requests, 3u);
+    EXPECT_EQ(h.delivery.stats().retries, 1u);
+}
+
+TEST(DeliveryRefusals, IndexNamedTwiceIsRejectedOnce) {
+    Harness h(Script({Answer(400, R"({"code":400,"error":"bad",
+                                       "events_with_invalid_fields":{"time":[0],"ip":[0]},
+                                       "events_with_missing_fields":{"event_type":[0]}})")}));
+    h.AddRows(1, 3);
+    h.delivery.finish();
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2, 3}, {2, 3}}));
+    EXPECT_EQ(h.RejectedRows(Outcome::kRejected), (Rows{1}));
+    EXPECT_EQ(h.delivery.stats().rejected, 1u);
+    EXPECT_EQ(h.delivery.stats().sent, 2u);
+}
+
+TEST(DeliveryRefusals, IndicesOutOfRangeFallBackToBisecting) {
+    Harness h(Script({Answer(400, R"({"code":400,"error":"bad","events_with_invalid_fields":{"time":[99]}})")}));
+    h.AddRows(1, 4);
+    h.delivery.finish();
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2, 3, 4}, {1, 2}, {3, 4}}));
+    EXPECT_EQ(h.delivery.stats().sent, 4u);
+    EXPECT_EQ(h.delivery.stats().rejected, 0u);
+    EXPECT_EQ(h.delivery.stats().retries, 2u);
+}
+
+TEST(DeliveryRefusals, RefusalWithoutIndicesBisectsToTheCulprit) {
+    Harness h([](const Request &r) {
+        return Contains(r.rows, 6) ? Answer(400, R"({"code":400,"error":"Invalid JSON request body"})") : Ok();
+    });
+    h.AddRows(1, 8);
+    h.delivery.finish();
+
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{
+                                   {1, 2, 3, 4, 5, 6, 7, 8}, {1, 2, 3, 4}, {5, 6, 7, 8}, {5, 6}, {5}, {6}, {7, 8}}));
+    EXPECT_EQ(h.RejectedRows(Outcome::kRejected), (Rows{6}));
+    EXPECT_EQ(h.RejectionFor(6)->reason, "refused by Amplitude: Invalid JSON request body");
+    EXPECT_EQ(h.RejectionFor(6)->field, "");
+    EXPECT_EQ(h.delivery.stats().sent, 7u);
+    EXPECT_EQ(h.delivery.stats().rejected, 1u);
+    EXPECT_EQ(h.delivery.stats().requests, 7u);
+    EXPECT_EQ(h.delivery.stats().retries, 6u);
+    EXPECT_EQ(h.delivery.state(), DeliveryState::kRunning);
+}
+
+// ===================================================================== 413
+
+TEST(DeliveryTooLarge, HalvesUntilRequestsFit) {
+    Harness h([](const Request &r) {
+        return r.rows.size() > 2 ? Answer(413, R"({"code":413,"error":"Payload too large"})") : Ok();
+    }, Limits(8));
+    h.AddRows(1, 8);
+    h.delivery.finish();
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2, 3, 4, 5, 6, 7, 8}, {1, 2, 3, 4}, {1, 2}, {3, 4},
+                                                  {5, 6, 7, 8}, {5, 6}, {7, 8}}));
+    EXPECT_EQ(h.delivery.stats().sent, 8u);
+    EXPECT_EQ(h.delivery.stats().retries, 6u);
+}
+
+TEST(DeliveryTooLarge, BatchesSealedAfterA413StaySmaller) {
+    Harness h(Script({Answer(413, "")}), Limits(8));
+    h.AddRows(1, 40);
+    h.delivery.finish();
+    // Rows 9-32 were already batched by 8 when the 413 arrived; rows 33-40
+    // were batched afterwards, by the learned 4.
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{Range(1, 8), Range(1, 4), Range(5, 8), Range(9, 16),
+                                                  Range(17, 24), Range(25, 32), Range(33, 36),
+                                                  Range(37, 40)}));
+    EXPECT_EQ(h.delivery.stats().sent, 40u);
+    EXPECT_EQ(h.delivery.stats().retries, 2u);
+}
+
+TEST(DeliveryTooLarge, SingleRecordStillTooLargeIsRejected) {
+    Harness h([](const Request &r) { return Contains(r.rows, 2) ? Answer(413, "") : Ok(); });
+    h.AddRows(1, 3);
+    h.delivery.finish();
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2, 3}, {1}, {2, 3}, {2}, {3}}));
+    EXPECT_EQ(h.RejectedRows(Outcome::kRejected), (Rows{2}));
+    EXPECT_EQ(h.RejectionFor(2)->reason, "refused by Amplitude: payload too large (HTTP 413) even alone");
+    EXPECT_EQ(h.delivery.stats().sent, 2u);
+}
+
+// ===================================================================== 429
+
+TEST(DeliveryThrottling, QuotaIdsRejectedThrottledPausedOthersResentAtOnce) {
+    RetryPolicy policy = FastPolicy();
+    policy.throttle_pause_ms = 30;
+    Harness h(Script({Answer(429, R"({"code":429,"error":"Too many requests for some devices and users",
+        "throttled_users":{"user-3":31},"throttled_devices":{"device-t":31},"throttled_events":[6],
+        "exceeded_daily_quota_users":{"user-2":500200},"exceeded_daily_quota_devices":{"device-q":500900}})")}),
+              Limits(2000), policy);
+    h.delivery.add(MakeRecord(1, "user-1"));
+    h.delivery.add(MakeRecord(2, "user-2"));                 // quota user
+    h.delivery.add(MakeRecord(3, "user-3"));                 // throttled user
+    h.delivery.add(MakeRecord(4, "user-1"));
+    h.delivery.add(MakeRecord(5, "user-5", 0, "device-t"));  // throttled device
+    h.delivery.add(MakeRecord(6, "user-6", 0, "device-q"));  // quota device
+    h.delivery.add(MakeRecord(7, "user-7"));                 // index 6: throttled event
+    h.delivery.add(MakeRecord(8, "user-3"));
+    h.delivery.finish();
+
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2, 3, 4, 5, 6, 7, 8}, {1, 4}, {3, 5, 7, 8}}));
+    EXPECT_EQ(h.RejectedRows(Outcome::kRejected), (Rows{2, 6}));
+    EXPECT_EQ(h.RejectionFor(2)->reason,
+              "daily quota exceeded: Amplitude refuses more events for this ID today");
+    ASSERT_EQ(h.transport.requests.size(), 3u);
+    EXPECT_GE(MillisBetween(h.transport.requests[0].started, h.transport.requests[2].started), 30);
+    EXPECT_EQ(h.delivery.stats().sent, 6u);
+    EXPECT_EQ(h.delivery.stats().rejected, 2u);
+    EXPECT_EQ(h.delivery.stats().requests, 3u);
+    EXPECT_EQ(h.delivery.stats().retries, 2u);
+    EXPECT_EQ(h.delivery.state(), DeliveryState::kRunning);
+}
+
+TEST(DeliveryThrottling, ProjectWideThrottleResendsEverythingAfterThePause) {
+    RetryPolicy policy = FastPolicy();
+    policy.project_throttle_pause_ms = 30;
+    Harness h(Script({Answer(429, R"({"code":429,"error":"Too many requests"})")}), Limits(2000), policy);
+    h.AddRows(1, 3);
+    h.delivery.finish();
+
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2, 3}, {1, 2, 3}}));
+    EXPECT_EQ(h.transport.requests[0].body, h.transport.requests[1].body);  // same insert_ids
+    EXPECT_GE(MillisBetween(h.transport.requests[0].started, h.transport.requests[1].started), 30);
+    EXPECT_EQ(h.delivery.stats().sent, 3u);
+    EXPECT_EQ(h.delivery.stats().retries, 1u);
+}
+
+TEST(DeliveryThrottling, ThrottledLongerThanMaxRetryTimeFails) {
+    RetryPolicy policy = FastPolicy();
+    policy.max_retry_ms = 20;
+    policy.project_throttle_pause_ms = 2;
+    Harness h(Always(Answer(429, R"({"code":429,"error":"Too many requests"})")), Limits(2), policy);
+    h.AddRows(1, 4);
+    h.delivery.finish();
+
+    EXPECT_EQ(h.delivery.state(), DeliveryState::kFailed);
+    EXPECT_EQ(h.delivery.error(), "gave up on throttled records: Too many requests");
+    EXPECT_GE(h.transport.requests.size(), 2u);
+    for (const Request &r : h.transport.requests) EXPECT_EQ(r.rows, (Rows{1, 2}));
+    EXPECT_EQ(h.RejectedRows(Outcome::kNotSent), (Rows{1, 2, 3, 4}));
+    EXPECT_EQ(h.RejectionFor(1)->reason, "not sent: still throttled: Too many requests");
+    EXPECT_EQ(h.RejectionFor(3)->reason, "not sent: gave up on throttled records: Too many requests");
+    EXPECT_EQ(h.delivery.stats().sent, 0u);
+    EXPECT_EQ(h.delivery.stats().not_sent, 4u);
+}
+
+// ================================================================= retries
+
+TEST(DeliveryRetries, ServerErrorsAreRetriedWithTheSameBody) {
+    Harness h(Script({Answer(503, "down"), TransportError("Connection reset by peer"), Answer(500, "")}));
+    h.AddRows(1, 3);
+    h.delivery.finish();
+
+    ASSERT_EQ(h.transport.requests.size(), 4u);
+    for (const Request &r : h.transport.requests) EXPECT_EQ(r.body, h.transport.requests[0].body);
+    EXPECT_EQ(h.delivery.state(), DeliveryState::kRunning);
+    EXPECT_EQ(h.delivery.stats().sent, 3u);
+    EXPECT_EQ(h.delivery.stats().requests, 4u);
+    EXPECT_EQ(h.delivery.stats().retries, 3u);
+    EXPECT_TRUE(h.delivery.rejections().empty());
+}
+
+TEST(DeliveryRetries, RetryKeepsLaneOrder) {
+    Harness h(Script({Answer(502, "")}), Limits(2));
+    h.AddRows(1, 6);
+    h.delivery.finish();
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2}, {1, 2}, {3, 4}, {5, 6}}));
+}
+
+TEST(DeliveryRetries, ExhaustedRetriesFailTheRunAndReportEverythingNotSent) {
+    RetryPolicy policy = FastPolicy();
+    policy.max_attempts = 3;
+    Harness h(Always(Answer(503, "down")), Limits(2), policy);
+    h.AddRows(1, 6);
+    h.delivery.finish();
+
+    EXPECT_EQ(h.delivery.state(), DeliveryState::kFailed);
+    EXPECT_EQ(h.delivery.error(), "gave up after 3 attempts: HTTP 503: down");
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2}, {1, 2}, {1, 2}}));
+    EXPECT_EQ(h.RejectedRows(Outcome::kNotSent), (Rows{1, 2, 3, 4, 5, 6}));
+    EXPECT_EQ(h.RejectedRows(Outcome::kRejected), Rows{});
+    EXPECT_EQ(h.RejectionFor(1)->reason, "not sent: gave up after 3 attempts: HTTP 503: down");
+    EXPECT_EQ(h.RejectionFor(5)->reason, "not sent: gave up after 3 attempts: HTTP 503: down");
+    EXPECT_EQ(h.delivery.stats().sent, 0u);
+    EXPECT_EQ(h.delivery.stats().not_sent, 6u);
+    EXPECT_EQ(h.delivery.stats().requests, 3u);
+    EXPECT_EQ(h.delivery.stats().retries, 2u);
+}
+
+TEST(DeliveryRetries, RecordsAddedAfterFailureAreNotSent) {
+    RetryPolicy policy = FastPolicy();
+    policy.max_attempts = 1;
+    Harness h(Always(TransportError("Could not resolve host")), Limits(1), policy);
+    // Rows 1-3 fill the lane (one in flight, two ready); row 4 makes it wait
+    // for the network, which fails the run.
+    h.AddRows(1, 4);
+    EXPECT_EQ(h.delivery.state(), DeliveryState::kFailed);
+    h.AddRows(5, 6);
+    h.delivery.finish();
+    EXPECT_EQ(h.transport.requests.size(), 1u);
+    EXPECT_EQ(h.delivery.stats().not_sent, 6u);
+    EXPECT_EQ(h.delivery.stats().sent, 0u);
+    EXPECT_EQ(h.RejectionFor(6)->reason, "not sent: gave up after 1 attempts: Could not resolve host");
+}
+
+// =================================================================== fatal
+
+TEST(DeliveryFatal, ForbiddenStopsTheRun) {
+    Harness h(Always(Answer(403, R"({"code":403,"error":"Forbidden"})")), Limits(2));
+    h.AddRows(1, 6);
+    h.delivery.finish();
+
+    EXPECT_EQ(h.delivery.state(), DeliveryState::kStopped);
+    EXPECT_EQ(h.delivery.error(), "forbidden by Amplitude (HTTP 403): Forbidden");
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2}}));
+    EXPECT_EQ(h.RejectedRows(Outcome::kNotSent), (Rows{1, 2, 3, 4, 5, 6}));
+    EXPECT_EQ(h.RejectionFor(4)->reason, "not sent: forbidden by Amplitude (HTTP 403): Forbidden");
+    EXPECT_EQ(h.delivery.stats().not_sent, 6u);
+    EXPECT_EQ(h.delivery.stats().requests, 1u);
+    EXPECT_EQ(h.delivery.stats().retries, 0u);
+}
+
+TEST(DeliveryFatal, InvalidApiKeyStopsTheRunWithoutLeakingTheKey) {
+    Harness h(Always(Answer(400, R"({"code":400,"error":"Invalid API key: )" + kApiKey + R"("})")));
+    h.AddRows(1, 2);
+    h.delivery.finish();
+    EXPECT_EQ(h.delivery.state(), DeliveryState::kStopped);
+    EXPECT_EQ(h.delivery.error(), "Invalid API key: [redacted]");
+    EXPECT_EQ(h.delivery.stats().not_sent, 2u);
+    for (const Rejection &r : h.delivery.rejections()) EXPECT_EQ(r.reason.find(kApiKey), std::string::npos);
+}
+
+TEST(DeliveryFatal, AnswersArrivingAfterTheStopAreCountedNotRetried) {
+    std::vector<std::string> users = UsersInDistinctLanes(3, 4);
+    ASSERT_EQ(users.size(), 3u);
+    const size_t forbidden_lane = LaneOf(users[0], 4), failing_lane = LaneOf(users[2], 4);
+    Harness h([&](const Request &r) {
+        if (r.slot == forbidden_lane) return Answer(403, R"({"code":403,"error":"Forbidden"})");
+        if (r.slot == failing_lane) return Answer(503, "");
+        return Ok();
+    }, Limits(2), FastPolicy(), 4);
+    // Each lane fills a batch of two and sends it at once; all three are in
+    // flight when the 403 (answered first) stops the run.
+    for (uint64_t k = 0; k < 3; ++k) {
+        h.delivery.add(MakeRecord(2 * k + 1, users[k]));
+        h.delivery.add(MakeRecord(2 * k + 2, users[k]));
+    }
+    h.delivery.finish();
+
+    EXPECT_EQ(h.delivery.state(), DeliveryState::kStopped);
+    EXPECT_EQ(h.transport.requests.size(), 3u);  // the 503 is not retried
+    EXPECT_EQ(h.delivery.stats().sent, 2u);      // users[1]'s 200 still counts
+    EXPECT_EQ(h.RejectedRows(Outcome::kNotSent), (Rows{1, 2, 5, 6}));
+}
+
+// ============================================================== interrupts
+
+TEST(DeliveryInterrupt, ShouldStopInterruptsTheRun) {
+    FakeTransport *transport = nullptr;
+    Harness h(Always(Ok()), Limits(10), FastPolicy(), 1,
+              [&] { return transport->requests.size() >= 2; });
+    transport = &h.transport;
+    h.AddRows(1, 50);
+    EXPECT_EQ(h.delivery.state(), DeliveryState::kInterrupted);
+    h.delivery.finish();
+
+    EXPECT_EQ(h.delivery.state(), DeliveryState::kInterrupted);
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{Range(1, 10), Range(11, 20)}));
+    EXPECT_EQ(h.delivery.stats().sent, 10u);  // the second answer was never waited for
+    EXPECT_EQ(h.delivery.stats().requests, 2u);
+
+    h.delivery.add(MakeRecord(51, "user-1"));
+    EXPECT_EQ(h.delivery.stats().not_sent, 1u);
+    EXPECT_EQ(h.RejectedRows(Outcome::kNotSent), (Rows{51}));
+}
+
+TEST(DeliveryInterrupt, ShouldStopDuringFinishInterruptsWaitingRetries) {
+    RetryPolicy policy = FastPolicy();
+    policy.backoff_base_ms = 5000;  // a retry that would wait seconds
+    policy.backoff_cap_ms = 5000;
+    std::atomic<bool> stop{false};
+    Harness h(Script({Answer(503, "")}), Limits(2000), policy, 1, [&] { return stop.load(); });
+    h.AddRows(1, 2);
+    auto started = Clock::now();
+    std::thread interrupter([&] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        stop = true;
+    });
+    h.delivery.finish();
+    interrupter.join();
+    EXPECT_EQ(h.delivery.state(), DeliveryState::kInterrupted);
+    EXPECT_LT(MillisBetween(started, Clock::now()), 1000);
+    EXPECT_EQ(h.transport.requests.size(), 1u);
+}
