@@ -53,7 +53,7 @@ SELECT srvname, usename, umoptions FROM pg_user_mappings WHERE srvname = 'amplit
 RESET ROLE;
 
 -- A PUBLIC mapping lets every role with USAGE send with that key.
-CREATE USER MAPPING FOR PUBLIC SERVER amplitude_mock OPTIONS (api_key 'mock-key-0123456789abcdef');
+CALL create_test_mapping('public', 'amplitude_mock');
 SELECT mock_reset();
 SELECT status, sent FROM amplitude_sync.amplitude_send_events('amplitude_mock', $$SELECT 'Admin Run' AS event_type, 'user-00000' AS user_id$$);
 SET ROLE regress_amp_sender;

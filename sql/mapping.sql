@@ -79,7 +79,7 @@ SELECT * FROM amplitude_sync.amplitude_send_events('amplitude_mock',
 -- The query runs with the caller's rights.
 CREATE TABLE secret_events AS SELECT 'Secret' AS event_type, 'user-secret' AS user_id;
 REVOKE ALL ON secret_events FROM PUBLIC;
-CREATE USER MAPPING FOR regress_amp_sender SERVER amplitude_mock OPTIONS (api_key 'mock-key-0123456789abcdef');
+CALL create_test_mapping('regress_amp_sender', 'amplitude_mock');
 GRANT USAGE ON FOREIGN SERVER amplitude_mock TO regress_amp_sender;
 GRANT EXECUTE ON FUNCTION amplitude_sync.amplitude_send_events TO regress_amp_sender;
 SET ROLE regress_amp_sender;

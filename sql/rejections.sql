@@ -28,7 +28,7 @@ SELECT row_number, outcome, field, reason, user_id, device_id, event_type
 FROM amplitude_sync.rejected_records
 WHERE run_id = (SELECT max(run_id) FROM amplitude_sync.sync_runs) ORDER BY row_number;
 -- The payload is kept (the API key never is) when the row could be encoded.
-SELECT row_number, payload IS NOT NULL AS has_payload, payload::text LIKE '%mock-key%' AS leaks_key
+SELECT row_number, payload IS NOT NULL AS has_payload, strpos(payload::text, test_api_key()) > 0 AS leaks_key
 FROM amplitude_sync.rejected_records
 WHERE run_id = (SELECT max(run_id) FROM amplitude_sync.sync_runs) ORDER BY row_number;
 SELECT run_id = (SELECT max(run_id) FROM amplitude_sync.sync_runs) AS latest, status,

@@ -61,7 +61,7 @@ GROUP BY device_id ORDER BY device_id;
 SELECT mock_reset();
 CREATE SERVER amplitude_flaky FOREIGN DATA WRAPPER amplitude_sync
     OPTIONS (endpoint :'mock_url', max_attempts '3', retry_backoff_ms '1');
-CREATE USER MAPPING FOR CURRENT_USER SERVER amplitude_flaky OPTIONS (api_key 'mock-key-0123456789abcdef');
+CALL create_test_mapping(current_user, 'amplitude_flaky');
 SELECT mock_faults('[{"action": "status", "status": 500, "times": -1}]');
 \set VERBOSITY terse
 SELECT status, rows_read, sent, rejected, not_sent, requests, retries

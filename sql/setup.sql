@@ -41,11 +41,23 @@ CREATE FUNCTION mock_requests() RETURNS SETOF jsonb LANGUAGE sql
 CREATE FUNCTION mock_events() RETURNS SETOF jsonb LANGUAGE sql
     AS $$ SELECT * FROM mock_call('GET', '/_mock/events') $$;
 
+-- The mock's valid API key is random per run; test/run_tests.sh writes it to
+-- a file in the data directory. Mappings are created from it inside EXECUTE,
+-- so no logged statement contains it and the run can search the server log
+-- (log_statement = all, log_min_messages = debug1) for any leak.
+CREATE FUNCTION test_api_key() RETURNS text LANGUAGE sql
+    AS $$ SELECT btrim(pg_read_file('amplitude_test_key'), E' \n') $$;
+CREATE PROCEDURE create_test_mapping(role_name text, server_name text) LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('CREATE USER MAPPING FOR %s SERVER %I OPTIONS (api_key %L)',
+                   CASE WHEN role_name = 'public' THEN 'PUBLIC' ELSE quote_ident(role_name) END,
+                   server_name, test_api_key());
+END $$;
+
 -- The server the suite uses, and a mapping with the mock's valid key.
 CREATE SERVER amplitude_mock FOREIGN DATA WRAPPER amplitude_sync
     OPTIONS (endpoint :'mock_url', retry_backoff_ms '10');
-CREATE USER MAPPING FOR CURRENT_USER SERVER amplitude_mock
-    OPTIONS (api_key 'mock-key-0123456789abcdef');
+CALL create_test_mapping(current_user, 'amplitude_mock');
 
 SELECT mock_reset();
 SELECT http_status, response::jsonb - 'server_upload_time' - 'payload_size_bytes' AS response

@@ -18,7 +18,7 @@ SELECT clock_timestamp() - :'started'::timestamptz < interval '1.5 seconds' AS s
 SELECT mock_reset();
 CREATE SERVER amplitude_patient FOREIGN DATA WRAPPER amplitude_sync
     OPTIONS (endpoint :'mock_url', retry_backoff_ms '20000');
-CREATE USER MAPPING FOR CURRENT_USER SERVER amplitude_patient OPTIONS (api_key 'mock-key-0123456789abcdef');
+CALL create_test_mapping(current_user, 'amplitude_patient');
 SELECT mock_faults('[{"action": "status", "status": 503, "times": -1}]');
 SELECT clock_timestamp() AS started \gset
 SET statement_timeout = '500ms';
@@ -41,7 +41,7 @@ RESET statement_timeout;
 SELECT mock_reset();
 CREATE SERVER amplitude_impatient FOREIGN DATA WRAPPER amplitude_sync
     OPTIONS (endpoint :'mock_url', request_timeout_ms '200', retry_backoff_ms '1');
-CREATE USER MAPPING FOR CURRENT_USER SERVER amplitude_impatient OPTIONS (api_key 'mock-key-0123456789abcdef');
+CALL create_test_mapping(current_user, 'amplitude_impatient');
 SELECT mock_faults('[{"action": "pass", "delay_ms": 1000}]');
 SELECT status, sent, requests, retries FROM amplitude_sync.amplitude_send_events('amplitude_impatient',
     $$SELECT 'Timed Out Once' AS event_type, 'user-00001' AS user_id$$);

@@ -2,8 +2,8 @@
 # The whole test suite from a fresh Debian 12 machine: installs what it needs,
 # builds with -Werror, installs, starts a throwaway cluster (as a non-root
 # user) and the mock Amplitude server, runs the mock's own tests, the C++ unit
-# tests and the pg_regress suite, stops what it started, and exits non-zero
-# on any failure.
+# tests and the pg_regress suite, checks the server log for the API key,
+# stops what it started, and exits non-zero on any failure.
 set -uo pipefail
 source "$(dirname "$0")/harness.sh"
 cd "$HARNESS_REPO"
@@ -19,14 +19,30 @@ log "mock server tests"
 log "C++ core unit tests"
 make -s unittest || failed=1
 
-harness_start_cluster || exit 1
-harness_start_mock || exit 1
+# A random API key per run, known to the mock and read by the tests from a
+# file; the whole suite runs with every statement and debug message logged,
+# and the log is then searched for the key.
+TEST_API_KEY="mock-key-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+harness_start_cluster "log_min_messages = debug1" "log_statement = 'all'" || exit 1
+echo "$TEST_API_KEY" | as_cluster_user tee "$HARNESS_DIR/data/amplitude_test_key" >/dev/null
+harness_start_mock --api-key "$TEST_API_KEY" || exit 1
 
 log "pg_regress suite (make installcheck)"
 rm -f regression.diffs
 if ! make -s installcheck; then
     failed=1
     [ -f regression.diffs ] && cat regression.diffs
+fi
+
+log "searching the server log for the API key"
+if ! grep -q "amplitude_send_events" "$HARNESS_DIR/server.log"; then
+    echo "the server log holds no statements: the leak check would prove nothing"
+    failed=1
+elif grep -n -- "$TEST_API_KEY" "$HARNESS_DIR/server.log"; then
+    echo "the API key appears in the server log (lines above)"
+    failed=1
+else
+    echo "no trace of the key in $(wc -l <"$HARNESS_DIR/server.log") log lines"
 fi
 
 if [ "$failed" = 0 ]; then log "all tests passed"; else log "TESTS FAILED"; fi

@@ -55,6 +55,8 @@ struct EventRun {
         p.max_retry_ms = conn.max_retry_seconds * 1000L;
         p.backoff_base_ms = conn.retry_backoff_ms;
         p.throttle_pause_ms = conn.throttle_pause_ms > 0 ? conn.throttle_pause_ms : throttle_pause_ms;
+        // A project-wide 429 waits longer (60 s by default); the option scales both.
+        if (conn.throttle_pause_ms > 0) p.project_throttle_pause_ms = 2L * conn.throttle_pause_ms;
         return p;
     }
 

@@ -1,5 +1,5 @@
-// Unit tests for src/core/delivery: batching, lanes and ordering, and how
-// Delivery reacts to each kind of answer. A fake Transport records every
+// Unit tests for src/core/delivery: batching, ordering and concurrency, and
+// how Delivery reacts to each kind of answer. A fake Transport records every
 // request (parsed with nlohmann/json) and answers from a script or a function,
 // so each test states exactly which rows each request carried, in what order.
 #include "delivery.hpp"
@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <deque>
 #include <functional>
 #include <map>
@@ -38,6 +39,8 @@ struct Request {
     Rows rows;                         // event_properties.n of each event, in order
     std::vector<std::string> keys;     // each event's ordering key (device_id, else user_id)
     Clock::time_point started;
+    size_t answered_before = 0;        // answers given before this request started
+    size_t in_flight_before = 0;       // requests in flight when it started
 };
 
 using Responder = std::function<HttpResponse(const Request &)>;
@@ -62,6 +65,9 @@ public:
                                                          : event["user_id"].get<std::string>());
         }
         r.started = Clock::now();
+        r.answered_before = answer_order.size();
+        r.in_flight_before = pending_.size();
+        max_in_flight = std::max(max_in_flight, pending_.size() + 1);
         requests.push_back(std::move(r));
         pending_.push_back(requests.size() - 1);
     }
@@ -78,14 +84,26 @@ public:
             const Request &r = requests[index];
             busy_.erase(r.slot);
             HttpResponse answer = responder_(r);
-            statuses.push_back(answer.status);
+            statuses.resize(requests.size());
+            statuses[index] = answer.status;
+            answer_position.resize(requests.size(), SIZE_MAX);
+            answer_position[index] = answer_order.size();
+            answer_order.push_back(index);
             done.emplace_back(r.slot, std::move(answer));
         }
         pending_.clear();
     }
 
+    // True when request i had been answered before request j started.
+    bool AnsweredBeforeStart(size_t i, size_t j) const {
+        return i < answer_position.size() && answer_position[i] < requests[j].answered_before;
+    }
+
     std::vector<Request> requests;
-    std::vector<int> statuses;  // answer given to requests[i]
+    std::vector<int> statuses;           // status answered to requests[i]
+    std::vector<size_t> answer_order;    // request indices in the order answered
+    std::vector<size_t> answer_position; // requests[i]'s place in answer_order
+    size_t max_in_flight = 0;
     int overlapping_starts = 0;  // a start on a slot whose request was not answered
     int idle_waits = 0;
 
@@ -172,29 +190,16 @@ DeliveryLimits Limits(size_t max_records, size_t max_bytes = 1000000 - 1) {
     return l;
 }
 
-size_t LaneOf(const std::string &key, size_t lanes) { return std::hash<std::string>{}(key) % lanes; }
-
-// The first user names "user-<k>" that land in distinct lanes.
-std::vector<std::string> UsersInDistinctLanes(size_t count, size_t lanes) {
-    std::vector<std::string> users;
-    std::set<size_t> used;
-    for (int k = 1; users.size() < count && k < 10000; ++k) {
-        std::string user = "user-" + std::to_string(k);
-        if (used.insert(LaneOf(user, lanes)).second) users.push_back(user);
-    }
-    return users;
-}
-
 // One Delivery with its format and fake transport. should_stop also trips
 // after 5 s so a stuck test fails (state kInterrupted) instead of hanging.
 struct Harness {
     explicit Harness(Responder responder, DeliveryLimits limits = Limits(2000),
-                     RetryPolicy policy = FastPolicy(), size_t lanes = 1,
+                     RetryPolicy policy = FastPolicy(), size_t concurrency = 1,
                      std::function<bool()> stop = nullptr)
         : format(kApiKey, 5),
           transport(std::move(responder)),
           deadline(Clock::now() + std::chrono::seconds(5)),
-          delivery(format, transport, kUrl, limits, policy, lanes,
+          delivery(format, transport, kUrl, limits, policy, concurrency,
                    [this, stop] { return (stop && stop()) || Clock::now() > deadline; }) {}
 
     void AddRows(uint64_t first, uint64_t last, const std::string &user = "user-1") {
@@ -360,40 +365,75 @@ TEST(DeliveryBatching, EncoderRejectionsAreCountedAndPassedOn) {
     EXPECT_EQ(h.delivery.rejections()[0].reason, "event_type is missing");
 }
 
-// ========================================================= lanes and order
+// =================================================== ordering, concurrency
 
-TEST(DeliveryLanes, KeysInDifferentLanesGoInSeparateRequests) {
-    std::vector<std::string> users = UsersInDistinctLanes(2, 4);
-    ASSERT_EQ(users.size(), 2u);
-    Harness h(Always(Ok()), Limits(2000), FastPolicy(), 4);
-    h.delivery.add(MakeRecord(1, users[0]));
-    h.delivery.add(MakeRecord(2, users[1]));
-    h.delivery.add(MakeRecord(3, users[0]));
-    h.delivery.add(MakeRecord(4, users[1]));
+TEST(DeliveryOrdering, BatchesFillInQueryOrderWhateverTheKey) {
+    Harness h(Always(Ok()), Limits(3), FastPolicy(), 4);
+    for (uint64_t n = 1; n <= 7; ++n) h.delivery.add(MakeRecord(n, n % 2 ? "user-a" : "user-b"));
     h.delivery.finish();
-
-    ASSERT_EQ(h.transport.requests.size(), 2u);
-    std::map<size_t, Rows> by_lane;
-    for (const Request &r : h.transport.requests) by_lane[r.slot] = r.rows;
-    EXPECT_EQ(by_lane[LaneOf(users[0], 4)], (Rows{1, 3}));
-    EXPECT_EQ(by_lane[LaneOf(users[1], 4)], (Rows{2, 4}));
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2, 3}, {4, 5, 6}, {7}}));
 }
 
-TEST(DeliveryLanes, DeviceIdIsTheOrderingKeyWhenPresent) {
-    std::vector<std::string> users = UsersInDistinctLanes(2, 4);
-    ASSERT_EQ(users.size(), 2u);
-    Harness h(Always(Ok()), Limits(2000), FastPolicy(), 4);
-    // Different users on one device travel together, in the device's lane.
-    h.delivery.add(MakeRecord(1, users[0], 0, "device-shared"));
-    h.delivery.add(MakeRecord(2, users[1], 0, "device-shared"));
+TEST(DeliveryOrdering, BatchesWithoutSharedKeysGoConcurrently) {
+    Harness h(Always(Ok()), Limits(2), FastPolicy(), 2);
+    h.AddRows(1, 2, "user-a");
+    h.AddRows(3, 4, "user-b");
+    h.AddRows(5, 6, "user-a");  // must wait for rows 1-2
+    h.AddRows(7, 8, "user-c");  // no shared key, but both slots are busy
     h.delivery.finish();
-    ASSERT_EQ(h.transport.requests.size(), 1u);
-    EXPECT_EQ(h.transport.requests[0].rows, (Rows{1, 2}));
-    EXPECT_EQ(h.transport.requests[0].slot, LaneOf("device-shared", 4));
+
+    const auto &req = h.transport.requests;
+    ASSERT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2}, {3, 4}, {5, 6}, {7, 8}}));
+    EXPECT_EQ(req[1].answered_before, 0u);  // started while rows 1-2 were in flight
+    EXPECT_EQ(req[1].in_flight_before, 1u);
+    EXPECT_NE(req[0].slot, req[1].slot);
+    EXPECT_TRUE(h.transport.AnsweredBeforeStart(0, 2));
+    EXPECT_EQ(h.transport.max_in_flight, 2u);
+    EXPECT_EQ(h.transport.overlapping_starts, 0);
+    EXPECT_EQ(h.delivery.stats().sent, 8u);
 }
 
-TEST(DeliveryLanes, PerKeyOrderHoldsAcrossLanesRetriesAndThrottling) {
-    const size_t lanes = 4;
+TEST(DeliveryOrdering, ConcurrencyOneSendsOneRequestAtATime) {
+    Harness h(Always(Ok()), Limits(1), FastPolicy(), 1);
+    h.delivery.add(MakeRecord(1, "user-a"));
+    h.delivery.add(MakeRecord(2, "user-b"));
+    h.delivery.add(MakeRecord(3, "user-c"));
+    h.delivery.finish();
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1}, {2}, {3}}));
+    EXPECT_EQ(h.transport.max_in_flight, 1u);
+    for (const Request &r : h.transport.requests) EXPECT_EQ(r.slot, 0u);
+}
+
+TEST(DeliveryOrdering, DeviceIdIsTheOrderingKeyWhenPresent) {
+    Harness h(Always(Ok()), Limits(1), FastPolicy(), 3);
+    h.delivery.add(MakeRecord(1, "user-u", 0, "device-1"));
+    h.delivery.add(MakeRecord(2, "user-u", 0, "device-2"));  // same user, other device: no wait
+    h.delivery.add(MakeRecord(3, "user-v", 0, "device-1"));  // other user, same device: waits
+    h.delivery.finish();
+
+    ASSERT_EQ(h.RequestRows(), (std::vector<Rows>{{1}, {2}, {3}}));
+    EXPECT_EQ(h.transport.requests[1].answered_before, 0u);
+    EXPECT_TRUE(h.transport.AnsweredBeforeStart(0, 2));
+}
+
+TEST(DeliveryOrdering, AWaitingBatchHoldsBackLaterBatchesSharingItsKeys) {
+    Harness h(Always(Ok()), Limits(2), FastPolicy(), 3);
+    h.delivery.add(MakeRecord(1, "user-a"));
+    h.delivery.add(MakeRecord(2, "user-a"));
+    h.delivery.add(MakeRecord(3, "user-b"));  // batch 2 waits for user-a ...
+    h.delivery.add(MakeRecord(4, "user-a"));
+    h.delivery.add(MakeRecord(5, "user-b"));  // ... so batch 3 waits for user-b,
+    h.delivery.add(MakeRecord(6, "user-c"));  // though a slot is free
+    h.delivery.finish();
+
+    ASSERT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2}, {3, 4}, {5, 6}}));
+    EXPECT_TRUE(h.transport.AnsweredBeforeStart(0, 1));
+    EXPECT_TRUE(h.transport.AnsweredBeforeStart(1, 2));
+    EXPECT_EQ(h.transport.max_in_flight, 1u);
+}
+
+TEST(DeliveryOrdering, PerKeyOrderHoldsAcrossConcurrencyRetriesAndThrottling) {
+    const size_t concurrency = 4;
     std::vector<std::string> keys = {"user-a", "user-b", "user-c", "user-d", "user-e", "device-f"};
     bool throttled_once = false;
     Responder responder = [&](const Request &r) {
@@ -407,27 +447,41 @@ TEST(DeliveryLanes, PerKeyOrderHoldsAcrossLanesRetriesAndThrottling) {
     };
     RetryPolicy policy = FastPolicy();
     policy.max_attempts = 50;
-    Harness h(responder, Limits(3), policy, lanes);
+    Harness h(responder, Limits(2), policy, concurrency);
 
     std::map<std::string, Rows> expected;
     for (uint64_t n = 1; n <= 90; ++n) {
-        const std::string &key = keys[(n * 7 + n / 5) % keys.size()];
+        // Runs of one key, then a mix: batches share keys only sometimes.
+        const std::string &key = keys[n < 30 ? (n - 1) / 4 % keys.size() : (n * 7 + n / 5) % keys.size()];
         expected[key].push_back(n);
         h.delivery.add(key.rfind("device", 0) == 0 ? MakeRecord(n, "user-x", 0, key) : MakeRecord(n, key));
     }
     h.delivery.finish();
 
     ASSERT_EQ(h.delivery.state(), DeliveryState::kRunning) << h.delivery.error();
+    const auto &req = h.transport.requests;
     EXPECT_EQ(h.transport.overlapping_starts, 0);
+    EXPECT_GT(h.transport.max_in_flight, 1u);
+    EXPECT_LE(h.transport.max_in_flight, concurrency);
     EXPECT_TRUE(throttled_once);
+
+    // A request starts only after every earlier request sharing a key was answered.
+    for (size_t j = 0; j < req.size(); ++j)
+        for (size_t i = 0; i < j; ++i) {
+            std::set<std::string> ki(req[i].keys.begin(), req[i].keys.end());
+            bool shared = std::any_of(req[j].keys.begin(), req[j].keys.end(),
+                                      [&](const std::string &k) { return ki.count(k) > 0; });
+            if (shared) {
+                EXPECT_TRUE(h.transport.AnsweredBeforeStart(i, j)) << "requests " << i << ", " << j;
+            }
+        }
 
     std::map<std::string, Rows> delivered;  // accepted rows per key, in send order
     std::set<uint64_t> seen;
     uint64_t expected_retries = 0, failed = 0;
-    for (const Request &r : h.transport.requests) {
+    for (const Request &r : req) {
         bool resend = false;
         for (size_t i = 0; i < r.rows.size(); ++i) {
-            EXPECT_EQ(r.slot, LaneOf(r.keys[i], lanes)) << "row " << r.rows[i] << " in wrong lane";
             resend |= !seen.insert(r.rows[i]).second;
             if (h.transport.statuses[r.index] == 200) delivered[r.keys[i]].push_back(r.rows[i]);
         }
@@ -437,7 +491,7 @@ TEST(DeliveryLanes, PerKeyOrderHoldsAcrossLanesRetriesAndThrottling) {
     EXPECT_EQ(delivered, expected);
     EXPECT_GT(failed, 5u);
     EXPECT_EQ(h.delivery.stats().sent, 90u);
-    EXPECT_EQ(h.delivery.stats().requests, h.transport.requests.size());
+    EXPECT_EQ(h.delivery.stats().requests, req.size());
     EXPECT_EQ(h.delivery.stats().retries, expected_retries);
     EXPECT_TRUE(h.delivery.rejections().empty());
 }
@@ -623,7 +677,7 @@ TEST(DeliveryRetries, ServerErrorsAreRetriedWithTheSameBody) {
     EXPECT_TRUE(h.delivery.rejections().empty());
 }
 
-TEST(DeliveryRetries, RetryKeepsLaneOrder) {
+TEST(DeliveryRetries, RetryKeepsQueueOrder) {
     Harness h(Script({Answer(502, "")}), Limits(2));
     h.AddRows(1, 6);
     h.delivery.finish();
@@ -694,26 +748,24 @@ TEST(DeliveryFatal, InvalidApiKeyStopsTheRunWithoutLeakingTheKey) {
 }
 
 TEST(DeliveryFatal, AnswersArrivingAfterTheStopAreCountedNotRetried) {
-    std::vector<std::string> users = UsersInDistinctLanes(3, 4);
-    ASSERT_EQ(users.size(), 3u);
-    const size_t forbidden_lane = LaneOf(users[0], 4), failing_lane = LaneOf(users[2], 4);
-    Harness h([&](const Request &r) {
-        if (r.slot == forbidden_lane) return Answer(403, R"({"code":403,"error":"Forbidden"})");
-        if (r.slot == failing_lane) return Answer(503, "");
+    Harness h([](const Request &r) {
+        if (Contains(r.rows, 1)) return Answer(403, R"({"code":403,"error":"Forbidden"})");
+        if (Contains(r.rows, 5)) return Answer(503, "");
         return Ok();
     }, Limits(2), FastPolicy(), 4);
-    // Each lane fills a batch of two and sends it at once; all three are in
-    // flight when the 403 (answered first) stops the run.
-    for (uint64_t k = 0; k < 3; ++k) {
-        h.delivery.add(MakeRecord(2 * k + 1, users[k]));
-        h.delivery.add(MakeRecord(2 * k + 2, users[k]));
-    }
+    // Three batches of unrelated users: all in flight when the 403 (answered
+    // first) stops the run.
+    h.AddRows(1, 2, "user-a");
+    h.AddRows(3, 4, "user-b");
+    h.AddRows(5, 6, "user-c");
     h.delivery.finish();
 
     EXPECT_EQ(h.delivery.state(), DeliveryState::kStopped);
-    EXPECT_EQ(h.transport.requests.size(), 3u);  // the 503 is not retried
-    EXPECT_EQ(h.delivery.stats().sent, 2u);      // users[1]'s 200 still counts
+    EXPECT_EQ(h.transport.max_in_flight, 3u);
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2}, {3, 4}, {5, 6}}));  // the 503 is not retried
+    EXPECT_EQ(h.delivery.stats().sent, 2u);  // user-b's 200 still counts
     EXPECT_EQ(h.RejectedRows(Outcome::kNotSent), (Rows{1, 2, 5, 6}));
+    EXPECT_EQ(h.RejectionFor(5)->reason, "not sent: forbidden by Amplitude (HTTP 403): Forbidden");
 }
 
 // ============================================================== interrupts

@@ -491,13 +491,43 @@ TEST_F(EncoderTest, TimeFromEachAcceptedType) {
               WithDerivedInsertId(head + "1714566600250"));
 }
 
-TEST_F(EncoderTest, TimeBefore1970IsNegativeEpochMillis) {
+TEST_F(EncoderTest, TimeAtTheUnixEpochAndSessionIdMinusOneAreSent) {
+    EventColumns columns = {Col("event_type", TC::kText), Col("user_id", TC::kText),
+                            Col("time", TC::kTimestampTz), Col("session_id", TC::kInteger)};
+    EXPECT_EQ(EventJson(columns, {Text("e"), Text("user-1"), Micros(TC::kTimestampTz, -kPgEpochToUnixMicros),
+                                  Int(-1)}),
+              WithDerivedInsertId(R"({"event_type":"e","user_id":"user-1","time":0,"session_id":-1)"));
+}
+
+TEST_F(EncoderTest, RejectsTimesBefore1970) {
     EventColumns columns = {Col("event_type", TC::kText), Col("user_id", TC::kText),
                             Col("time", TC::kTimestampTz), Col("session_id", TC::kDate)};
-    EXPECT_EQ(EventJson(columns, {Text("e"), Text("user-1"), Micros(TC::kTimestampTz, -960867740000000),
-                                  Micros(TC::kDate, -10958)}),
-              WithDerivedInsertId(
-                  R"({"event_type":"e","user_id":"user-1","time":-14182940000,"session_id":-86400000)"));
+    // 1969-07-20 20:17:40 UTC
+    Encoded e = Encode(columns, {Text("e"), Text("user-1"), Micros(TC::kTimestampTz, -960867740000000), Null()});
+    ASSERT_FALSE(e.ok);
+    EXPECT_EQ(e.rejection.field, "time");
+    EXPECT_EQ(e.rejection.reason, "column \"time\": Amplitude refuses times before 1970-01-01");
+
+    // One microsecond before the epoch is -1 ms after flooring: refused too.
+    e = Encode(columns, {Text("e"), Text("user-1"), Micros(TC::kTimestampTz, -kPgEpochToUnixMicros - 1), Null()});
+    ASSERT_FALSE(e.ok);
+    EXPECT_EQ(e.rejection.field, "time");
+
+    e = Encode(columns, {Text("e"), Text("user-1"), Null(), Micros(TC::kDate, -10958)});  // 1969-12-31
+    ASSERT_FALSE(e.ok);
+    EXPECT_EQ(e.rejection.field, "session_id");
+    EXPECT_EQ(e.rejection.reason, "column \"session_id\": Amplitude refuses times before 1970-01-01");
+}
+
+TEST_F(EncoderTest, RejectsIntegerTimesBelowTheirFloor) {
+    EventColumns columns = {Col("event_type", TC::kText), Col("user_id", TC::kText),
+                            Col("time", TC::kInteger), Col("session_id", TC::kInteger)};
+    Encoded e = Encode(columns, {Text("e"), Text("user-1"), Int(-1), Null()});
+    ASSERT_FALSE(e.ok);
+    EXPECT_EQ(e.rejection.field, "time");
+    e = Encode(columns, {Text("e"), Text("user-1"), Null(), Int(-2)});
+    ASSERT_FALSE(e.ok);
+    EXPECT_EQ(e.rejection.field, "session_id");
 }
 
 TEST_F(EncoderTest, DerivedInsertIdIsStableAndFollowsContent) {
