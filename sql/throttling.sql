@@ -19,7 +19,7 @@ WHERE run_id = (SELECT max(run_id) FROM amplitude_sync.sync_runs);
 -- pause; the batches of other users did not wait for it.
 SELECT r->>'status' AS status, r->>'fault' AS fault,
        (SELECT string_agg(e->>'user_id', ',' ORDER BY e->>'user_id') FROM jsonb_array_elements(r->'events') e) AS users
-FROM mock_requests() r WHERE (r->>'seq')::int = 1;
+FROM mock_requests() r WHERE r->'events' @> '[{"user_id": "user-00002"}]' ORDER BY (r->>'seq')::int;
 SELECT (SELECT string_agg(e->>'user_id', ',') FROM jsonb_array_elements(r->'events') e) AS last_request_users
 FROM mock_requests() r ORDER BY (r->>'seq')::int DESC LIMIT 1;
 SELECT count(*) AS stored, count(*) FILTER (WHERE e->>'user_id' = 'user-00004') AS over_quota_stored

@@ -33,7 +33,7 @@ const std::string kUrl = "https://api2.amplitude.test/2/httpapi";
 
 struct Request {
     size_t index = 0;  // 0-based, in the order requests were started
-    size_t slot = 0;   // the lane that sent it
+    size_t slot = 0;   // the transport slot it was started on
     std::string url, content_type, body;
     nlohmann::json json;
     Rows rows;                         // event_properties.n of each event, in order
@@ -76,7 +76,6 @@ public:
     // real wait when nothing is in flight.
     void wait(int timeout_ms, std::vector<std::pair<size_t, HttpResponse>> &done) override {
         if (pending_.empty()) {
-            ++idle_waits;
             std::this_thread::sleep_for(std::chrono::milliseconds(std::max(timeout_ms, 0)));
             return;
         }
@@ -105,7 +104,6 @@ public:
     std::vector<size_t> answer_position; // requests[i]'s place in answer_order
     size_t max_in_flight = 0;
     int overlapping_starts = 0;  // a start on a slot whose request was not answered
-    int idle_waits = 0;
 
 private:
     Responder responder_;
