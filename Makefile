@@ -45,3 +45,8 @@ clean-unittest:
 # PGXS does not track header dependencies: rebuild everything when any header
 # changes (a stale object with an old class layout crashes the backend).
 $(OBJS): $(wildcard src/core/*.hpp src/pg/*.hpp)
+
+# Long fault-injection test, not part of installcheck (see test/soak.sh).
+.PHONY: soak
+soak:
+	./test/soak.sh

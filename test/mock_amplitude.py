@@ -77,6 +77,7 @@ import argparse
 import copy
 import json
 import math
+import random
 import os
 import signal
 import socket
@@ -784,7 +785,7 @@ def _parse_identification(values):
 
 FAULT_ACTIONS = ("status", "reset", "invalid", "throttle", "too_large", "silence", "pass")
 FAULT_KEYS = {
-    "action", "path", "skip", "times", "delay_ms",
+    "action", "path", "skip", "times", "delay_ms", "probability", "seed",
     "status", "body", "content_type", "ingest",          # status
     "field", "values",                                    # invalid
     "users", "devices", "quota_users", "quota_devices",   # throttle (devices also for silence)
@@ -838,6 +839,12 @@ class FaultRule:
         self.ingest = spec.get("ingest", False)
         if not isinstance(self.ingest, bool) or (self.ingest and self.action != "status"):
             raise FaultError("ingest must be a boolean and only goes with action status")
+        # For soak tests: the rule matches only this fraction of the requests it
+        # would match, drawn from a seeded generator so a run can be replayed.
+        self.probability = spec.get("probability", 1)
+        if not isinstance(self.probability, (int, float)) or not 0 < self.probability <= 1:
+            raise FaultError("probability must be a number in (0, 1]")
+        self._rng = random.Random(_int_option(spec, "seed", 0, 0))
         self._parse_action_fields(spec)
 
     def _parse_action_fields(self, spec):
@@ -872,7 +879,10 @@ class FaultRule:
         if self.path is not None and self.path != req.path:
             return None
         handler = getattr(self, "_outcome_" + self.action)
-        return handler(req)
+        outcome = handler(req)
+        if outcome is not None and self.probability < 1 and self._rng.random() >= self.probability:
+            return None
+        return outcome
 
     # Rules that look at events/identifications only match requests that passed the
     # request-level checks (body, API key, size): Amplitude authenticates before it throttles.

@@ -805,6 +805,16 @@ class FaultTest(MockTestCase):
         slow.join()
         self.assertEqual([r["path"] for r in lines("requests")], ["/batch", "/2/httpapi"])
 
+    def test_probability_faults_a_seeded_share_of_requests(self):
+        def statuses(seed):
+            control("POST", "reset")
+            faults({"action": "status", "status": 503, "times": -1, "probability": 0.25, "seed": seed})
+            return [send([ev(i)])[0] for i in range(200)]
+        first = statuses(7)
+        self.assertEqual(first, statuses(7))                # the same seed replays the same run
+        self.assertTrue(30 <= first.count(503) <= 70, first.count(503))
+        self.assertEqual(set(first), {200, 503})
+
     def test_reset(self):
         faults({"action": "reset"})
         with self.assertRaises((ConnectionError, http.client.HTTPException)):

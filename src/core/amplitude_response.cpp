@@ -46,9 +46,11 @@ std::string status_line(const HttpResponse &r, const std::string &api_key) {
 
 std::string redact(std::string text, const std::string &secret, size_t max_length) {
     if (!secret.empty()) {
+        static const std::string kMask = "[redacted]";
+        // Search on after the mask, which may itself contain the secret.
         for (size_t pos = text.find(secret); pos != std::string::npos;
-             pos = text.find(secret, pos)) {
-            text.replace(pos, secret.size(), "[redacted]");
+             pos = text.find(secret, pos + kMask.size())) {
+            text.replace(pos, secret.size(), kMask);
         }
     }
     if (text.size() > max_length) {

@@ -160,13 +160,16 @@ void Delivery::launch_ready() {
 void Delivery::pump(int timeout_ms) {
     if (should_stop_ && should_stop_()) {
         state_ = DeliveryState::kInterrupted;
+        error_ = "the call was interrupted";
         return;
     }
     launch_ready();
-    // Sleep no longer than until the next paused batch may go.
+    // Sleep no longer than until the next paused batch may go. Batches that
+    // only wait for a slot or an earlier batch are woken by the answers.
+    auto now = Clock::now();
     for (const Batch &b : queue_) {
-        if (b.slot < 0)
-            timeout_ms = static_cast<int>(std::min<long>(timeout_ms, millis_until(b.not_before)));
+        if (b.slot < 0 && b.not_before > now)
+            timeout_ms = static_cast<int>(std::min<long>(timeout_ms, std::max(1L, millis_until(b.not_before))));
     }
     done_.clear();
     transport_.wait(timeout_ms, done_);
@@ -264,23 +267,34 @@ void Delivery::handle(Queue::iterator it, const HttpResponse &response) {
             std::unordered_set<std::string> paused_devices(v.throttled_devices.begin(), v.throttled_devices.end());
             std::unordered_set<size_t> paused_indices(v.throttled_events.begin(), v.throttled_events.end());
             // Records of throttled IDs wait; the others go again at once. Only
-            // later batches sharing a paused ID wait behind them.
+            // later batches sharing a paused ID wait behind them. A record
+            // that shares its ordering key with a paused one waits too, so a
+            // device's records keep their order.
+            auto over_quota = [&](const Record &r) {
+                return (!r.user_id.empty() && quota_users.count(r.user_id)) ||
+                       (!r.device_id.empty() && quota_devices.count(r.device_id));
+            };
+            std::unordered_set<std::string> paused_keys;
+            for (size_t i = 0; i < batch.records.size(); ++i) {
+                const Record &r = batch.records[i];
+                if (over_quota(r)) continue;
+                if (paused_indices.count(i) || (!r.user_id.empty() && paused_users.count(r.user_id)) ||
+                    (!r.device_id.empty() && paused_devices.count(r.device_id)))
+                    paused_keys.insert(r.ordering_key());
+            }
             Batch now_batch, later;
             later.first_failure = batch.first_failure;
             later.not_before = now + std::chrono::milliseconds(policy_.throttle_pause_ms);
             for (size_t i = 0; i < batch.records.size(); ++i) {
                 Record &r = batch.records[i];
-                if ((!r.user_id.empty() && quota_users.count(r.user_id)) ||
-                    (!r.device_id.empty() && quota_devices.count(r.device_id))) {
+                if (over_quota(r)) {
                     Batch lone;
                     lone.records.push_back(std::move(r));
                     give_up(std::move(lone), Outcome::kRejected, "",
                             "daily quota exceeded: Amplitude refuses more events for this ID today");
                     continue;
                 }
-                bool paused = paused_indices.count(i) || (!r.user_id.empty() && paused_users.count(r.user_id)) ||
-                              (!r.device_id.empty() && paused_devices.count(r.device_id));
-                Batch &target = paused ? later : now_batch;
+                Batch &target = paused_keys.count(r.ordering_key()) ? later : now_batch;
                 target.bytes += r.json.size();
                 target.records.push_back(std::move(r));
             }

@@ -230,15 +230,13 @@ std::string derive_insert_id(std::string_view event_json) {
 }
 
 EventEncoder::EventEncoder(std::vector<ColumnPlan> plan, int min_id_length)
-    : plan_(std::move(plan)), min_id_length_(min_id_length) {
-    for (const ColumnPlan &p : plan_)
-        if (p.role == FieldRole::kProperty) property_keys_.push_back(p.json_key);
-}
+    : plan_(std::move(plan)), min_id_length_(min_id_length) {}
 
 void EventEncoder::begin_row(uint64_t row_number) {
     row_number_ = row_number;
     top_.clear();
     properties_.clear();
+    row_property_keys_.clear();
     event_properties_json_.clear();
     identity_.user_id.clear();
     identity_.device_id.clear();
@@ -287,7 +285,9 @@ bool EventEncoder::encode_row(uint64_t row_number, const Value *values, Record &
                               Rejection &rejection) {
     begin_row(row_number);
     for (size_t col = 0; col < plan_.size() && !rejected_; ++col) {
-        if (!values[col].is_null) put_value(col, values[col]);
+        if (values[col].is_null) continue;
+        if (plan_[col].role == FieldRole::kProperty) row_property_keys_.push_back(&plan_[col].json_key);
+        put_value(col, values[col]);
     }
     return finish_row(record, rejection);
 }
@@ -357,6 +357,8 @@ void EventEncoder::put_value(size_t col, const Value &v) {
 }
 
 void EventEncoder::put_string(size_t col, std::string_view text) {
+    // An empty insert_id means "none": one is derived, as for NULL.
+    if (plan_[col].role == FieldRole::kInsertId && text.empty()) return;
     std::string &target = plan_[col].role == FieldRole::kProperty ? properties_ : top_;
     size_t mark = target.size();
     begin_member(col, target);
@@ -375,14 +377,14 @@ bool EventEncoder::finish_row(Record &record, Rejection &rejection) {
         out.push_back('{');
         out.append(top_);
         if (!event_properties_json_.empty() || !properties_.empty()) {
-            if (!top_.empty()) out.push_back(',');
+            if (out.size() > 1) out.push_back(',');
             out.append("\"event_properties\":{");
             bool first = true;
             json_object_members(event_properties_json_, members_);
             for (const JsonMember &m : members_) {
-                // A property column wins over the same key in event_properties.
-                if (std::find(property_keys_.begin(), property_keys_.end(), m.quoted_key) !=
-                    property_keys_.end())
+                // A non-NULL property column wins over the same key in event_properties.
+                if (std::any_of(row_property_keys_.begin(), row_property_keys_.end(),
+                                [&](const std::string *key) { return *key == m.quoted_key; }))
                     continue;
                 if (!first) out.push_back(',');
                 first = false;
@@ -397,7 +399,8 @@ bool EventEncoder::finish_row(Record &record, Rejection &rejection) {
         }
         if (identity_.insert_id.empty()) {
             identity_.insert_id = derive_insert_id(out);
-            out.append(",\"insert_id\":\"").append(identity_.insert_id).push_back('"');
+            if (out.size() > 1) out.push_back(',');
+            out.append("\"insert_id\":\"").append(identity_.insert_id).push_back('"');
         }
         out.push_back('}');
 

@@ -93,12 +93,12 @@ private:
 
     std::vector<ColumnPlan> plan_;
     int min_id_length_;
-    std::vector<std::string> property_keys_;  // quoted keys of property columns
 
     // Per-row state; buffers keep their capacity across rows.
     uint64_t row_number_ = 0;
     std::string top_;          // top-level members, comma separated
     std::string properties_;   // property-column members, comma separated
+    std::vector<const std::string *> row_property_keys_;  // keys of this row's non-NULL property columns
     std::string event_properties_json_;  // the event_properties column, raw
     std::string scratch_;
     std::vector<JsonMember> members_;

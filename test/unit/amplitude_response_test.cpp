@@ -5,7 +5,12 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <future>
+#include <memory>
+#include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 using namespace amplitude_sync;
@@ -26,6 +31,17 @@ std::vector<std::string> Refused(const ResponseVerdict &v) {
     std::vector<std::string> out;
     for (const RefusedIndex &r : v.refused) out.push_back(std::to_string(r.index) + ":" + r.field);
     return out;
+}
+
+// redact() on its own thread, given 2 s: nullopt when it has not returned by
+// then, so a looping redact() fails the test instead of hanging the suite
+// (the thread is detached and dies with the process).
+std::optional<std::string> RedactWithin2s(const std::string &text, const std::string &secret) {
+    auto result = std::make_shared<std::promise<std::string>>();
+    std::future<std::string> answer = result->get_future();
+    std::thread([result, text, secret] { result->set_value(redact(text, secret)); }).detach();
+    if (answer.wait_for(std::chrono::seconds(2)) != std::future_status::ready) return std::nullopt;
+    return answer.get();
 }
 
 using Strings = std::vector<std::string>;
@@ -239,6 +255,17 @@ TEST(ClassifyResponse, KeyIsRedactedFromQuotedBodies) {
 TEST(Redact, ReplacesEveryOccurrence) {
     EXPECT_EQ(redact("k=SECRET&again=SECRETSECRET", "SECRET"), "k=[redacted]&again=[redacted][redacted]");
     EXPECT_EQ(redact("nothing here", "SECRET"), "nothing here");
+}
+
+TEST(Redact, SecretInsideTheMaskEnds) {
+    // "[redacted]" itself contains "red" and "a": the search goes on after it.
+    std::optional<std::string> out = RedactWithin2s("key=red red", "red");
+    ASSERT_TRUE(out.has_value()) << "redact(\"key=red red\", \"red\") did not return within 2 s";
+    EXPECT_EQ(*out, "key=[redacted] [redacted]");
+
+    out = RedactWithin2s("a-a", "a");
+    ASSERT_TRUE(out.has_value()) << "redact(\"a-a\", \"a\") did not return within 2 s";
+    EXPECT_EQ(*out, "[redacted]-[redacted]");
 }
 
 TEST(Redact, EmptySecretChangesNothing) {

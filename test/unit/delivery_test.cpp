@@ -73,14 +73,32 @@ public:
     }
 
     // Answers everything in flight at once, in start order; sleeps like a
-    // real wait when nothing is in flight.
+    // real wait when nothing is in flight. With answer_delay, a request's
+    // answer arrives that long after it started: until then wait sleeps (at
+    // most timeout_ms) and returns with nothing, like a real transport.
     void wait(int timeout_ms, std::vector<std::pair<size_t, HttpResponse>> &done) override {
+        wait_timeouts.push_back(timeout_ms);
+        const auto timeout = std::chrono::milliseconds(std::max(timeout_ms, 0));
         if (pending_.empty()) {
-            std::this_thread::sleep_for(std::chrono::milliseconds(std::max(timeout_ms, 0)));
+            std::this_thread::sleep_for(timeout);
             return;
         }
+        if (answer_delay.count() > 0) {
+            Clock::time_point first_ready = Clock::time_point::max();
+            for (size_t index : pending_)
+                first_ready = std::min(first_ready, requests[index].started + answer_delay);
+            auto now = Clock::now();
+            if (now < first_ready)
+                std::this_thread::sleep_for(std::min<Clock::duration>(first_ready - now, timeout));
+        }
+        std::vector<size_t> not_ready;
+        auto now = Clock::now();
         for (size_t index : pending_) {
             const Request &r = requests[index];
+            if (now < r.started + answer_delay) {
+                not_ready.push_back(index);
+                continue;
+            }
             busy_.erase(r.slot);
             HttpResponse answer = responder_(r);
             statuses.resize(requests.size());
@@ -90,7 +108,7 @@ public:
             answer_order.push_back(index);
             done.emplace_back(r.slot, std::move(answer));
         }
-        pending_.clear();
+        pending_ = std::move(not_ready);
     }
 
     // True when request i had been answered before request j started.
@@ -104,6 +122,8 @@ public:
     std::vector<size_t> answer_position; // requests[i]'s place in answer_order
     size_t max_in_flight = 0;
     int overlapping_starts = 0;  // a start on a slot whose request was not answered
+    std::chrono::milliseconds answer_delay{0};  // how long after its start a request is answered
+    std::vector<int> wait_timeouts;             // timeout_ms of every wait() call
 
 private:
     Responder responder_;
@@ -494,6 +514,25 @@ TEST(DeliveryOrdering, PerKeyOrderHoldsAcrossConcurrencyRetriesAndThrottling) {
     EXPECT_TRUE(h.delivery.rejections().empty());
 }
 
+TEST(DeliveryOrdering, BatchesWaitingForAnEarlierBatchDoNotSpinTheWait) {
+    // Rows 2 and 3 wait (for the one slot and for row 1's user) while each
+    // answer takes 100 ms: wait() must sleep, not be called with 0 ms over and
+    // over until the answer comes.
+    Harness h(Always(Ok()), Limits(1), FastPolicy(), 1);
+    h.transport.answer_delay = std::chrono::milliseconds(100);
+    h.AddRows(1, 3, "user-1");
+    h.delivery.finish();
+
+    ASSERT_EQ(h.delivery.state(), DeliveryState::kRunning) << h.delivery.error();
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1}, {2}, {3}}));
+    EXPECT_EQ(h.delivery.stats().sent, 3u);
+    const std::vector<int> &timeouts = h.transport.wait_timeouts;
+    EXPECT_GE(timeouts.size(), 3u);
+    EXPECT_LT(timeouts.size(), 200u) << "wait() called " << timeouts.size() << " times for 3 answers";
+    EXPECT_EQ(std::count(timeouts.begin(), timeouts.end(), 0), 0) << "wait() was asked not to sleep";
+    EXPECT_GT(*std::max_element(timeouts.begin(), timeouts.end()), 0);
+}
+
 // ========================================================== 400 refusals
 
 TEST(DeliveryRefusals, PartialRefusalDropsThoseAndResendsTheRestFirst) {
@@ -624,6 +663,45 @@ TEST(DeliveryThrottling, QuotaIdsRejectedThrottledPausedOthersResentAtOnce) {
     EXPECT_EQ(h.delivery.stats().requests, 3u);
     EXPECT_EQ(h.delivery.stats().retries, 2u);
     EXPECT_EQ(h.delivery.state(), DeliveryState::kRunning);
+}
+
+TEST(DeliveryThrottling, ThrottledEventPausesEveryRecordOfItsKey) {
+    // Only index 0 (row 1) is named, but rows 2-3 are the same user's later
+    // events: sending them before row 1 would break that user's order.
+    RetryPolicy policy = FastPolicy();
+    policy.throttle_pause_ms = 30;
+    Harness h(Script({Answer(429, R"({"code":429,"error":"Too many requests for some devices and users",)"
+                                  R"("throttled_events":[0]})")}),
+              Limits(2000), policy);
+    h.AddRows(1, 3, "user-1");
+    h.delivery.finish();
+
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2, 3}, {1, 2, 3}}));
+    ASSERT_EQ(h.transport.requests.size(), 2u);
+    EXPECT_GE(MillisBetween(h.transport.requests[0].started, h.transport.requests[1].started), 30);
+    EXPECT_EQ(h.delivery.stats().sent, 3u);
+    EXPECT_EQ(h.delivery.stats().retries, 1u);
+    EXPECT_TRUE(h.delivery.rejections().empty());
+    EXPECT_EQ(h.delivery.state(), DeliveryState::kRunning);
+}
+
+TEST(DeliveryThrottling, ThrottledEventPausesItsKeyAndOtherKeysGoAtOnce) {
+    RetryPolicy policy = FastPolicy();
+    policy.throttle_pause_ms = 30;
+    Harness h(Script({Answer(429, R"({"code":429,"error":"Too many requests for some devices and users",)"
+                                  R"("throttled_events":[0]})")}),
+              Limits(2000), policy);
+    h.delivery.add(MakeRecord(1, "user-1"));  // index 0: throttled
+    h.delivery.add(MakeRecord(2, "user-2"));
+    h.delivery.add(MakeRecord(3, "user-1"));  // not named, but user-1's later event
+    h.delivery.finish();
+
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2, 3}, {2}, {1, 3}}));
+    ASSERT_EQ(h.transport.requests.size(), 3u);
+    EXPECT_EQ(h.transport.requests[2].keys, (std::vector<std::string>{"user-1", "user-1"}));
+    EXPECT_GE(MillisBetween(h.transport.requests[0].started, h.transport.requests[2].started), 30);
+    EXPECT_EQ(h.delivery.stats().sent, 3u);
+    EXPECT_TRUE(h.delivery.rejections().empty());
 }
 
 TEST(DeliveryThrottling, ProjectWideThrottleResendsEverythingAfterThePause) {
@@ -804,4 +882,17 @@ TEST(DeliveryInterrupt, ShouldStopDuringFinishInterruptsWaitingRetries) {
     EXPECT_EQ(h.delivery.state(), DeliveryState::kInterrupted);
     EXPECT_LT(MillisBetween(started, Clock::now()), 1000);
     EXPECT_EQ(h.transport.requests.size(), 1u);
+}
+
+TEST(DeliveryInterrupt, RecordAddedAfterInterruptionSaysWhyItWasNotSent) {
+    Harness h(Always(Ok()), Limits(2000), FastPolicy(), 1, [] { return true; });
+    h.delivery.add(MakeRecord(1, "user-1"));
+    h.delivery.finish();  // polls should_stop: interrupted
+    ASSERT_EQ(h.delivery.state(), DeliveryState::kInterrupted);
+    EXPECT_EQ(h.delivery.error(), "the call was interrupted");
+
+    h.delivery.add(MakeRecord(2, "user-1"));
+    EXPECT_EQ(h.RejectedRows(Outcome::kNotSent), (Rows{2}));
+    ASSERT_NE(h.RejectionFor(2), nullptr);
+    EXPECT_EQ(h.RejectionFor(2)->reason, "not sent: the call was interrupted");
 }

@@ -447,6 +447,32 @@ TEST_F(EncoderTest, PropertyColumnWinsOverSameKeyInEventProperties) {
                         R"({"event_type":"e","user_id":"user-1","event_properties":{"b":2,"a":"column","say \"hi\"":2})"));
 }
 
+TEST_F(EncoderTest, NullPropertyColumnKeepsTheSameKeyFromEventProperties) {
+    EventColumns columns = {Col("event_type", TC::kText), Col("user_id", TC::kText),
+                            Col("color", TC::kText), Col("event_properties", TC::kJsonb)};
+    EventEncoder encoder(plan_event_columns(columns), 5);
+    const std::string props = R"({"color": "blue", "size": 2})";
+
+    // NULL column: event_properties' own "color" stays.
+    Encoded null_color = EncodeWith(encoder, {Text("e"), Text("user-1"), Null(), Jsonb(props)});
+    ASSERT_TRUE(null_color.ok) << null_color.rejection.reason;
+    EXPECT_EQ(null_color.record.json,
+              WithDerivedInsertId(R"({"event_type":"e","user_id":"user-1","event_properties":{"color":"blue","size":2})"));
+    nlohmann::json parsed = nlohmann::json::parse(null_color.record.json);
+    EXPECT_EQ(parsed["event_properties"], nlohmann::json::parse(R"({"color":"blue","size":2})"));
+
+    // Non-NULL column (same encoder, next row): the column wins, once.
+    Encoded red = EncodeWith(encoder, {Text("e"), Text("user-1"), Text("red"), Jsonb(props)});
+    ASSERT_TRUE(red.ok) << red.rejection.reason;
+    size_t color_keys = 0;
+    for (size_t pos = red.record.json.find("\"color\""); pos != std::string::npos;
+         pos = red.record.json.find("\"color\"", pos + 1))
+        ++color_keys;
+    EXPECT_EQ(color_keys, 1u) << red.record.json;
+    parsed = nlohmann::json::parse(red.record.json);
+    EXPECT_EQ(parsed["event_properties"], nlohmann::json::parse(R"({"color":"red","size":2})"));
+}
+
 TEST_F(EncoderTest, EventPropertiesAloneAndEmpty) {
     EventColumns columns = {Col("event_type", TC::kText), Col("user_id", TC::kText),
                             Col("event_properties", TC::kJsonb)};
@@ -556,6 +582,27 @@ TEST_F(EncoderTest, InsertIdColumnIsKeptAndNothingDerived) {
     EXPECT_EQ(e.record.insert_id, "order-17");
 }
 
+TEST_F(EncoderTest, EmptyInsertIdIsDerivedLikeNull) {
+    EventColumns columns = {Col("event_type", TC::kText), Col("user_id", TC::kText),
+                            Col("insert_id", TC::kText)};
+    Encoded empty = Encode(columns, {Text("Signed Up"), Text("user-1"), Text("")});
+    ASSERT_TRUE(empty.ok) << empty.rejection.reason;
+    const std::string &json = empty.record.json;
+    size_t insert_id_keys = 0;
+    for (size_t pos = json.find("\"insert_id\""); pos != std::string::npos;
+         pos = json.find("\"insert_id\"", pos + 1))
+        ++insert_id_keys;
+    EXPECT_EQ(insert_id_keys, 1u) << json;
+    EXPECT_EQ(empty.record.insert_id.rfind("as-", 0), 0u) << empty.record.insert_id;
+    EXPECT_EQ(nlohmann::json::parse(json)["insert_id"], empty.record.insert_id);
+
+    Encoded null_id = Encode(columns, {Text("Signed Up"), Text("user-1"), Null()});
+    ASSERT_TRUE(null_id.ok) << null_id.rejection.reason;
+    EXPECT_EQ(empty.record.insert_id, null_id.record.insert_id);
+    EXPECT_EQ(json, null_id.record.json);
+    EXPECT_EQ(json, WithDerivedInsertId(R"({"event_type":"Signed Up","user_id":"user-1")"));
+}
+
 TEST_F(EncoderTest, MinIdLengthComesFromTheEncoder) {
     Encoded e = Encode(kBasic, {Text("e"), Text("abc")}, /*min_id_length=*/3);
     EXPECT_TRUE(e.ok) << e.rejection.reason;
@@ -590,6 +637,19 @@ TEST_F(EncoderTest, RejectsMissingEventType) {
     EXPECT_EQ(e.rejection.record.row_number, 7u);
     EXPECT_EQ(e.rejection.record.user_id, "user-1");
     EXPECT_TRUE(nlohmann::json::accept(e.rejection.record.json)) << e.rejection.record.json;
+}
+
+TEST_F(EncoderTest, RowOfOnlyNullsIsRejectedWithValidJson) {
+    Encoded e = Encode(kBasic, {Null(), Null()});
+    ASSERT_FALSE(e.ok);
+    EXPECT_EQ(e.rejection.field, "event_type");
+    EXPECT_EQ(e.rejection.reason, "event_type is missing");
+    const std::string &json = e.rejection.record.json;
+    EXPECT_EQ(json.rfind("{\"insert_id\":", 0), 0u) << json;
+    nlohmann::json parsed;
+    ASSERT_NO_THROW(parsed = nlohmann::json::parse(json)) << json;
+    EXPECT_EQ(parsed, nlohmann::json({{"insert_id", e.rejection.record.insert_id}}));
+    EXPECT_EQ(e.rejection.record.insert_id, derive_insert_id("{"));
 }
 
 TEST_F(EncoderTest, RejectsEmptyEventType) {
