@@ -39,6 +39,15 @@ SELECT sent, requests FROM amplitude_sync.amplitude_send_events('amplitude_mock'
 $$, batch_size => 100);
 SELECT jsonb_array_length(r->'events') AS events FROM mock_requests() r ORDER BY 1 DESC;
 
+-- Connections are kept alive for the run: 30 requests, at most
+-- max_concurrency (4) connections.
+SELECT mock_reset();
+SELECT sent, requests FROM amplitude_sync.amplitude_send_events('amplitude_mock', $$
+    SELECT 'Keep Alive' AS event_type, 'user-' || g AS user_id FROM generate_series(1, 3000) g
+$$, batch_size => 100);
+SELECT count(*) AS requests, count(DISTINCT r->>'connection') BETWEEN 1 AND 4 AS connections_reused
+FROM mock_requests() r;
+
 -- Three devices' events interleaved, 100 per request, several requests in
 -- flight: each device's events are stored in the query's order.
 SELECT mock_reset();

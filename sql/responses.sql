@@ -28,6 +28,15 @@ SELECT r->>'status' AS status, count(*) AS requests, sum(jsonb_array_length(r->'
 FROM mock_requests() r GROUP BY 1 ORDER BY 1;
 SELECT count(*) AS stored, count(DISTINCT e->>'insert_id') AS distinct_ids FROM mock_events() e;
 
+-- An event too large even alone is rejected with that reason.
+SELECT mock_reset();
+SELECT mock_faults('[{"action": "too_large", "max_bytes": 100, "times": -1}]');
+SELECT status, sent, rejected, requests FROM amplitude_sync.amplitude_send_events('amplitude_mock', $$
+    SELECT 'Too Big' AS event_type, 'user-' || lpad(g::text, 5, '0') AS user_id FROM generate_series(1, 2) g
+$$);
+SELECT row_number, outcome, reason FROM amplitude_sync.rejected_records
+WHERE run_id = (SELECT max(run_id) FROM amplitude_sync.sync_runs) ORDER BY row_number;
+
 -- 5xx, a reset connection and a load balancer's HTML page are retried.
 SELECT mock_reset();
 SELECT mock_faults('[{"action": "status", "status": 500, "ingest": true},

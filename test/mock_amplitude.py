@@ -28,6 +28,7 @@ Control API (never recorded as requests)
     POST   /_mock/reset     forget requests, events, profiles, groups, faults, counters, config
                             (API keys go back to those from the command line)
     GET    /_mock/requests  JSON Lines: every request to an ingestion path, in arrival order
+                            ("connection" numbers the TCP connection it came on)
     GET    /_mock/events    JSON Lines: stored (deduplicated) events plus "$path" and "$seq"
     GET    /_mock/bodies    JSON Lines: {"seq": n, "body": the request body text exactly as sent}
     GET    /_mock/users     JSON Lines: user profiles (device-only profiles have user_id null)
@@ -75,6 +76,7 @@ Fault-script semantics chosen here
 
 import argparse
 import copy
+import itertools
 import json
 import math
 import random
@@ -1188,6 +1190,7 @@ class MockState:
         self.server_upload_time = None
         self.requests = []
         self.bodies = []        # raw request bodies (decompressed), by seq - 1
+        self.connection_numbers = {}
         self.events = []
         self.seen_insert_ids = set()
         self.users = {}
@@ -1198,10 +1201,13 @@ class MockState:
 
     # -- request log --
 
-    def open_record(self, path, headers, body_bytes):
+    def open_record(self, path, headers, body_bytes, connection=None):
         with self.lock:
             record = {
                 "seq": len(self.requests) + 1, "path": path,
+                # Connections numbered 1, 2, ... in order of first use since the reset.
+                "connection": self.connection_numbers.setdefault(
+                    connection, len(self.connection_numbers) + 1),
                 "content_type": headers.get("Content-Type"),
                 "content_encoding": headers.get("Content-Encoding"),
                 "body_bytes": body_bytes, "status": None, "fault": None, "api_key": None,
@@ -1386,6 +1392,12 @@ class MockHandler(BaseHTTPRequestHandler):
     server_version = "MockAmplitude/1.0"
     disable_nagle_algorithm = True
     timeout = 60                          # close idle keep-alive connections, like a load balancer
+    _connections = itertools.count(1)
+
+    def setup(self):
+        super().setup()
+        # Numbered per TCP connection, so tests can see keep-alive reuse.
+        self.connection_id = next(self._connections)
 
     def do_GET(self):
         self._dispatch("GET")
@@ -1436,11 +1448,11 @@ class MockHandler(BaseHTTPRequestHandler):
             raw = self._read_body()
         except BodyReadError as exc:
             self.close_connection = True     # the stream position is unknown now
-            record = self.state.open_record(path, self.headers, 0)
+            record = self.state.open_record(path, self.headers, 0, self.connection_id)
             reply = json_reply(exc.status, {"code": exc.status, "error": str(exc)})
             self.state.close_record(record, None, reply, None)
             return self._send(reply)
-        record = self.state.open_record(path, self.headers, len(raw))
+        record = self.state.open_record(path, self.headers, len(raw), self.connection_id)
         self.state.keep_body(record, raw, self.headers.get("Content-Encoding"))
         if method != "POST":
             reply = not_found()

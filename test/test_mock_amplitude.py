@@ -901,7 +901,7 @@ class ControlTest(MockTestCase):
         post_raw("/2/httpapi", b"{")
         records = lines("requests")
         self.assertEqual([r["seq"] for r in records], [1, 2, 3])
-        self.assertEqual(set(records[0]), {"seq", "path", "content_type", "content_encoding",
+        self.assertEqual(set(records[0]), {"seq", "path", "connection", "content_type", "content_encoding",
                                            "body_bytes", "status", "fault", "api_key", "events",
                                            "identification", "response"})
         self.assertEqual((records[0]["status"], records[0]["api_key"], records[0]["events"]),
