@@ -9,6 +9,7 @@ SELECT format('host=%s port=%s dbname=%s user=%s', current_setting('unix_socket_
 CREATE FUNCTION wait_until_gone(marker text) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     FOR i IN 1..100 LOOP
+        PERFORM pg_stat_clear_snapshot();  -- else the view stays as it was at the first look
         EXIT WHEN NOT EXISTS (SELECT FROM pg_stat_activity
                               WHERE query LIKE '%' || marker || '%' AND pid <> pg_backend_pid()
                                 AND state = 'active');
@@ -66,6 +67,7 @@ SELECT * FROM dblink_get_result('runner', false) AS t(run_id bigint);
 SELECT * FROM dblink_get_result('runner', false) AS t(run_id bigint);
 SELECT dblink_error_message('runner') LIKE '%canceling statement due to user request%' AS cancelled;
 SELECT count(*) <= :before_fds AS no_leftover_connections FROM pg_ls_dir('/proc/' || :runner_pid || '/fd');
+SELECT count(*) AS faults_cleared FROM mock_call('DELETE', '/_mock/faults');
 SELECT * FROM dblink('runner', $$SELECT status FROM amplitude_sync.amplitude_send_events('amplitude_mock',
     'SELECT ''After Cancel'' AS event_type, ''user-00001'' AS user_id')$$) AS t(status text);
 SELECT dblink_disconnect('runner');
