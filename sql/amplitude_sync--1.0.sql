@@ -52,6 +52,8 @@ CREATE TABLE amplitude_sync.rejected_records (
     device_id   pg_catalog.text,
     insert_id   pg_catalog.text,
     event_type  pg_catalog.text,
+    group_type  pg_catalog.text,
+    group_value pg_catalog.text,
     payload     pg_catalog.json,              -- the record as it was (or would be) sent
     recorded_at pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
 );
@@ -108,9 +110,38 @@ LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION amplitude_sync.send_test_event(pg_catalog.name) IS
     'Posts one sample event (the step that completes a new Amplitude HTTP API source) and returns the answer.';
 
+CREATE FUNCTION amplitude_sync.amplitude_identify(
+    server           pg_catalog.name,
+    query            pg_catalog.text,
+    object           pg_catalog.text  DEFAULT 'user',  -- 'user' (key user_id) or 'device' (key device_id)
+    operations       pg_catalog.jsonb DEFAULT '{}',    -- column -> $set, $setOnce, $add, $append, ...
+    nulls            pg_catalog.text  DEFAULT 'skip',  -- 'skip' NULL columns or 'unset' them
+    properties_event pg_catalog.text  DEFAULT NULL,    -- e.g. 'Properties Updated': also send this event
+    batch_size       pg_catalog.int4  DEFAULT 1024,
+    min_id_length    pg_catalog.int4  DEFAULT 5)
+RETURNS amplitude_sync.run_report
+AS 'MODULE_PATHNAME', 'amplitude_sync_identify'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION amplitude_sync.amplitude_identify(pg_catalog.name, pg_catalog.text, pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.text, pg_catalog.int4, pg_catalog.int4) IS
+    'Runs query with the caller''s rights and updates (or creates) one Amplitude user or device per row.';
+
+CREATE FUNCTION amplitude_sync.amplitude_group_identify(
+    server     pg_catalog.name,
+    query      pg_catalog.text,
+    operations pg_catalog.jsonb DEFAULT '{}',
+    nulls      pg_catalog.text  DEFAULT 'skip',
+    batch_size pg_catalog.int4  DEFAULT 1024)
+RETURNS amplitude_sync.run_report
+AS 'MODULE_PATHNAME', 'amplitude_sync_group_identify'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION amplitude_sync.amplitude_group_identify(pg_catalog.name, pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.int4) IS
+    'Runs query with the caller''s rights and updates (or creates) one Amplitude group per row.';
+
 -- Sending data out is a privilege: grant it explicitly.
 REVOKE ALL ON FUNCTION amplitude_sync.amplitude_send_events(pg_catalog.name, pg_catalog.text, pg_catalog.text, pg_catalog.int4, pg_catalog.int4) FROM PUBLIC;
 REVOKE ALL ON FUNCTION amplitude_sync.send_test_event(pg_catalog.name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION amplitude_sync.amplitude_identify(pg_catalog.name, pg_catalog.text, pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.text, pg_catalog.int4, pg_catalog.int4) FROM PUBLIC;
+REVOKE ALL ON FUNCTION amplitude_sync.amplitude_group_identify(pg_catalog.name, pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.int4) FROM PUBLIC;
 
 -- Any role may look at its own run history; sending still needs the GRANTs above.
 GRANT USAGE ON SCHEMA amplitude_sync TO PUBLIC;

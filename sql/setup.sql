@@ -40,6 +40,11 @@ CREATE FUNCTION mock_requests() RETURNS SETOF jsonb LANGUAGE sql
 -- The events Amplitude would have stored (deduplicated by insert_id).
 CREATE FUNCTION mock_events() RETURNS SETOF jsonb LANGUAGE sql
     AS $$ SELECT * FROM mock_call('GET', '/_mock/events') $$;
+-- The user and group profiles Amplitude would hold after every operation.
+CREATE FUNCTION mock_users() RETURNS SETOF jsonb LANGUAGE sql
+    AS $$ SELECT * FROM mock_call('GET', '/_mock/users') $$;
+CREATE FUNCTION mock_groups() RETURNS SETOF jsonb LANGUAGE sql
+    AS $$ SELECT * FROM mock_call('GET', '/_mock/groups') $$;
 
 -- The mock's valid API key is random per run; test/run_tests.sh writes it to
 -- a file in the data directory. Mappings are created from it inside EXECUTE,

@@ -151,4 +151,52 @@ ResponseVerdict classify_events_response(const HttpResponse &r, const std::strin
     }
 }
 
+ResponseVerdict classify_form_response(const HttpResponse &r, const std::string &api_key) {
+    ResponseVerdict v;
+    if (r.status == 0) {
+        v.kind = ResponseKind::kRetry;
+        v.error = r.timed_out ? "request timed out" : redact(r.transport_error, api_key);
+        return v;
+    }
+    std::string body = redact(r.body, api_key, 200);
+    for (char &c : body)
+        if (c == '\n' || c == '\r') c = ' ';
+    v.error = "HTTP " + std::to_string(r.status) + (body.empty() ? "" : ": " + body);
+    switch (r.status) {
+        case 200:
+            // The identify APIs answer "success" in plain text; the body is not
+            // documented well enough to insist on it.
+            v.kind = ResponseKind::kAccepted;
+            return v;
+        case 400:
+            if (r.body.find("Invalid API key") != std::string::npos ||
+                r.body.find("invalid api_key") != std::string::npos) {
+                v.kind = ResponseKind::kFatal;
+                v.error = "Invalid API key: " + redact(api_key, api_key);
+            } else if (r.body.find("missing_event") != std::string::npos) {
+                // The request itself was malformed: no record in it can succeed.
+                v.kind = ResponseKind::kFatal;
+            } else {
+                v.kind = ResponseKind::kRefusedWhole;
+            }
+            return v;
+        case 413:
+        case 414:
+            v.kind = ResponseKind::kTooLarge;
+            v.error = "payload too large (HTTP " + std::to_string(r.status) + ")";
+            return v;
+        case 429:
+            v.kind = ResponseKind::kThrottled;
+            v.whole_batch_throttled = true;
+            return v;
+        case 403:
+            v.kind = ResponseKind::kFatal;
+            v.error = "forbidden by Amplitude (" + v.error + ")";
+            return v;
+        default:
+            v.kind = r.status >= 500 ? ResponseKind::kRetry : ResponseKind::kFatal;
+            return v;
+    }
+}
+
 }  // namespace amplitude_sync

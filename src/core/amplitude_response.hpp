@@ -41,8 +41,9 @@ struct ResponseVerdict {
     std::vector<size_t> throttled_events;
     std::vector<std::string> throttled_users, throttled_devices;
     std::vector<std::string> quota_users, quota_devices;  // over the daily quota
+    bool whole_batch_throttled = false;  // the identify APIs name no IDs: all wait
     bool project_throttled() const {
-        return throttled_events.empty() && throttled_users.empty() &&
+        return !whole_batch_throttled && throttled_events.empty() && throttled_users.empty() &&
                throttled_devices.empty() && quota_users.empty() && quota_devices.empty();
     }
 };
@@ -51,6 +52,10 @@ struct ResponseVerdict {
 // api_key is only used to redact the body before it is quoted.
 ResponseVerdict classify_events_response(const HttpResponse &response,
                                          const std::string &api_key);
+
+// Classifies an answer to a form-encoded request (/identify,
+// /groupidentify): plain-text bodies, no per-record indices.
+ResponseVerdict classify_form_response(const HttpResponse &response, const std::string &api_key);
 
 // Replaces every occurrence of secret in text, and cuts text to max_length.
 std::string redact(std::string text, const std::string &secret, size_t max_length = 300);

@@ -46,6 +46,29 @@ ResponseVerdict EventsFormat::classify(const HttpResponse &response) const {
     return classify_events_response(response, api_key_);
 }
 
+IdentificationFormat::IdentificationFormat(const std::string &api_key) : api_key_(api_key) {
+    prefix_ = "api_key=";
+    append_url_encoded(prefix_, api_key);
+    prefix_ += "&identification=%5B";
+}
+
+size_t IdentificationFormat::wire_size(const Record &record) const {
+    return url_encoded_size(record.json);
+}
+
+void IdentificationFormat::build(const std::vector<Record> &records, std::string &body) const {
+    body.assign(prefix_);
+    for (size_t i = 0; i < records.size(); ++i) {
+        if (i) body.append("%2C");
+        append_url_encoded(body, records[i].json);
+    }
+    body.append("%5D");
+}
+
+ResponseVerdict IdentificationFormat::classify(const HttpResponse &response) const {
+    return classify_form_response(response, api_key_);
+}
+
 Delivery::Delivery(const PayloadFormat &format, Transport &transport, std::string url,
                    DeliveryLimits limits, RetryPolicy policy, size_t concurrency,
                    std::function<bool()> should_stop)
@@ -62,9 +85,9 @@ Delivery::Delivery(const PayloadFormat &format, Transport &transport, std::strin
 }
 
 bool Delivery::fits(const Batch &batch, size_t record_bytes) const {
-    size_t commas = batch.records.size();
+    size_t separators = batch.records.size() * format_.separator_bytes();
     return batch.records.size() < max_records_ &&
-           format_.overhead_bytes() + batch.bytes + commas + record_bytes <= limits_.max_bytes;
+           format_.overhead_bytes() + batch.bytes + separators + record_bytes <= limits_.max_bytes;
 }
 
 void Delivery::add(Record &&record) {
@@ -74,8 +97,9 @@ void Delivery::add(Record &&record) {
         give_up(std::move(lone), Outcome::kNotSent, "", "not sent: " + error_);
         return;
     }
-    if (format_.overhead_bytes() + record.json.size() > limits_.max_bytes) {
-        size_t size = record.json.size();
+    record.wire_bytes = format_.wire_size(record);
+    if (format_.overhead_bytes() + record.wire_bytes > limits_.max_bytes) {
+        size_t size = record.wire_bytes;
         Batch lone;
         lone.records.push_back(std::move(record));
         give_up(std::move(lone), Outcome::kRejected, "",
@@ -83,8 +107,8 @@ void Delivery::add(Record &&record) {
                     std::to_string(limits_.max_bytes) + " bytes)");
         return;
     }
-    if (!building_.records.empty() && !fits(building_, record.json.size())) seal();
-    building_.bytes += record.json.size();
+    if (!building_.records.empty() && !fits(building_, record.wire_bytes)) seal();
+    building_.bytes += record.wire_bytes;
     building_.records.push_back(std::move(record));
     if (building_.records.size() >= max_records_) seal();
 }
@@ -225,7 +249,7 @@ void Delivery::handle(Queue::iterator it, const HttpResponse &response) {
             Batch rest;
             for (size_t i = 0; i < batch.records.size(); ++i) {
                 if (refused[i]) continue;
-                rest.bytes += batch.records[i].json.size();
+                rest.bytes += batch.records[i].wire_bytes;
                 rest.records.push_back(std::move(batch.records[i]));
             }
             if (!rest.records.empty()) requeue(at, std::move(rest));
@@ -278,7 +302,8 @@ void Delivery::handle(Queue::iterator it, const HttpResponse &response) {
             for (size_t i = 0; i < batch.records.size(); ++i) {
                 const Record &r = batch.records[i];
                 if (over_quota(r)) continue;
-                if (paused_indices.count(i) || (!r.user_id.empty() && paused_users.count(r.user_id)) ||
+                if (v.whole_batch_throttled || paused_indices.count(i) ||
+                    (!r.user_id.empty() && paused_users.count(r.user_id)) ||
                     (!r.device_id.empty() && paused_devices.count(r.device_id)))
                     paused_keys.insert(r.ordering_key());
             }
@@ -295,7 +320,7 @@ void Delivery::handle(Queue::iterator it, const HttpResponse &response) {
                     continue;
                 }
                 Batch &target = paused_keys.count(r.ordering_key()) ? later : now_batch;
-                target.bytes += r.json.size();
+                target.bytes += r.wire_bytes;
                 target.records.push_back(std::move(r));
             }
             if (!now_batch.records.empty()) requeue(at, std::move(now_batch));
@@ -337,7 +362,7 @@ void Delivery::split(Queue::iterator at, Batch &&batch) {
     Batch first, second;
     for (size_t i = 0; i < batch.records.size(); ++i) {
         Batch &target = i < half ? first : second;
-        target.bytes += batch.records[i].json.size();
+        target.bytes += batch.records[i].wire_bytes;
         target.records.push_back(std::move(batch.records[i]));
     }
     requeue(at, std::move(first));

@@ -27,12 +27,15 @@
 
 namespace amplitude_sync {
 
-// How records become a request body: prefix, records joined by commas, suffix.
+// How records become a request body: prefix, records joined by a
+// separator, suffix; and how Amplitude's answer to it is read.
 class PayloadFormat {
 public:
     virtual ~PayloadFormat() = default;
     virtual const char *content_type() const = 0;
-    virtual size_t overhead_bytes() const = 0;
+    virtual size_t overhead_bytes() const = 0;    // prefix and suffix
+    virtual size_t separator_bytes() const = 0;
+    virtual size_t wire_size(const Record &record) const = 0;
     virtual void build(const std::vector<Record> &records, std::string &body) const = 0;
     virtual ResponseVerdict classify(const HttpResponse &response) const = 0;
 };
@@ -43,6 +46,8 @@ public:
     EventsFormat(const std::string &api_key, int min_id_length);
     const char *content_type() const override { return "application/json"; }
     size_t overhead_bytes() const override { return prefix_.size() + suffix_.size(); }
+    size_t separator_bytes() const override { return 1; }
+    size_t wire_size(const Record &record) const override { return record.json.size(); }
     void build(const std::vector<Record> &records, std::string &body) const override;
     ResponseVerdict classify(const HttpResponse &response) const override;
 
@@ -51,8 +56,24 @@ private:
     std::string prefix_, suffix_;
 };
 
+// api_key=..&identification=[..] (URL-encoded) for /identify and /groupidentify.
+class IdentificationFormat final : public PayloadFormat {
+public:
+    explicit IdentificationFormat(const std::string &api_key);
+    const char *content_type() const override { return "application/x-www-form-urlencoded"; }
+    size_t overhead_bytes() const override { return prefix_.size() + 3; }
+    size_t separator_bytes() const override { return 3; }  // %2C
+    size_t wire_size(const Record &record) const override;
+    void build(const std::vector<Record> &records, std::string &body) const override;
+    ResponseVerdict classify(const HttpResponse &response) const override;
+
+private:
+    std::string api_key_;
+    std::string prefix_;  // api_key=...&identification=%5B
+};
+
 struct DeliveryLimits {
-    size_t max_records = 2000;
+    size_t max_records = 2000;       // 1024 for identify and group identify
     size_t max_bytes = 1000000 - 1;  // /2/httpapi: "< 1 MB"
 };
 

@@ -1,7 +1,5 @@
 #include "event_encoder.hpp"
 
-#include <xxhash.h>
-
 #include <algorithm>
 #include <cctype>
 #include <cstring>
@@ -69,75 +67,6 @@ const FieldSpec kEventFields[] = {
     {"$skip_user_properties_sync", "$skip_user_properties_sync", FieldRole::kBool},
 };
 
-const char *const kRefusedIds[] = {
-    "anonymous", "nil", "none", "null", "n/a", "na", "undefined", "unknown", "",
-    "00000000-0000-0000-0000-000000000000", "{}", "lmy47d", "0", "-1",
-};
-
-bool is_string_role(FieldRole r) {
-    return r == FieldRole::kEventType || r == FieldRole::kUserId || r == FieldRole::kDeviceId ||
-           r == FieldRole::kInsertId || r == FieldRole::kString;
-}
-
-bool is_json_category(TypeCategory c) {
-    return c == TypeCategory::kJson || c == TypeCategory::kJsonb;
-}
-
-// Which column types each role accepts; the message says what to do instead.
-const char *type_problem(FieldRole role, TypeCategory c) {
-    switch (role) {
-        case FieldRole::kProperty:
-            return nullptr;
-        case FieldRole::kEventType:
-        case FieldRole::kUserId:
-        case FieldRole::kDeviceId:
-        case FieldRole::kInsertId:
-        case FieldRole::kString:
-            return (is_json_category(c) || c == TypeCategory::kArray)
-                       ? "must be a scalar (text, number, uuid, ...)"
-                       : nullptr;
-        case FieldRole::kEpochMillis:
-            return (c == TypeCategory::kTimestampTz || c == TypeCategory::kTimestamp ||
-                    c == TypeCategory::kDate || c == TypeCategory::kInteger)
-                       ? nullptr
-                       : "must be a timestamptz, timestamp, date or integer epoch milliseconds";
-        case FieldRole::kInteger:
-            return c == TypeCategory::kInteger ? nullptr : "must be an integer";
-        case FieldRole::kNumber:
-            return (c == TypeCategory::kInteger || c == TypeCategory::kFloat ||
-                    c == TypeCategory::kNumeric)
-                       ? nullptr
-                       : "must be numeric";
-        case FieldRole::kObject:
-        case FieldRole::kEventProperties:
-            return is_json_category(c) ? nullptr : "must be json or jsonb";
-        case FieldRole::kBool:
-            return c == TypeCategory::kBool ? nullptr : "must be boolean";
-    }
-    return nullptr;
-}
-
-size_t utf8_length(std::string_view s) {
-    size_t n = 0;
-    for (char c : s)
-        if ((static_cast<unsigned char>(c) & 0xC0) != 0x80) ++n;
-    return n;
-}
-
-// An ID quoted for a message, cut short so a huge value cannot flood a log.
-std::string quoted_for_message(std::string_view id) {
-    constexpr size_t kMax = 64;
-    std::string out = "\"";
-    if (id.size() <= kMax) {
-        out.append(id);
-    } else {
-        size_t cut = kMax;
-        while (cut > 0 && (static_cast<unsigned char>(id[cut]) & 0xC0) == 0x80) --cut;
-        out.append(id.substr(0, cut)).append("...");
-    }
-    return out + "\"";
-}
-
 const char *role_field_name(FieldRole role) {
     switch (role) {
         case FieldRole::kUserId: return "user_id";
@@ -166,7 +95,7 @@ std::vector<ColumnPlan> plan_event_columns(const std::vector<ColumnInput> &colum
         }
         // "plan" and "ingestion_metadata" are common property names: only a
         // json column means Amplitude's object.
-        if (p.role == FieldRole::kObject && !is_json_category(col.category) &&
+        if (p.role == FieldRole::kObject && column_type_problem(FieldRole::kObject, col.category) &&
             (col.name == "plan" || col.name == "ingestion_metadata")) {
             p.role = FieldRole::kProperty;
             key = nullptr;
@@ -174,13 +103,7 @@ std::vector<ColumnPlan> plan_event_columns(const std::vector<ColumnInput> &colum
         std::string name_for_key = key ? key : col.name;
         if (!append_json_string(p.json_key, name_for_key))
             throw PlanError("22021", "column name is not valid UTF-8", "", "");
-        if (const char *problem = type_problem(p.role, col.category)) {
-            throw PlanError("42804", "column \"" + col.name + "\" " + problem,
-                            "Column \"" + col.name + "\" maps to Amplitude's \"" +
-                                name_for_key + "\" field.",
-                            "Cast the column in the query, or alias it to another name to "
-                            "send it as an event property.");
-        }
+        check_column_type(p, name_for_key);
         auto &seen = p.role == FieldRole::kProperty ? properties_seen : keys_seen;
         if (!seen.insert(name_for_key).second) {
             throw PlanError("42701",
@@ -204,29 +127,6 @@ std::vector<ColumnPlan> plan_event_columns(const std::vector<ColumnInput> &colum
         throw PlanError("42703", "query has no column named \"user_id\" or \"device_id\"",
                         "Every Amplitude event needs a user_id or a device_id.", hint);
     return plan;
-}
-
-std::optional<std::string> check_amplitude_id(std::string_view id, int min_id_length) {
-    std::string lower(id);
-    std::transform(lower.begin(), lower.end(), lower.begin(),
-                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-    for (const char *refused : kRefusedIds) {
-        if (lower == refused)
-            return quoted_for_message(id) + " is a placeholder value that Amplitude refuses";
-    }
-    if (utf8_length(id) < static_cast<size_t>(min_id_length))
-        return quoted_for_message(id) + " is shorter than " + std::to_string(min_id_length) +
-               " characters";
-    return std::nullopt;
-}
-
-std::string derive_insert_id(std::string_view event_json) {
-    XXH128_hash_t h = XXH3_128bits(event_json.data(), event_json.size());
-    static const char hex[] = "0123456789abcdef";
-    std::string out = "as-";
-    for (uint64_t part : {h.high64, h.low64})
-        for (int shift = 60; shift >= 0; shift -= 4) out.push_back(hex[(part >> shift) & 0xF]);
-    return out;
 }
 
 EventEncoder::EventEncoder(std::vector<ColumnPlan> plan, int min_id_length)
@@ -298,14 +198,8 @@ void EventEncoder::put_value(size_t col, const Value &v) {
     if (is_string_role(p.role)) {
         // Amplitude wants strings here: numbers, booleans and dates are sent
         // as their text (an integer user id 42 becomes "42").
-        if (v.category == TypeCategory::kText || v.category == TypeCategory::kOther) {
-            put_string(col, std::string_view(v.text, v.text_len));
-            return;
-        }
-        scratch_.clear();
-        if (!append_value_json(scratch_, v, reason)) return reject(col, reason);
-        std::string_view text(scratch_);
-        if (!text.empty() && text.front() == '"') text = text.substr(1, text.size() - 2);
+        std::string_view text;
+        if (!value_as_text(v, scratch_, text, reason)) return reject(col, reason);
         put_string(col, text);
         return;
     }

@@ -15,62 +15,14 @@
 #include <string_view>
 #include <vector>
 
-#include "json_text.hpp"
-#include "records.hpp"
-#include "value.hpp"
+#include "field_mapping.hpp"
 
 namespace amplitude_sync {
-
-// What a column means in an event.
-enum class FieldRole {
-    kProperty,         // an event property named after the column
-    kEventType,
-    kUserId,
-    kDeviceId,
-    kInsertId,
-    kString,           // other string fields: platform, country, ...
-    kEpochMillis,      // time, session_id
-    kInteger,          // event_id, quantity
-    kNumber,           // price, revenue, location_lat, location_lng
-    kObject,           // user_properties, groups, group_properties, plan, ...
-    kEventProperties,  // event_properties: merged with the property columns
-    kBool,             // $skip_user_properties_sync
-};
-
-struct ColumnPlan {
-    std::string column_name;
-    FieldRole role = FieldRole::kProperty;
-    TypeCategory category = TypeCategory::kOther;
-    std::string json_key;  // the key written, quoted and escaped
-};
-
-// A configuration mistake found before any row is read (SQLSTATE given).
-struct PlanError : std::runtime_error {
-    PlanError(const char *sqlstate, const std::string &message, const std::string &detail,
-              const std::string &hint)
-        : std::runtime_error(message), sqlstate(sqlstate), detail(detail), hint(hint) {}
-    const char *sqlstate;
-    std::string detail;
-    std::string hint;
-};
-
-struct ColumnInput {
-    std::string name;
-    TypeCategory category;
-};
 
 // Checks names and types and decides each column's role. Throws PlanError.
 std::vector<ColumnPlan> plan_event_columns(const std::vector<ColumnInput> &columns);
 
-// Amplitude's ID rules: returns the reason an ID would be refused, if any.
-std::optional<std::string> check_amplitude_id(std::string_view id, int min_id_length);
-
-// Deterministic insert_id for an event text: "as-" and 32 hex digits.
-std::string derive_insert_id(std::string_view event_json_without_insert_id);
-
-constexpr int kMaxPropertyDepth = 40;
-
-class EventEncoder {
+class EventEncoder final : public RowEncoder {
 public:
     EventEncoder(std::vector<ColumnPlan> plan, int min_id_length);
 
@@ -80,7 +32,7 @@ public:
     // in record, or false with the reason in rejection (its record carries
     // what could be identified).
     bool encode_row(uint64_t row_number, const Value *values, Record &record,
-                    Rejection &rejection);
+                    Rejection &rejection) override;
 
 private:
     void begin_row(uint64_t row_number);

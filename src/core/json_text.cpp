@@ -275,4 +275,33 @@ bool json_object_members(std::string_view json, std::vector<JsonMember> &members
     return i < json.size() && json[i] == '}';
 }
 
+namespace {
+
+bool is_unreserved(unsigned char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+           c == '-' || c == '.' || c == '_' || c == '~';
+}
+
+}  // namespace
+
+void append_url_encoded(std::string &out, std::string_view s) {
+    static const char hex[] = "0123456789ABCDEF";
+    for (char ch : s) {
+        unsigned char c = static_cast<unsigned char>(ch);
+        if (is_unreserved(c)) {
+            out.push_back(ch);
+        } else {
+            out.push_back('%');
+            out.push_back(hex[c >> 4]);
+            out.push_back(hex[c & 0xF]);
+        }
+    }
+}
+
+size_t url_encoded_size(std::string_view s) {
+    size_t n = 0;
+    for (char ch : s) n += is_unreserved(static_cast<unsigned char>(ch)) ? 1 : 3;
+    return n;
+}
+
 }  // namespace amplitude_sync

@@ -62,4 +62,9 @@ bool json_object_members(std::string_view json, std::vector<JsonMember> &members
 // True when the first non-blank character starts an object.
 bool json_is_object(std::string_view json);
 
+// application/x-www-form-urlencoded: unreserved characters as they are,
+// every other byte as %XX.
+void append_url_encoded(std::string &out, std::string_view s);
+size_t url_encoded_size(std::string_view s);
+
 }  // namespace amplitude_sync

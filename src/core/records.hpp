@@ -16,9 +16,16 @@ struct Record {
     std::string device_id;
     std::string insert_id;
     std::string event_type;
+    std::string group_type;   // group identify
+    std::string group_value;
+    std::string group_key;    // group_type and group_value, the ordering key of a group
+    size_t wire_bytes = 0;    // size in the request body (set by the delivery)
 
-    // Requests to Amplitude keep the order of one device's (else user's) rows.
-    const std::string &ordering_key() const { return device_id.empty() ? user_id : device_id; }
+    // Requests to Amplitude keep the order of one device's (else user's, else
+    // group's) rows.
+    const std::string &ordering_key() const {
+        return !device_id.empty() ? device_id : !user_id.empty() ? user_id : group_key;
+    }
 };
 
 // Why a row was not delivered.

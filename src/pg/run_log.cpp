@@ -68,13 +68,13 @@ void run_log_start(RunLog *log, const char *function_name, const char *server_na
     bool isnull;
     log->run_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 
-    Oid rej_types[10] = {INT8OID, INT8OID, TEXTOID, TEXTOID, TEXTOID,
-                         TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+    Oid rej_types[12] = {INT8OID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+                         TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
     log->insert_rejection = SPI_prepare(
         "INSERT INTO amplitude_sync.rejected_records (run_id, row_number, outcome, field, reason, "
-        "user_id, device_id, insert_id, event_type, payload) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::pg_catalog.json)",
-        10, rej_types);
+        "user_id, device_id, insert_id, event_type, group_type, group_value, payload) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::pg_catalog.json)",
+        12, rej_types);
     if (!log->insert_rejection) elog(ERROR, "amplitude_sync: could not prepare the rejection log");
     restore_user(&scope);
 }
@@ -85,17 +85,17 @@ void run_log_store_rejections(RunLog *log, std::vector<Rejection> *rejections) {
     become_owner(log, &scope);
     for (size_t k = 0; k < rejections->size(); ++k) {
         const Rejection *r = &(*rejections)[k];
-        Datum values[10];
-        char nulls[10];
+        Datum values[12];
+        char nulls[12];
         memset(nulls, ' ', sizeof nulls);
         values[0] = Int64GetDatum(log->run_id);
         values[1] = Int64GetDatum(static_cast<int64>(r->record.row_number));
         values[2] = CStringGetTextDatum(r->outcome == Outcome::kRejected ? "rejected" : "not_sent");
-        const std::string *texts[7] = {&r->field, &r->reason, &r->record.user_id,
-                                       &r->record.device_id, &r->record.insert_id,
-                                       &r->record.event_type, &r->record.json};
-        for (int i = 0; i < 7; ++i) {
-            bool keep = !texts[i]->empty() && (i != 6 || texts[i]->size() <= kMaxStoredPayload);
+        const std::string *texts[9] = {&r->field,           &r->reason,           &r->record.user_id,
+                                       &r->record.device_id, &r->record.insert_id, &r->record.event_type,
+                                       &r->record.group_type, &r->record.group_value, &r->record.json};
+        for (int i = 0; i < 9; ++i) {
+            bool keep = !texts[i]->empty() && (i != 8 || texts[i]->size() <= kMaxStoredPayload);
             if (keep) values[3 + i] = text_datum(*texts[i]);
             else nulls[3 + i] = 'n';
         }

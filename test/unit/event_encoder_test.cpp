@@ -279,8 +279,7 @@ TEST(PlanColumns, WrongTypeDetailNamesAmplitudesField) {
     EXPECT_EQ(f.sqlstate, "42804");
     EXPECT_EQ(f.detail, "Column \"product_id\" maps to Amplitude's \"productId\" field.");
     EXPECT_EQ(f.hint,
-              "Cast the column in the query, or alias it to another name to send it as an event "
-              "property.");
+              "Cast the column in the query, or alias it to another name to send it as a property.");
 }
 
 TEST(PlanColumns, PlanAndIngestionMetadataAsTextBecomeProperties) {

@@ -1,0 +1,98 @@
+// The field mapper's shared pieces: column roles and plans, Amplitude's ID
+// rules, deterministic insert_ids, and the interface every row encoder
+// (events, identify, group identify) offers the glue. Core file: no postgres.h.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "json_text.hpp"
+#include "records.hpp"
+#include "value.hpp"
+
+namespace amplitude_sync {
+
+// What a column means in a record.
+enum class FieldRole {
+    kProperty,         // an event property named after the column
+    kEventType,
+    kUserId,
+    kDeviceId,
+    kInsertId,
+    kString,           // other string fields: platform, country, ...
+    kEpochMillis,      // time, session_id
+    kInteger,          // event_id, quantity
+    kNumber,           // price, revenue, location_lat, location_lng
+    kObject,           // user_properties, groups, group_properties, plan, ...
+    kEventProperties,  // event_properties: merged with the property columns
+    kBool,             // $skip_user_properties_sync
+    kUserProperties,   // identify: a jsonb of properties/operations merged in
+    kGroupType,        // group identify keys
+    kGroupValue,
+};
+
+struct ColumnPlan {
+    std::string column_name;
+    FieldRole role = FieldRole::kProperty;
+    TypeCategory category = TypeCategory::kOther;
+    std::string json_key;  // the key written, quoted and escaped
+    std::string operation; // identify properties: "$set", "$add", ...
+};
+
+// A configuration mistake found before any row is read (SQLSTATE given).
+struct PlanError : std::runtime_error {
+    PlanError(const char *sqlstate, const std::string &message, const std::string &detail,
+              const std::string &hint)
+        : std::runtime_error(message), sqlstate(sqlstate), detail(detail), hint(hint) {}
+    const char *sqlstate;
+    std::string detail;
+    std::string hint;
+};
+
+struct ColumnInput {
+    std::string name;
+    TypeCategory category;
+};
+
+// Turns one query row into one Amplitude record.
+class RowEncoder {
+public:
+    virtual ~RowEncoder() = default;
+    // values[i] belongs to the query's column i. True with the record, or
+    // false with the reason in rejection (its record carries what could be
+    // identified).
+    virtual bool encode_row(uint64_t row_number, const Value *values, Record &record,
+                            Rejection &rejection) = 0;
+};
+
+// Amplitude's ID rules: returns the reason an ID would be refused, if any.
+std::optional<std::string> check_amplitude_id(std::string_view id, int min_id_length);
+
+// Deterministic insert_id for an event text: "as-" and 32 hex digits.
+std::string derive_insert_id(std::string_view event_json_without_insert_id);
+
+constexpr int kMaxPropertyDepth = 40;
+
+// Roles whose value Amplitude wants as a string (IDs, event_type, platform...).
+bool is_string_role(FieldRole role);
+
+// Why a column of this type cannot fill this role, or nullptr when it can.
+const char *column_type_problem(FieldRole role, TypeCategory category);
+
+// A value as the text a string field carries: numbers, booleans and dates
+// as their text (an integer user id 42 becomes "42"). text points into v or
+// into scratch. Returns false with a reason for NaN and the like.
+bool value_as_text(const Value &v, std::string &scratch, std::string_view &text,
+                   std::string &reason);
+
+// An ID quoted for a message, cut short so a huge value cannot flood a log.
+std::string quoted_for_message(std::string_view id);
+
+// Throws the PlanError for a column whose type does not fit its role.
+void check_column_type(const ColumnPlan &plan, const std::string &amplitude_name);
+
+}  // namespace amplitude_sync

@@ -1,0 +1,75 @@
+// Turns query rows into identifications for /identify (users, devices) and
+// /groupidentify (groups): the key columns, Amplitude's identify-level
+// fields, and every other column as a property under an operation ($set by
+// default, chosen per column). Core file: no postgres.h.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "field_mapping.hpp"
+
+namespace amplitude_sync {
+
+enum class ProfileObject { kUser, kDevice, kGroup };
+
+struct IdentifyOptions {
+    ProfileObject object = ProfileObject::kUser;
+    // column -> operation ("$add", ...); columns not named use "$set".
+    std::vector<std::pair<std::string, std::string>> operations;
+    bool nulls_unset = false;  // NULL columns become $unset instead of being left out
+    int min_id_length = 5;
+};
+
+// Reads the operations argument, a JSON object of column name -> operation.
+// Throws PlanError for anything else or for an operation the object lacks.
+std::vector<std::pair<std::string, std::string>> parse_operations(std::string_view json,
+                                                                  ProfileObject object);
+
+// Checks names and types and decides each column's role. Throws PlanError.
+std::vector<ColumnPlan> plan_identify_columns(const std::vector<ColumnInput> &columns,
+                                              const IdentifyOptions &options);
+
+// The most properties one group identification may carry.
+constexpr size_t kMaxGroupProperties = 1024;
+
+class IdentifyEncoder final : public RowEncoder {
+public:
+    IdentifyEncoder(std::vector<ColumnPlan> plan, IdentifyOptions options);
+
+    bool encode_row(uint64_t row_number, const Value *values, Record &record,
+                    Rejection &rejection) override;
+
+    // After a successful encode_row: the properties object that was sent
+    // ({"$set":{...},...}), or empty when the row set no property.
+    const std::string &last_properties() const { return properties_; }
+
+private:
+    void put_value(size_t col, const Value &v);
+    void put_top_string(size_t col, std::string_view text);
+    void put_property(size_t col, const std::string &operation, std::string_view json_value);
+    bool merge_properties_column();
+    void reject(const std::string &field, const std::string &reason);
+    bool check_keys();
+
+    std::vector<ColumnPlan> plan_;
+    IdentifyOptions options_;
+    std::vector<std::string> operation_names_;  // in the order they are written
+
+    // Per-row state; buffers keep their capacity across rows.
+    std::string top_;
+    std::vector<std::string> by_operation_;         // members per operation
+    std::vector<std::string> row_keys_;             // property keys set this row
+    std::string properties_column_;                 // user_/group_properties jsonb, raw
+    std::string properties_;
+    std::string scratch_;
+    std::vector<JsonMember> members_, inner_members_;
+    Record identity_;
+    bool has_user_id_ = false, has_device_id_ = false;
+    bool rejected_ = false;
+    std::string reject_field_, reject_reason_;
+};
+
+}  // namespace amplitude_sync

@@ -1,0 +1,310 @@
+// The run loop behind every sending function. PostgreSQL work (SPI cursor,
+// Datums, run history) happens here in frames without C++ objects; the C++
+// run state lives on the heap, owned by a memory context whose reset
+// callback deletes it, so an ERROR anywhere (cancel, statement_timeout, a
+// bad row in the user's query) still closes every connection and frees
+// every buffer.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cxx_guard.hpp"
+#include "delivery.hpp"
+#include "event_encoder.hpp"
+#include "http_transport.hpp"
+#include "identify_encoder.hpp"
+#include "value.hpp"
+
+#include "datum_values.hpp"
+#include "pg_headers.hpp"
+#include "run_log.hpp"
+#include "send_run.hpp"
+
+using namespace amplitude_sync;
+
+namespace {
+
+// Rows fetched from the cursor at a time: large enough to amortise the
+// executor round trip, small enough that memory does not follow row count.
+constexpr long kFetchRows = 1000;
+
+bool interrupt_pending() { return QueryCancelPending != 0 || ProcDiePending != 0; }
+
+RetryPolicy retry_policy(const AmpConnection &conn, long endpoint_throttle_pause_ms) {
+    RetryPolicy p;
+    p.max_attempts = conn.max_attempts;
+    p.max_retry_ms = conn.max_retry_seconds * 1000L;
+    p.backoff_base_ms = conn.retry_backoff_ms;
+    p.throttle_pause_ms = conn.throttle_pause_ms > 0 ? conn.throttle_pause_ms : endpoint_throttle_pause_ms;
+    // A project-wide 429 waits longer (60 s by default); the option scales both.
+    if (conn.throttle_pause_ms > 0) p.project_throttle_pause_ms = 2L * conn.throttle_pause_ms;
+    return p;
+}
+
+// A delivery with its own format and connections.
+struct Channel {
+    Channel(std::unique_ptr<PayloadFormat> f, const AmpConnection &conn, const std::string &path,
+            DeliveryLimits limits, long throttle_pause_ms)
+        : format(std::move(f)),
+          transport(make_curl_transport(static_cast<size_t>(conn.max_concurrency), transport_options(conn))),
+          delivery(*format, *transport, std::string(conn.base_url) + path, limits,
+                   retry_policy(conn, throttle_pause_ms), static_cast<size_t>(conn.max_concurrency),
+                   interrupt_pending) {}
+    std::unique_ptr<PayloadFormat> format;
+    std::unique_ptr<Transport> transport;
+    Delivery delivery;
+};
+
+// Everything C++ a run owns. Deleted by the memory-context callback.
+struct SendRun {
+    std::unique_ptr<RowEncoder> encoder;
+    IdentifyEncoder *identify = nullptr;  // the encoder, when it is one
+    std::unique_ptr<Channel> main;
+    // amplitude_identify's "properties updated" events, sent beside the identifications.
+    std::string properties_event;
+    std::unique_ptr<Channel> events;
+    Record record, event;
+    Rejection rejection;
+
+    // The worst state of the channels: interrupted, stopped, failed, running.
+    DeliveryState state() const {
+        DeliveryState s = main->delivery.state();
+        if (events && s == DeliveryState::kRunning) s = events->delivery.state();
+        if (events && events->delivery.state() == DeliveryState::kInterrupted) s = DeliveryState::kInterrupted;
+        return s;
+    }
+    const std::string &error() const {
+        return main->delivery.state() != DeliveryState::kRunning || !events ? main->delivery.error()
+                                                                              : events->delivery.error();
+    }
+};
+
+void delete_send_run(void *arg) { delete static_cast<SendRun *>(arg); }
+
+SendRun *make_send_run(const AmpConnection &conn, const SendSpec &spec,
+                       const std::vector<ColumnInput> &columns) {
+    auto run = std::make_unique<SendRun>();
+    DeliveryLimits limits;
+    limits.max_records = static_cast<size_t>(spec.max_records);
+    limits.max_bytes = static_cast<size_t>(spec.max_bytes);
+    if (spec.kind == SendKind::kEvents) {
+        run->encoder = std::make_unique<EventEncoder>(plan_event_columns(columns), spec.min_id_length);
+        run->main = std::make_unique<Channel>(std::make_unique<EventsFormat>(conn.api_key, spec.min_id_length),
+                                              conn, spec.endpoint_path, limits, spec.throttle_pause_ms);
+        return run.release();
+    }
+    IdentifyOptions options;
+    options.object = spec.kind == SendKind::kUser     ? ProfileObject::kUser
+                     : spec.kind == SendKind::kDevice ? ProfileObject::kDevice
+                                                      : ProfileObject::kGroup;
+    options.operations = parse_operations(spec.operations_json ? spec.operations_json : "", options.object);
+    options.nulls_unset = spec.nulls_unset;
+    options.min_id_length = spec.min_id_length;
+    auto encoder = std::make_unique<IdentifyEncoder>(plan_identify_columns(columns, options), options);
+    run->identify = encoder.get();
+    run->encoder = std::move(encoder);
+    run->main = std::make_unique<Channel>(std::make_unique<IdentificationFormat>(conn.api_key), conn,
+                                          spec.endpoint_path, limits, spec.throttle_pause_ms);
+    if (spec.properties_event) {
+        run->properties_event = spec.properties_event;
+        run->events = std::make_unique<Channel>(std::make_unique<EventsFormat>(conn.api_key, spec.min_id_length),
+                                                conn, "/2/httpapi", DeliveryLimits{}, 30000);
+    }
+    return run.release();
+}
+
+// The synthetic event that makes an identify update visible at once: the
+// same user_properties, on an event of the chosen type.
+void queue_properties_event(SendRun *run) {
+    const std::string &properties = run->identify->last_properties();
+    if (properties.empty()) return;
+    Record &e = run->event;
+    e = Record{};
+    e.row_number = run->record.row_number;
+    e.user_id = run->record.user_id;
+    e.device_id = run->record.device_id;
+    e.event_type = run->properties_event;
+    e.json = "{\"event_type\":";
+    append_json_string(e.json, run->properties_event);
+    for (const std::string *id : {&e.user_id, &e.device_id}) {
+        if (id->empty()) continue;
+        e.json += id == &e.user_id ? ",\"user_id\":" : ",\"device_id\":";
+        append_json_string(e.json, *id);
+    }
+    e.json.append(",\"user_properties\":").append(properties);
+    // Deterministic: the same row re-sent within 7 days is one event.
+    e.insert_id = derive_insert_id(e.json);
+    e.json.append(",\"insert_id\":\"").append(e.insert_id).append("\"}");
+    run->events->delivery.add(std::move(e));
+}
+
+void encode_and_queue(SendRun *run, uint64_t row_number, const Value *values) {
+    if (!run->encoder->encode_row(row_number, values, run->record, run->rejection)) {
+        run->main->delivery.reject(std::move(run->rejection));
+        return;
+    }
+    if (run->events) queue_properties_event(run);
+    run->main->delivery.add(std::move(run->record));
+}
+
+void finish_run(SendRun *run) {
+    run->main->delivery.finish();
+    if (run->events) run->events->delivery.finish();
+}
+
+std::vector<ColumnInput> column_inputs(TupleDesc desc, const ColumnReader *readers) {
+    std::vector<ColumnInput> inputs;
+    for (int i = 0; i < desc->natts; ++i)
+        inputs.push_back({NameStr(TupleDescAttr(desc, i)->attname), readers[i].category});
+    return inputs;
+}
+
+void store_rejections(RunLog *log, SendRun *run) {
+    run_log_store_rejections(log, &run->main->delivery.rejections());
+    if (run->events) run_log_store_rejections(log, &run->events->delivery.rejections());
+}
+
+// Raises the error for a run Amplitude refused to take at all (API key, 403).
+[[noreturn]] void raise_stopped_run(const AmpConnection *conn, const char *error, int64 rows_read,
+                                    uint64_t sent) {
+    bool bad_key = strstr(error, "Invalid API key") != nullptr;
+    ereport(ERROR,
+            (errcode(bad_key ? ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION
+                             : ERRCODE_SQLSERVER_REJECTED_ESTABLISHMENT_OF_SQLCONNECTION),
+             bad_key ? errmsg("amplitude rejected the API key of server \"%s\"", conn->server_name)
+                     : errmsg("amplitude refused the requests of server \"%s\"", conn->server_name),
+             errdetail("Amplitude answered: %s. Of %lld rows read, %llu were sent before the run stopped; "
+                       "the rest were not sent.",
+                       error, static_cast<long long>(rows_read), static_cast<unsigned long long>(sent)),
+             bad_key ? errhint("Check the api_key option of your user mapping for server \"%s\".",
+                               conn->server_name)
+                     : 0));
+    pg_unreachable();
+}
+
+}  // namespace
+
+TransportOptions transport_options(const AmpConnection &conn) {
+    TransportOptions t;
+    t.connect_timeout_ms = conn.connect_timeout_ms;
+    t.request_timeout_ms = conn.request_timeout_ms;
+    t.allow_plain_http = conn.allow_plain_http;
+    t.verify_tls = conn.verify_tls;
+    return t;
+}
+
+Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const SendSpec *spec) {
+    TupleDesc result_desc;
+    if (get_call_result_type(fcinfo, nullptr, &result_desc) != TYPEFUNC_COMPOSITE)
+        elog(ERROR, "amplitude_sync: return type must be a row type");
+
+    if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
+    SPIPlanPtr plan = SPI_prepare(spec->query, 0, nullptr);
+    if (!plan)
+        ereport(ERROR, (errcode(ERRCODE_SYNTAX_ERROR), errmsg("could not prepare the query: %s",
+                                                             SPI_result_code_string(SPI_result))));
+    if (!SPI_is_cursor_plan(plan))
+        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                        errmsg("the query must be a single statement that returns rows"),
+                        errhint("Pass a SELECT (or VALUES, or TABLE name).")));
+    // The query runs with the caller's rights: these functions are not SECURITY DEFINER.
+    Portal portal = SPI_cursor_open(nullptr, plan, nullptr, nullptr, false);
+    TupleDesc desc = portal->tupDesc;
+    int natts = desc->natts;
+
+    ColumnReader *readers = static_cast<ColumnReader *>(palloc0(sizeof(ColumnReader) * (natts + 1)));
+    for (int i = 0; i < natts; ++i) init_column_reader(&readers[i], TupleDescAttr(desc, i)->atttypid);
+
+    // The C++ run state, freed with this context on success and on error.
+    MemoryContext run_context = AllocSetContextCreate(CurrentMemoryContext, "amplitude_sync run",
+                                                      ALLOCSET_DEFAULT_SIZES);
+    MemoryContextCallback *cleanup = static_cast<MemoryContextCallback *>(
+        MemoryContextAllocZero(run_context, sizeof(MemoryContextCallback)));
+    SendRun *run = nullptr;
+    AMP_CXX(run = make_send_run(*conn, *spec, column_inputs(desc, readers)));
+    cleanup->func = delete_send_run;
+    cleanup->arg = run;
+    MemoryContextRegisterResetCallback(run_context, cleanup);
+
+    RunLog log;
+    run_log_start(&log, spec->function_name, conn->server_name, spec->endpoint_path);
+
+    Datum *datums = static_cast<Datum *>(palloc(sizeof(Datum) * (natts + 1)));
+    bool *nulls = static_cast<bool *>(palloc(sizeof(bool) * (natts + 1)));
+    Value *values = static_cast<Value *>(palloc0(sizeof(Value) * (natts + 1)));
+    MemoryContext row_context = AllocSetContextCreate(run_context, "amplitude_sync row",
+                                                      ALLOCSET_DEFAULT_SIZES);
+    int64 rows_read = 0;
+    bool more = true;
+    while (more && run->state() == DeliveryState::kRunning) {
+        CHECK_FOR_INTERRUPTS();
+        SPI_cursor_fetch(portal, true, kFetchRows);
+        more = SPI_processed == static_cast<uint64>(kFetchRows);
+        SPITupleTable *table = SPI_tuptable;
+        for (uint64 r = 0; r < SPI_processed && run->state() == DeliveryState::kRunning; ++r) {
+            MemoryContext outer = MemoryContextSwitchTo(row_context);
+            heap_deform_tuple(table->vals[r], desc, datums, nulls);
+            for (int i = 0; i < natts; ++i) read_column_value(&readers[i], datums[i], nulls[i], &values[i]);
+            ++rows_read;
+            AMP_CXX(encode_and_queue(run, static_cast<uint64_t>(rows_read), values));
+            MemoryContextSwitchTo(outer);
+            MemoryContextReset(row_context);
+        }
+        SPI_freetuptable(table);
+        store_rejections(&log, run);
+    }
+    SPI_cursor_close(portal);
+    AMP_CXX(finish_run(run));
+    if (run->state() == DeliveryState::kInterrupted) {
+        CHECK_FOR_INTERRUPTS();
+        ereport(ERROR, (errcode(ERRCODE_QUERY_CANCELED), errmsg("canceling statement due to user request")));
+    }
+    store_rejections(&log, run);
+
+    const DeliveryStats *stats = &run->main->delivery.stats();
+    if (run->state() == DeliveryState::kStopped)
+        raise_stopped_run(conn, run->error().c_str(), rows_read, stats->sent);
+
+    // Requests and retries count the synthetic events' too; sent, rejected
+    // and not_sent count rows (identifications), so they add up to rows_read.
+    uint64_t requests = stats->requests, retries = stats->retries;
+    if (run->events) {
+        requests += run->events->delivery.stats().requests;
+        retries += run->events->delivery.stats().retries;
+    }
+    bool failed = run->state() == DeliveryState::kFailed;
+    char *error = nullptr;
+    if (failed) {
+        error = psprintf("%s; the run stopped after reading %lld rows (the rest of the query was not read)",
+                         run->error().c_str(), static_cast<long long>(rows_read));
+        ereport(WARNING, (errmsg("amplitude_sync run failed: %s", run->error().c_str()),
+                          errdetail("Run %lld: %llu rows were sent, %llu rejected and %llu not sent.",
+                                    static_cast<long long>(log.run_id),
+                                    static_cast<unsigned long long>(stats->sent),
+                                    static_cast<unsigned long long>(stats->rejected),
+                                    static_cast<unsigned long long>(stats->not_sent)),
+                          errhint("See amplitude_sync.rejected_records for run %lld; running the same "
+                                  "query again resends nothing twice.", static_cast<long long>(log.run_id))));
+    }
+    DeliveryStats logged = *stats;
+    logged.requests = requests;
+    logged.retries = retries;
+    run_log_finish(&log, failed ? "failed" : "succeeded", rows_read, &logged, error);
+
+    Datum result[9] = {Int64GetDatum(log.run_id),
+                       CStringGetTextDatum(failed ? "failed" : "succeeded"),
+                       Int64GetDatum(rows_read),
+                       Int64GetDatum(static_cast<int64>(stats->sent)),
+                       Int64GetDatum(static_cast<int64>(stats->rejected)),
+                       Int64GetDatum(static_cast<int64>(stats->not_sent)),
+                       Int64GetDatum(static_cast<int64>(requests)),
+                       Int64GetDatum(static_cast<int64>(retries)),
+                       run_log_elapsed(&log)};
+    bool result_nulls[9] = {false, false, false, false, false, false, false, false, false};
+    HeapTuple tuple = heap_form_tuple(BlessTupleDesc(result_desc), result, result_nulls);
+    MemoryContextDelete(run_context);
+    // Copy the result out of SPI's memory before SPI_finish frees it.
+    Datum out = SPI_datumTransfer(HeapTupleGetDatum(tuple), false, -1);
+    SPI_finish();
+    return out;
+}

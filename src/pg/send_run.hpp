@@ -1,0 +1,32 @@
+// One run of a sending function: read the query through a cursor, encode
+// each row, deliver the records, keep the run history, return the report.
+// Shared by amplitude_send_events, amplitude_identify and
+// amplitude_group_identify, which differ only in their SendSpec.
+#pragma once
+
+#include "http_transport.hpp"
+
+#include "connection.hpp"
+#include "pg_headers.hpp"
+
+enum class SendKind { kEvents, kUser, kDevice, kGroup };
+
+struct SendSpec {
+    SendKind kind;
+    const char *function_name;    // for the run history
+    const char *endpoint_path;    // "/2/httpapi", "/batch", "/identify", "/groupidentify"
+    const char *query;
+    int max_records;              // per request
+    long max_bytes;               // per request body
+    long throttle_pause_ms;       // Amplitude's pause for the endpoint
+    int min_id_length;
+    const char *operations_json;  // identify: column -> operation, or NULL
+    bool nulls_unset;             // identify: NULL columns become $unset
+    const char *properties_event; // identify: synthetic event type, or NULL
+};
+
+// The connection's timeouts and TLS settings for the HTTP transport.
+amplitude_sync::TransportOptions transport_options(const AmpConnection &conn);
+
+// Runs the whole call and returns the amplitude_sync.run_report Datum.
+Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const SendSpec *spec);
