@@ -12,7 +12,7 @@ harness_install_packages || exit 1
 harness_build_and_install || exit 1
 harness_start_cluster || exit 1
 
-psql_demo() { psql -X -q -v ON_ERROR_STOP=1 -d demo "$@"; }
+psql_demo() { psql -X -q -v ON_ERROR_STOP=1 -d demo "$@" || exit 1; }
 createdb demo
 
 if [ -n "${AMPLITUDE_API_KEY:-}" ]; then
@@ -62,26 +62,29 @@ SQL
 log "the set-up test event (Amplitude asks a new HTTP API source for one)"
 psql_demo -c "SELECT * FROM amplitude_sync.send_test_event('amplitude');"
 
-log "sending every user's sign-up and every order as events"
-psql_demo <<'SQL'
+SIGNUPS="SELECT 'Signed Up' AS event_type, id AS user_id, created_at AS time, country, plan,
+                 jsonb_build_object('email', email) AS user_properties FROM users"
+log "sending every user's sign-up as an event"
+psql_demo -v q="$SIGNUPS" <<'SQL'
 \x on
-SELECT * FROM amplitude_sync.amplitude_send_events('amplitude', $$
-    SELECT 'Signed Up' AS event_type, u.id AS user_id, u.created_at AS time,
-           u.country, u.plan, jsonb_build_object('email', u.email) AS user_properties
-    FROM users u
-    UNION ALL
-    SELECT 'Order Completed', o.user_id, o.created_at, NULL, NULL, NULL
-    FROM orders o
-$$);
+SELECT * FROM amplitude_sync.amplitude_send_events('amplitude', :'q');
 \x off
 SQL
 log "the same call again: the same insert_ids, so Amplitude keeps no duplicates"
-psql_demo -c "SELECT run_id, status, rows_read, sent FROM amplitude_sync.amplitude_send_events('amplitude', \$\$SELECT 'Signed Up' AS event_type, id AS user_id, created_at AS time, country, plan FROM users\$\$);"
+psql_demo -v q="$SIGNUPS" <<'SQL'
+SELECT run_id, status, rows_read, sent FROM amplitude_sync.amplitude_send_events('amplitude', :'q');
+SQL
 
-log "orders with their amounts and items, through /batch (for backfills)"
+log "every order, with its amount and items, through /batch (for backfills)"
 psql_demo -c "SELECT run_id, status, rows_read, sent, requests FROM amplitude_sync.amplitude_send_events('amplitude', \$\$
     SELECT 'Order Paid' AS event_type, user_id, created_at AS time, 'order-' || id AS insert_id,
            amount AS revenue, amount, items FROM orders\$\$, api => 'batch');"
+
+log "users: their plan, country and lifetime value as user properties (/identify)"
+psql_demo -c "SELECT run_id, status, rows_read, sent, requests FROM amplitude_sync.amplitude_identify('amplitude', \$\$
+    SELECT u.id AS user_id, u.plan, u.country, coalesce(sum(o.amount), 0) AS lifetime_value,
+           count(o.id) AS orders
+    FROM users u LEFT JOIN orders o ON o.user_id = u.id GROUP BY u.id\$\$);"
 
 log "run history"
 psql_demo -c "SELECT run_id, function_name, endpoint, status, rows_read, sent, rejected, requests FROM amplitude_sync.sync_runs ORDER BY run_id;"
@@ -96,6 +99,11 @@ SELECT line::jsonb->>'event_type' AS event_type, count(*) AS events, count(DISTI
 FROM arrived GROUP BY 1 ORDER BY 1;
 SELECT jsonb_pretty(line::jsonb - '\$seq' - '\$path') AS one_event FROM arrived
 WHERE line::jsonb->>'event_type' = 'Order Paid' LIMIT 1;
+CREATE TEMP TABLE profiles (line text);
+COPY profiles FROM PROGRAM 'curl -s $AMPLITUDE_MOCK_URL/_mock/users' WITH (FORMAT csv, QUOTE e'\x01', DELIMITER e'\x02');
+SELECT count(*) AS user_profiles FROM profiles;
+SELECT line::jsonb->>'user_id' AS user_id, line::jsonb->'user_properties' AS user_properties
+FROM profiles ORDER BY 1 LIMIT 3;
 SQL
 else
     log "check the events in Amplitude: User Look-Up, or Events in the project's data settings"
