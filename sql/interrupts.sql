@@ -1,28 +1,8 @@
 -- A run killed or cancelled mid-way: nothing a re-run cannot resend, nothing
 -- sent twice, and nothing left behind in the backend (no open connection).
 -- A second session drives the run through dblink.
-SET client_min_messages = warning;
-CREATE EXTENSION IF NOT EXISTS dblink;
-RESET client_min_messages;
 SELECT format('host=%s port=%s dbname=%s user=%s', current_setting('unix_socket_directories'),
               current_setting('port'), current_database(), current_user) AS runner_conn \gset
-CREATE FUNCTION wait_until_gone(marker text) RETURNS void LANGUAGE plpgsql AS $$
-BEGIN
-    FOR i IN 1..100 LOOP
-        PERFORM pg_stat_clear_snapshot();  -- else the view stays as it was at the first look
-        EXIT WHEN NOT EXISTS (SELECT FROM pg_stat_activity
-                              WHERE query LIKE '%' || marker || '%' AND pid <> pg_backend_pid()
-                                AND state = 'active');
-        PERFORM pg_sleep(0.05);
-    END LOOP;
-END $$;
-CREATE FUNCTION wait_for_requests(n int) RETURNS void LANGUAGE plpgsql AS $$
-BEGIN
-    FOR i IN 1..100 LOOP
-        EXIT WHEN (SELECT count(*) FROM mock_requests()) >= n;
-        PERFORM pg_sleep(0.05);
-    END LOOP;
-END $$;
 
 -- Killed: Amplitude stores the first batches but its answers are slow; the
 -- backend is terminated before they arrive.

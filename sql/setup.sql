@@ -46,6 +46,28 @@ CREATE FUNCTION mock_users() RETURNS SETOF jsonb LANGUAGE sql
 CREATE FUNCTION mock_groups() RETURNS SETOF jsonb LANGUAGE sql
     AS $$ SELECT * FROM mock_call('GET', '/_mock/groups') $$;
 
+-- Tests that need a second session drive it through dblink, and wait with these.
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS dblink;
+RESET client_min_messages;
+CREATE FUNCTION wait_until_gone(marker text) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1..100 LOOP
+        PERFORM pg_stat_clear_snapshot();  -- else the view stays as it was at the first look
+        EXIT WHEN NOT EXISTS (SELECT FROM pg_stat_activity
+                              WHERE query LIKE '%' || marker || '%' AND pid <> pg_backend_pid()
+                                AND state = 'active');
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END $$;
+CREATE FUNCTION wait_for_requests(n int) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1..100 LOOP
+        EXIT WHEN (SELECT count(*) FROM mock_requests()) >= n;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END $$;
+
 -- The mock's valid API key is random per run; test/run_tests.sh writes it to
 -- a file in the data directory. Mappings are created from it inside EXECUTE,
 -- so no logged statement contains it and the run can search the server log

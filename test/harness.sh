@@ -3,8 +3,8 @@
 # call harness_cleanup on exit (the callers install a trap).
 
 HARNESS_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-HARNESS_PACKAGES="build-essential postgresql-15 postgresql-server-dev-15 libcurl4-openssl-dev
-  nlohmann-json3-dev libxxhash-dev libgtest-dev python3 curl ca-certificates"
+HARNESS_PACKAGES="build-essential postgresql-15 postgresql-server-dev-15 postgresql-15-cron
+  libcurl4-openssl-dev nlohmann-json3-dev libxxhash-dev libgtest-dev python3 curl ca-certificates"
 HARNESS_OS_USER=amplitude_sync_test
 HARNESS_DIR=""
 HARNESS_MOCK_PID=""
@@ -44,7 +44,8 @@ harness_free_port() {
 }
 
 # Starts a throwaway cluster; exports PGHOST, PGPORT, PGUSER, PGDATABASE.
-# Extra postgresql.conf lines may be passed as arguments.
+# Extra postgresql.conf lines may be passed as arguments (@DIR@ stands for
+# the cluster's directory, which is also its socket directory).
 harness_start_cluster() {
     local bindir
     bindir=$(pg_config --bindir)
@@ -63,7 +64,7 @@ harness_start_cluster() {
         echo "listen_addresses = ''"
         echo "unix_socket_directories = '$HARNESS_DIR'"
         echo "fsync = off"
-        for line in "$@"; do echo "$line"; done
+        for line in "$@"; do echo "${line//@DIR@/$HARNESS_DIR}"; done
     } >>"$HARNESS_DIR/data/postgresql.conf"
     as_cluster_user "$bindir/pg_ctl" -D "$HARNESS_DIR/data" -l "$HARNESS_DIR/server.log" -w start >/dev/null
     export PGHOST=$HARNESS_DIR PGPORT PGUSER=postgres PGDATABASE=postgres

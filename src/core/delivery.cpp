@@ -221,6 +221,8 @@ void Delivery::handle(Queue::iterator it, const HttpResponse &response) {
 
     if (v.kind == ResponseKind::kAccepted) {
         stats_.sent += batch.records.size();
+        for (Record &r : batch.records)
+            if (!r.state_key.empty()) confirmed_.push_back({std::move(r.state_key), r.fingerprint});
         return;
     }
     if (state_ != DeliveryState::kRunning) {

@@ -120,6 +120,9 @@ public:
     const DeliveryStats &stats() const { return stats_; }
     // Rejections since the last call; the caller stores and clears them.
     std::vector<Rejection> &rejections() { return rejections_; }
+    // Confirmed records that carry a state_key, since the last call; the
+    // caller stores and clears them.
+    std::vector<ConfirmedRecord> &confirmed() { return confirmed_; }
 
 private:
     using Clock = std::chrono::steady_clock;
@@ -164,6 +167,7 @@ private:
     std::string error_;
     DeliveryStats stats_;
     std::vector<Rejection> rejections_;
+    std::vector<ConfirmedRecord> confirmed_;
     std::minstd_rand jitter_;
     std::vector<std::pair<size_t, HttpResponse>> done_;
 };

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <new>
 
 namespace amplitude_sync {
 
@@ -89,6 +90,22 @@ std::string quoted_for_message(std::string_view id) {
 
 
 bool is_string_role(FieldRole role) { return is_string_role_impl(role); }
+
+std::array<unsigned char, 16> record_fingerprint(std::string_view json, std::string_view signature) {
+    XXH3_state_t *state = XXH3_createState();
+    if (!state) throw std::bad_alloc();
+    XXH3_128bits_reset(state);
+    XXH3_128bits_update(state, json.data(), json.size());
+    XXH3_128bits_update(state, "\x1f", 1);
+    XXH3_128bits_update(state, signature.data(), signature.size());
+    XXH128_hash_t h = XXH3_128bits_digest(state);
+    XXH3_freeState(state);
+    XXH128_canonical_t canonical;
+    XXH128_canonicalFromHash(&canonical, h);
+    std::array<unsigned char, 16> out;
+    for (size_t i = 0; i < out.size(); ++i) out[i] = canonical.digest[i];
+    return out;
+}
 
 const char *column_type_problem(FieldRole role, TypeCategory category) {
     return type_problem(role, category);

@@ -3,6 +3,7 @@
 // (events, identify, group identify) offers the glue. Core file: no postgres.h.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
@@ -74,6 +75,10 @@ std::optional<std::string> check_amplitude_id(std::string_view id, int min_id_le
 
 // Deterministic insert_id for an event text: "as-" and 32 hex digits.
 std::string derive_insert_id(std::string_view event_json_without_insert_id);
+
+// A saved sync's fingerprint of a record: 128-bit xxHash3 of the payload
+// and of the sync settings that shape what is sent (the signature).
+std::array<unsigned char, 16> record_fingerprint(std::string_view json, std::string_view signature);
 
 constexpr int kMaxPropertyDepth = 40;
 

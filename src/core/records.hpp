@@ -2,6 +2,7 @@
 // PostgreSQL glue that stores them. Core file: no postgres.h.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 
@@ -20,6 +21,10 @@ struct Record {
     std::string group_value;
     std::string group_key;    // group_type and group_value, the ordering key of a group
     size_t wire_bytes = 0;    // size in the request body (set by the delivery)
+    // Saved syncs: the record's key in the sync's state, and its payload's
+    // fingerprint, remembered once Amplitude confirms the record.
+    std::string state_key;
+    std::array<unsigned char, 16> fingerprint{};
 
     // Requests to Amplitude keep the order of one device's (else user's, else
     // group's) rows.
@@ -32,6 +37,12 @@ struct Record {
 enum class Outcome {
     kRejected,  // refused, by our checks or by Amplitude: resending cannot help
     kNotSent,   // delivery gave up (retry budget, run stopped): a re-run can send it
+};
+
+// A record Amplitude confirmed, as a saved sync remembers it.
+struct ConfirmedRecord {
+    std::string state_key;
+    std::array<unsigned char, 16> fingerprint;
 };
 
 struct Rejection {

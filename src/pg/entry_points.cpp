@@ -71,6 +71,96 @@ SendSpec identify_spec(SendKind kind, const char *function_name, const char *pat
     return spec;
 }
 
+SendKind kind_of_object(const char *object) {
+    if (strcmp(object, "user") == 0) return SendKind::kUser;
+    if (strcmp(object, "device") == 0) return SendKind::kDevice;
+    if (strcmp(object, "group") == 0) return SendKind::kGroup;
+    return SendKind::kEvents;
+}
+
+// A saved sync as run_sync and preview_sync need it, read with the caller's
+// rights (row-level security hides other roles' syncs).
+struct SavedSync {
+    int sync_id;
+    Oid owner;
+    const char *name;
+    const char *server;
+    const char *object;
+    const char *api;
+    const char *operations;
+    const char *nulls;
+    const char *properties_event;  // or NULL
+    int batch_size;                // 0: the endpoint's maximum
+    int min_id_length;
+    const char *query;             // the source joined with the sync's state
+};
+
+const char *copied_value(HeapTuple tuple, TupleDesc desc, int column) {
+    char *value = SPI_getvalue(tuple, desc, column);
+    if (!value) return nullptr;
+    size_t len = strlen(value) + 1;
+    char *copy = static_cast<char *>(SPI_palloc(len));
+    memcpy(copy, value, len);
+    return copy;
+}
+
+void load_saved_sync(const char *name, SavedSync *sync) {
+    if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
+    Oid argtypes[1] = {TEXTOID};
+    Datum args[1] = {CStringGetTextDatum(name)};
+    int rc = SPI_execute_with_args(
+        "SELECT s.sync_id, s.owner::pg_catalog.oid, s.name, s.server, s.object, s.api, s.operations::pg_catalog.text, "
+        "s.nulls, s.properties_event, COALESCE(s.batch_size, 0), s.min_id_length, "
+        "amplitude_sync._sync_query(s) FROM amplitude_sync._own_sync($1) s",
+        1, argtypes, args, nullptr, true, 1);
+    if (rc != SPI_OK_SELECT || SPI_processed != 1) elog(ERROR, "amplitude_sync: could not read sync \"%s\"", name);
+    HeapTuple tuple = SPI_tuptable->vals[0];
+    TupleDesc desc = SPI_tuptable->tupdesc;
+    bool isnull;
+    sync->sync_id = DatumGetInt32(SPI_getbinval(tuple, desc, 1, &isnull));
+    sync->owner = DatumGetObjectId(SPI_getbinval(tuple, desc, 2, &isnull));
+    sync->name = copied_value(tuple, desc, 3);
+    sync->server = copied_value(tuple, desc, 4);
+    sync->object = copied_value(tuple, desc, 5);
+    sync->api = copied_value(tuple, desc, 6);
+    sync->operations = copied_value(tuple, desc, 7);
+    sync->nulls = copied_value(tuple, desc, 8);
+    sync->properties_event = copied_value(tuple, desc, 9);
+    sync->batch_size = DatumGetInt32(SPI_getbinval(tuple, desc, 10, &isnull));
+    sync->min_id_length = DatumGetInt32(SPI_getbinval(tuple, desc, 11, &isnull));
+    sync->query = copied_value(tuple, desc, 12);
+    SPI_finish();
+}
+
+SendSpec sync_spec(const SavedSync *sync) {
+    SendKind kind = kind_of_object(sync->object);
+    SendSpec spec{};
+    if (kind == SendKind::kEvents) {
+        bool batch = strcmp(sync->api, "batch") == 0;
+        spec.kind = kind;
+        spec.endpoint_path = batch ? "/batch" : "/2/httpapi";
+        spec.max_bytes = batch ? 20000000 : 1000000 - 1;
+        spec.throttle_pause_ms = batch ? 15000 : 30000;
+        spec.max_records = 2000;
+    } else {
+        spec = identify_spec(kind, "run_sync", kind == SendKind::kGroup ? "/groupidentify" : "/identify");
+        spec.max_records = 1024;
+        spec.operations_json = sync->operations;
+        spec.nulls_unset = strcmp(sync->nulls, "unset") == 0;
+        spec.properties_event = sync->properties_event;
+    }
+    spec.function_name = "run_sync";
+    if (sync->batch_size > 0 && sync->batch_size < spec.max_records) spec.max_records = sync->batch_size;
+    spec.min_id_length = sync->min_id_length;
+    spec.query = sync->query;
+    spec.sync_id = sync->sync_id;
+    spec.sync_name = sync->name;
+    return spec;
+}
+
+// Advisory-lock key class for "a run of this sync is in progress".
+constexpr int32 kRunLockClass = 0x414d5053;  // "AMPS"
+
 }  // namespace
 
 extern "C" {
@@ -149,6 +239,86 @@ Datum amplitude_sync_group_identify(PG_FUNCTION_ARGS) {
     AmpConnection conn;
     load_connection(server_name, &conn);
     PG_RETURN_DATUM(execute_send_run(fcinfo, &conn, &spec));
+}
+
+PG_FUNCTION_INFO_V1(amplitude_sync_check_source);
+
+// _check_source(object text, query text, operations jsonb, nulls text)
+Datum amplitude_sync_check_source(PG_FUNCTION_ARGS) {
+    const char *object = text_arg(fcinfo, 0, "object");
+    SendKind kind = kind_of_object(object);
+    SendSpec spec = kind == SendKind::kEvents ? SendSpec{} : identify_spec(kind, "check", "/identify");
+    spec.kind = kind;
+    spec.endpoint_path = kind == SendKind::kEvents ? "/2/httpapi" : spec.endpoint_path;
+    spec.max_records = 1;
+    spec.max_bytes = 1000000;
+    spec.min_id_length = 5;
+    spec.query = text_arg(fcinfo, 1, "source");
+    spec.operations_json = jsonb_arg(fcinfo, 2);
+    spec.nulls_unset = nulls_arg(fcinfo, 3);
+    check_source_columns(&spec);
+    PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(amplitude_sync_run_sync);
+
+// run_sync(name text) RETURNS amplitude_sync.run_report
+Datum amplitude_sync_run_sync(PG_FUNCTION_ARGS) {
+    const char *name = text_arg(fcinfo, 0, "name");
+    SavedSync sync;
+    load_saved_sync(name, &sync);
+
+    // Two runs of one sync never overlap: a second one is skipped. The lock
+    // is the transaction's, so it goes with any error.
+    if (!DatumGetBool(DirectFunctionCall2(pg_try_advisory_xact_lock_int4, Int32GetDatum(kRunLockClass),
+                                          Int32GetDatum(sync.sync_id)))) {
+        ereport(NOTICE, (errmsg("sync \"%s\" is already running in another session; this run is skipped",
+                                sync.name)));
+        TupleDesc desc;
+        if (get_call_result_type(fcinfo, nullptr, &desc) != TYPEFUNC_COMPOSITE)
+            elog(ERROR, "amplitude_sync: return type must be a row type");
+        Datum values[10] = {0, CStringGetTextDatum("skipped"), 0, 0, 0, 0, 0, 0, 0, 0};
+        bool nulls[10] = {true, false, true, true, true, true, true, true, true, true};
+        PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
+    }
+
+    // The source runs, and the connection is used, as the sync's owner.
+    Oid saved_user;
+    int saved_context;
+    GetUserIdAndSecContext(&saved_user, &saved_context);
+    SetUserIdAndSecContext(sync.owner, saved_context | SECURITY_LOCAL_USERID_CHANGE);
+    AmpConnection conn;
+    load_connection(sync.server, &conn);
+    SendSpec spec = sync_spec(&sync);
+    Datum result = execute_send_run(fcinfo, &conn, &spec);
+    SetUserIdAndSecContext(saved_user, saved_context);
+    PG_RETURN_DATUM(result);
+}
+
+PG_FUNCTION_INFO_V1(amplitude_sync_preview_sync);
+
+// preview_sync(name text, include_unchanged bool) RETURNS TABLE (...)
+Datum amplitude_sync_preview_sync(PG_FUNCTION_ARGS) {
+    const char *name = text_arg(fcinfo, 0, "name");
+    ReturnSetInfo *rsinfo = reinterpret_cast<ReturnSetInfo *>(fcinfo->resultinfo);
+    if (!rsinfo || !IsA(rsinfo, ReturnSetInfo) || !(rsinfo->allowedModes & SFRM_Materialize))
+        ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+                        errmsg("preview_sync must be called in the FROM clause")));
+    SavedSync sync;
+    load_saved_sync(name, &sync);
+    Oid saved_user;
+    int saved_context;
+    GetUserIdAndSecContext(&saved_user, &saved_context);
+    SetUserIdAndSecContext(sync.owner, saved_context | SECURITY_LOCAL_USERID_CHANGE);
+    AmpConnection conn;
+    load_connection(sync.server, &conn);
+    SendSpec spec = sync_spec(&sync);
+    spec.preview = true;
+    spec.include_unchanged = !PG_ARGISNULL(1) && PG_GETARG_BOOL(1);
+    spec.rsinfo = rsinfo;
+    execute_send_run(fcinfo, &conn, &spec);
+    SetUserIdAndSecContext(saved_user, saved_context);
+    return (Datum)0;
 }
 
 PG_FUNCTION_INFO_V1(amplitude_sync_send_test_event);

@@ -9,10 +9,19 @@ PG_MODULE_MAGIC;
 
 void _PG_init(void);
 
+// Days of run history kept; older runs (and their rejected rows) are pruned
+// at the start of each run. 0 keeps everything.
+int amplitude_sync_history_days = 90;
+
 void _PG_init(void) {
     // Once per backend, before any thread or handle exists.
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
         ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("could not initialise libcurl")));
+    DefineCustomIntVariable("amplitude_sync.history_days",
+                            "Days of run history (sync_runs, rejected_records) to keep.",
+                            "Older runs are deleted when a run starts; 0 keeps everything.",
+                            &amplitude_sync_history_days, 90, 0, 36500, PGC_SUSET, 0,
+                            nullptr, nullptr, nullptr);
 #if PG_VERSION_NUM >= 150000
     MarkGUCPrefixReserved("amplitude_sync");
 #else

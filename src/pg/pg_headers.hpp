@@ -29,5 +29,10 @@ extern "C" {
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/syscache.h"
+#include "utils/regproc.h"
 #include "utils/timestamp.h"
+#include "utils/uuid.h"
+#include "utils/tuplestore.h"
+#include "commands/async.h"
+#include "utils/fmgrprotos.h"
 }

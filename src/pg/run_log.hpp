@@ -10,6 +10,8 @@
 #include "pg_headers.hpp"
 #include "records.hpp"
 
+extern "C" int amplitude_sync_history_days;  // GUC amplitude_sync.history_days
+
 struct RunLog {
     int64 run_id;
     Oid owner;  // the extension's owner
@@ -19,14 +21,18 @@ struct RunLog {
 
 // SPI must be connected. Inserts the run as "running".
 void run_log_start(RunLog *log, const char *function_name, const char *server_name,
-                   const char *endpoint);
+                   const char *endpoint, const char *sync_name);
 
 // Stores the rejections and empties the vector.
 void run_log_store_rejections(RunLog *log, std::vector<amplitude_sync::Rejection> *rejections);
 
 // Marks the run finished with its counts.
-void run_log_finish(RunLog *log, const char *status, int64 rows_read,
+void run_log_finish(RunLog *log, const char *status, int64 rows_read, int64 unchanged,
                     const amplitude_sync::DeliveryStats *stats, const char *error);
+
+// Remembers a saved sync's confirmed records (and empties the vector).
+void run_log_store_confirmed(RunLog *log, int sync_id,
+                             std::vector<amplitude_sync::ConfirmedRecord> *confirmed);
 
 // Microseconds since the run started, as an interval Datum.
 Datum run_log_elapsed(const RunLog *log);

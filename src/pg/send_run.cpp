@@ -65,6 +65,11 @@ struct SendRun {
     std::unique_ptr<Channel> events;
     Record record, event;
     Rejection rejection;
+    // Saved syncs.
+    bool incremental = false;
+    bool preview = false;
+    std::string signature;  // settings that shape the payload, part of the fingerprint
+    uint64_t unchanged = 0;
 
     // The worst state of the channels: interrupted, stopped, failed, running.
     DeliveryState state() const {
@@ -84,6 +89,10 @@ void delete_send_run(void *arg) { delete static_cast<SendRun *>(arg); }
 SendRun *make_send_run(const AmpConnection &conn, const SendSpec &spec,
                        const std::vector<ColumnInput> &columns) {
     auto run = std::make_unique<SendRun>();
+    run->incremental = spec.sync_id != 0;
+    run->preview = spec.preview;
+    run->signature = std::string(spec.endpoint_path) + '\x1f' +
+                      (spec.properties_event ? spec.properties_event : "");
     DeliveryLimits limits;
     limits.max_records = static_cast<size_t>(spec.max_records);
     limits.max_bytes = static_cast<size_t>(spec.max_bytes);
@@ -138,13 +147,42 @@ void queue_properties_event(SendRun *run) {
     run->events->delivery.add(std::move(e));
 }
 
-void encode_and_queue(SendRun *run, uint64_t row_number, const Value *values) {
+// What became of a row of a saved sync (and of a previewed row).
+enum class RowAction { kRejected, kUnchanged, kCreate, kUpdate };
+
+// Encodes a row and, unless previewing, queues it. For saved syncs a row
+// whose payload Amplitude already confirmed is skipped. The encoded record
+// (or the rejection) stays in run->record / run->rejection for a preview.
+RowAction encode_and_queue(SendRun *run, uint64_t row_number, const Value *values,
+                           const char *state_key, const unsigned char *stored_fingerprint) {
     if (!run->encoder->encode_row(row_number, values, run->record, run->rejection)) {
-        run->main->delivery.reject(std::move(run->rejection));
-        return;
+        if (!run->preview) run->main->delivery.reject(std::move(run->rejection));
+        return RowAction::kRejected;
     }
+    RowAction action = RowAction::kCreate;
+    if (run->incremental) {
+        auto fingerprint = record_fingerprint(run->record.json, run->signature);
+        if (stored_fingerprint && std::equal(fingerprint.begin(), fingerprint.end(), stored_fingerprint)) {
+            run->unchanged++;
+            return RowAction::kUnchanged;
+        }
+        if (!state_key || !*state_key) {
+            // Only happens for events: the ledger needs the insert_id column.
+            run->rejection = Rejection{};
+            run->rejection.record = run->record;
+            run->rejection.field = "insert_id";
+            run->rejection.reason = "insert_id is missing: an append sync remembers events by their insert_id";
+            if (!run->preview) run->main->delivery.reject(std::move(run->rejection));
+            return RowAction::kRejected;
+        }
+        action = stored_fingerprint ? RowAction::kUpdate : RowAction::kCreate;
+        run->record.state_key = state_key;
+        run->record.fingerprint = fingerprint;
+    }
+    if (run->preview) return action;
     if (run->events) queue_properties_event(run);
     run->main->delivery.add(std::move(run->record));
+    return action;
 }
 
 void finish_run(SendRun *run) {
@@ -152,16 +190,42 @@ void finish_run(SendRun *run) {
     if (run->events) run->events->delivery.finish();
 }
 
-std::vector<ColumnInput> column_inputs(TupleDesc desc, const ColumnReader *readers) {
+std::vector<ColumnInput> column_inputs(TupleDesc desc, const ColumnReader *readers, int natts) {
     std::vector<ColumnInput> inputs;
-    for (int i = 0; i < desc->natts; ++i)
+    for (int i = 0; i < natts; ++i)
         inputs.push_back({NameStr(TupleDescAttr(desc, i)->attname), readers[i].category});
     return inputs;
 }
 
-void store_rejections(RunLog *log, SendRun *run) {
+void store_outcomes(RunLog *log, SendRun *run, const SendSpec *spec) {
     run_log_store_rejections(log, &run->main->delivery.rejections());
     if (run->events) run_log_store_rejections(log, &run->events->delivery.rejections());
+    if (spec->sync_id) run_log_store_confirmed(log, spec->sync_id, &run->main->delivery.confirmed());
+}
+
+const char *action_name(RowAction action) {
+    switch (action) {
+        case RowAction::kRejected: return "reject";
+        case RowAction::kUnchanged: return "unchanged";
+        case RowAction::kCreate: return "create";
+        case RowAction::kUpdate: return "update";
+    }
+    return "";
+}
+
+// One preview row: what the next run would do with this record.
+void put_preview_row(const SendSpec *spec, TupleDesc desc, Tuplestorestate *store, uint64 row_number,
+                     const char *record_key, RowAction action, const SendRun *run) {
+    const std::string *payload = action == RowAction::kRejected ? &run->rejection.record.json : &run->record.json;
+    Datum values[6];
+    bool nulls[6] = {false, record_key == nullptr, false, false, payload->empty(), action != RowAction::kRejected};
+    values[0] = Int64GetDatum(static_cast<int64>(row_number));
+    values[1] = record_key ? CStringGetTextDatum(record_key) : (Datum)0;
+    values[2] = CStringGetTextDatum(action_name(action));
+    values[3] = CStringGetTextDatum(spec->endpoint_path);
+    values[4] = payload->empty() ? (Datum)0 : PointerGetDatum(cstring_to_text_with_len(payload->data(), static_cast<int>(payload->size())));
+    values[5] = action == RowAction::kRejected ? CStringGetTextDatum(run->rejection.reason.c_str()) : (Datum)0;
+    tuplestore_putvalues(store, desc, values, nulls);
 }
 
 // Raises the error for a run Amplitude refused to take at all (API key, 403).
@@ -193,13 +257,10 @@ TransportOptions transport_options(const AmpConnection &conn) {
     return t;
 }
 
-Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const SendSpec *spec) {
-    TupleDesc result_desc;
-    if (get_call_result_type(fcinfo, nullptr, &result_desc) != TYPEFUNC_COMPOSITE)
-        elog(ERROR, "amplitude_sync: return type must be a row type");
-
-    if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
-    SPIPlanPtr plan = SPI_prepare(spec->query, 0, nullptr);
+// Prepares the query, opens a cursor on it (with the current user's rights)
+// and sets up the column readers.
+Portal open_source(const char *query, ColumnReader **readers_out) {
+    SPIPlanPtr plan = SPI_prepare(query, 0, nullptr);
     if (!plan)
         ereport(ERROR, (errcode(ERRCODE_SYNTAX_ERROR), errmsg("could not prepare the query: %s",
                                                              SPI_result_code_string(SPI_result))));
@@ -207,13 +268,64 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
         ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
                         errmsg("the query must be a single statement that returns rows"),
                         errhint("Pass a SELECT (or VALUES, or TABLE name).")));
-    // The query runs with the caller's rights: these functions are not SECURITY DEFINER.
     Portal portal = SPI_cursor_open(nullptr, plan, nullptr, nullptr, false);
     TupleDesc desc = portal->tupDesc;
-    int natts = desc->natts;
+    ColumnReader *readers = static_cast<ColumnReader *>(palloc0(sizeof(ColumnReader) * (desc->natts + 1)));
+    for (int i = 0; i < desc->natts; ++i) init_column_reader(&readers[i], TupleDescAttr(desc, i)->atttypid);
+    *readers_out = readers;
+    return portal;
+}
 
-    ColumnReader *readers = static_cast<ColumnReader *>(palloc0(sizeof(ColumnReader) * (natts + 1)));
-    for (int i = 0; i < natts; ++i) init_column_reader(&readers[i], TupleDescAttr(desc, i)->atttypid);
+void check_source_columns(const SendSpec *spec) {
+    if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
+    ColumnReader *readers;
+    Portal portal = open_source(spec->query, &readers);
+    TupleDesc desc = portal->tupDesc;
+    bool has_insert_id = false;
+    for (int i = 0; i < desc->natts; ++i)
+        has_insert_id |= strcmp(NameStr(TupleDescAttr(desc, i)->attname), "insert_id") == 0;
+    AmpConnection conn{};
+    conn.api_key = "";
+    conn.base_url = "";
+    conn.max_concurrency = 1;
+    // Building the run plans the columns and raises the mapper's errors.
+    SendRun *run = nullptr;
+    AMP_CXX(run = make_send_run(conn, *spec, column_inputs(desc, readers, desc->natts)));
+    AMP_CXX(delete run);
+    if (spec->kind == SendKind::kEvents && !has_insert_id)
+        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_COLUMN),
+                        errmsg("an event sync needs an \"insert_id\" column"),
+                        errdetail("An append sync remembers the events it sent by their insert_id, "
+                                  "so each is sent once for the life of the sync."),
+                        errhint("Add a unique, stable key, for example: 'order-' || id AS insert_id.")));
+    SPI_cursor_close(portal);
+    SPI_finish();
+}
+
+Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const SendSpec *spec) {
+    TupleDesc result_desc;
+    if (get_call_result_type(fcinfo, nullptr, &result_desc) != TYPEFUNC_COMPOSITE)
+        elog(ERROR, "amplitude_sync: return type must be a row type");
+    Tuplestorestate *preview_store = nullptr;
+    if (spec->preview) {
+        MemoryContext outer = MemoryContextSwitchTo(spec->rsinfo->econtext->ecxt_per_query_memory);
+        preview_store = tuplestore_begin_heap(true, false, work_mem);
+        result_desc = CreateTupleDescCopy(result_desc);
+        MemoryContextSwitchTo(outer);
+        spec->rsinfo->returnMode = SFRM_Materialize;
+        spec->rsinfo->setResult = preview_store;
+        spec->rsinfo->setDesc = result_desc;
+    }
+
+    if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
+    // The query runs with the current user's rights: these functions are not
+    // SECURITY DEFINER (run_sync has switched to the sync's owner).
+    ColumnReader *readers;
+    Portal portal = open_source(spec->query, &readers);
+    TupleDesc desc = portal->tupDesc;
+    int natts = desc->natts;
+    // A saved sync's query ends with the stored fingerprint and the record key.
+    int payload_natts = spec->sync_id ? natts - 2 : natts;
 
     // The C++ run state, freed with this context on success and on error.
     MemoryContext run_context = AllocSetContextCreate(CurrentMemoryContext, "amplitude_sync run",
@@ -221,13 +333,14 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
     MemoryContextCallback *cleanup = static_cast<MemoryContextCallback *>(
         MemoryContextAllocZero(run_context, sizeof(MemoryContextCallback)));
     SendRun *run = nullptr;
-    AMP_CXX(run = make_send_run(*conn, *spec, column_inputs(desc, readers)));
+    AMP_CXX(run = make_send_run(*conn, *spec, column_inputs(desc, readers, payload_natts)));
     cleanup->func = delete_send_run;
     cleanup->arg = run;
     MemoryContextRegisterResetCallback(run_context, cleanup);
 
     RunLog log;
-    run_log_start(&log, spec->function_name, conn->server_name, spec->endpoint_path);
+    if (!spec->preview)
+        run_log_start(&log, spec->function_name, conn->server_name, spec->endpoint_path, spec->sync_name);
 
     Datum *datums = static_cast<Datum *>(palloc(sizeof(Datum) * (natts + 1)));
     bool *nulls = static_cast<bool *>(palloc(sizeof(bool) * (natts + 1)));
@@ -235,6 +348,7 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
     MemoryContext row_context = AllocSetContextCreate(run_context, "amplitude_sync row",
                                                       ALLOCSET_DEFAULT_SIZES);
     int64 rows_read = 0;
+    int64 counts[4] = {0, 0, 0, 0};  // by RowAction
     bool more = true;
     while (more && run->state() == DeliveryState::kRunning) {
         CHECK_FOR_INTERRUPTS();
@@ -244,34 +358,59 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
         for (uint64 r = 0; r < SPI_processed && run->state() == DeliveryState::kRunning; ++r) {
             MemoryContext outer = MemoryContextSwitchTo(row_context);
             heap_deform_tuple(table->vals[r], desc, datums, nulls);
-            for (int i = 0; i < natts; ++i) read_column_value(&readers[i], datums[i], nulls[i], &values[i]);
+            for (int i = 0; i < payload_natts; ++i)
+                read_column_value(&readers[i], datums[i], nulls[i], &values[i]);
+            const unsigned char *stored = nullptr;
+            const char *record_key = nullptr;
+            if (spec->sync_id) {
+                if (!nulls[natts - 2]) stored = DatumGetUUIDP(datums[natts - 2])->data;
+                if (!nulls[natts - 1]) record_key = TextDatumGetCString(datums[natts - 1]);
+            }
             ++rows_read;
-            AMP_CXX(encode_and_queue(run, static_cast<uint64_t>(rows_read), values));
+            RowAction action = RowAction::kCreate;
+            AMP_CXX(action = encode_and_queue(run, static_cast<uint64_t>(rows_read), values, record_key, stored));
+            counts[static_cast<int>(action)]++;
+            if (spec->preview && (action != RowAction::kUnchanged || spec->include_unchanged))
+                put_preview_row(spec, result_desc, preview_store, static_cast<uint64>(rows_read), record_key,
+                                action, run);
             MemoryContextSwitchTo(outer);
             MemoryContextReset(row_context);
         }
         SPI_freetuptable(table);
-        store_rejections(&log, run);
+        if (!spec->preview) store_outcomes(&log, run, spec);
     }
     SPI_cursor_close(portal);
+
+    if (spec->preview) {
+        // Census's "recap of what will happen".
+        ereport(NOTICE, (errmsg("sync \"%s\" would create %lld, update %lld and reject %lld records; "
+                                "%lld are unchanged",
+                                spec->sync_name, static_cast<long long>(counts[2]), static_cast<long long>(counts[3]),
+                                static_cast<long long>(counts[0]), static_cast<long long>(counts[1]))));
+        MemoryContextDelete(run_context);
+        SPI_finish();
+        return (Datum)0;
+    }
+
     AMP_CXX(finish_run(run));
     if (run->state() == DeliveryState::kInterrupted) {
         CHECK_FOR_INTERRUPTS();
         ereport(ERROR, (errcode(ERRCODE_QUERY_CANCELED), errmsg("canceling statement due to user request")));
     }
-    store_rejections(&log, run);
+    store_outcomes(&log, run, spec);
 
     const DeliveryStats *stats = &run->main->delivery.stats();
     if (run->state() == DeliveryState::kStopped)
         raise_stopped_run(conn, run->error().c_str(), rows_read, stats->sent);
 
-    // Requests and retries count the synthetic events' too; sent, rejected
-    // and not_sent count rows (identifications), so they add up to rows_read.
+    // Requests and retries count the synthetic events' too; sent, rejected,
+    // not_sent and unchanged count rows, so they add up to rows_read.
     uint64_t requests = stats->requests, retries = stats->retries;
     if (run->events) {
         requests += run->events->delivery.stats().requests;
         retries += run->events->delivery.stats().retries;
     }
+    int64 unchanged = static_cast<int64>(run->unchanged);
     bool failed = run->state() == DeliveryState::kFailed;
     char *error = nullptr;
     if (failed) {
@@ -289,18 +428,19 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
     DeliveryStats logged = *stats;
     logged.requests = requests;
     logged.retries = retries;
-    run_log_finish(&log, failed ? "failed" : "succeeded", rows_read, &logged, error);
+    run_log_finish(&log, failed ? "failed" : "succeeded", rows_read, unchanged, &logged, error);
 
-    Datum result[9] = {Int64GetDatum(log.run_id),
-                       CStringGetTextDatum(failed ? "failed" : "succeeded"),
-                       Int64GetDatum(rows_read),
-                       Int64GetDatum(static_cast<int64>(stats->sent)),
-                       Int64GetDatum(static_cast<int64>(stats->rejected)),
-                       Int64GetDatum(static_cast<int64>(stats->not_sent)),
-                       Int64GetDatum(static_cast<int64>(requests)),
-                       Int64GetDatum(static_cast<int64>(retries)),
-                       run_log_elapsed(&log)};
-    bool result_nulls[9] = {false, false, false, false, false, false, false, false, false};
+    Datum result[10] = {Int64GetDatum(log.run_id),
+                        CStringGetTextDatum(failed ? "failed" : "succeeded"),
+                        Int64GetDatum(rows_read),
+                        Int64GetDatum(static_cast<int64>(stats->sent)),
+                        Int64GetDatum(static_cast<int64>(stats->rejected)),
+                        Int64GetDatum(static_cast<int64>(stats->not_sent)),
+                        Int64GetDatum(unchanged),
+                        Int64GetDatum(static_cast<int64>(requests)),
+                        Int64GetDatum(static_cast<int64>(retries)),
+                        run_log_elapsed(&log)};
+    bool result_nulls[10] = {false, false, false, false, false, false, false, false, false, false};
     HeapTuple tuple = heap_form_tuple(BlessTupleDesc(result_desc), result, result_nulls);
     MemoryContextDelete(run_context);
     // Copy the result out of SPI's memory before SPI_finish frees it.

@@ -23,10 +23,25 @@ struct SendSpec {
     const char *operations_json;  // identify: column -> operation, or NULL
     bool nulls_unset;             // identify: NULL columns become $unset
     const char *properties_event; // identify: synthetic event type, or NULL
+    // Saved syncs: the query's last two columns are the stored fingerprint
+    // and the record key; unchanged records are skipped, confirmed ones
+    // remembered.
+    int sync_id;                  // 0 for one-shot calls
+    const char *sync_name;
+    // preview_sync: encode and compare only; rows go to rsinfo, nothing is
+    // sent or written.
+    bool preview;
+    bool include_unchanged;
+    ReturnSetInfo *rsinfo;
 };
 
 // The connection's timeouts and TLS settings for the HTTP transport.
 amplitude_sync::TransportOptions transport_options(const AmpConnection &conn);
 
-// Runs the whole call and returns the amplitude_sync.run_report Datum.
+// The column types a query returns, as the field mapper sees them; raises
+// the mapper's errors (checks a saved sync's source at creation).
+void check_source_columns(const SendSpec *spec);
+
+// Runs the whole call and returns the amplitude_sync.run_report Datum
+// (nothing for a preview, whose rows go to spec->rsinfo).
 Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const SendSpec *spec);

@@ -288,3 +288,138 @@ TEST(Redact, RedactsBeforeCuttingSoNoPartOfTheKeyLeaks) {
     std::string out = redact(std::string(295, 'a') + "SECRETKEY", "SECRETKEY");
     EXPECT_EQ(out, std::string(295, 'a') + "[reda...");
 }
+
+// ====================================================== classify_form_response
+// /identify and /groupidentify answer in plain text and name no records.
+
+namespace {
+
+ResponseVerdict ClassifyForm(int status, const std::string &body) {
+    HttpResponse r;
+    r.status = status;
+    r.body = body;
+    return classify_form_response(r, kKey);
+}
+
+// Nothing an events answer may carry besides kind and error.
+void ExpectNoIds(const ResponseVerdict &v) {
+    EXPECT_TRUE(v.refused.empty());
+    EXPECT_TRUE(v.throttled_events.empty());
+    EXPECT_TRUE(v.throttled_users.empty());
+    EXPECT_TRUE(v.throttled_devices.empty());
+    EXPECT_TRUE(v.quota_users.empty());
+    EXPECT_TRUE(v.quota_devices.empty());
+}
+
+}  // namespace
+
+TEST(ClassifyFormResponse, Http200IsAcceptedWhateverTheBody) {
+    for (const std::string &body : Strings{"success", "", "<html>ok</html>", R"({"code":500})", "failure"}) {
+        ResponseVerdict v = ClassifyForm(200, body);
+        EXPECT_EQ(v.kind, ResponseKind::kAccepted) << body;
+        EXPECT_FALSE(v.whole_batch_throttled);
+        ExpectNoIds(v);
+    }
+}
+
+TEST(ClassifyFormResponse, InvalidApiKeyIsFatalAndRedacted) {
+    for (const std::string &body : Strings{"Invalid API key: " + kKey, "invalid api_key",
+                                           "error: invalid api_key " + kKey, R"({"error":"Invalid API key"})"}) {
+        ResponseVerdict v = ClassifyForm(400, body);
+        EXPECT_EQ(v.kind, ResponseKind::kFatal) << body;
+        EXPECT_EQ(v.error, "Invalid API key: [redacted]") << body;
+        EXPECT_EQ(v.error.find(kKey), std::string::npos);
+    }
+}
+
+TEST(ClassifyFormResponse, MissingEventIsFatal) {
+    ResponseVerdict v = ClassifyForm(400, "missing_event");
+    EXPECT_EQ(v.kind, ResponseKind::kFatal);
+    EXPECT_EQ(v.error, "HTTP 400: missing_event");
+    v = ClassifyForm(400, "Bad request: missing_event (identification)");
+    EXPECT_EQ(v.kind, ResponseKind::kFatal);
+    EXPECT_EQ(v.error, "HTTP 400: Bad request: missing_event (identification)");
+}
+
+TEST(ClassifyFormResponse, OtherHttp400RefusesTheWholeRequest) {
+    for (const std::string &body : Strings{"invalid field values: user_id", "", R"({"code":400,"error":"bad"})",
+                                           "Invalid API", "missing event"}) {
+        ResponseVerdict v = ClassifyForm(400, body);
+        EXPECT_EQ(v.kind, ResponseKind::kRefusedWhole) << body;
+        EXPECT_EQ(v.error, body.empty() ? "HTTP 400" : "HTTP 400: " + body);
+        ExpectNoIds(v);
+    }
+}
+
+TEST(ClassifyFormResponse, Http413And414MeanTooLarge) {
+    ResponseVerdict v = ClassifyForm(413, "Payload too large");
+    EXPECT_EQ(v.kind, ResponseKind::kTooLarge);
+    EXPECT_EQ(v.error, "payload too large (HTTP 413)");
+    v = ClassifyForm(414, "<html>URI Too Long</html>");
+    EXPECT_EQ(v.kind, ResponseKind::kTooLarge);
+    EXPECT_EQ(v.error, "payload too large (HTTP 414)");
+}
+
+TEST(ClassifyFormResponse, Http429ThrottlesTheWholeBatch) {
+    ResponseVerdict v = ClassifyForm(429, "Too many requests");
+    EXPECT_EQ(v.kind, ResponseKind::kThrottled);
+    EXPECT_TRUE(v.whole_batch_throttled);
+    EXPECT_FALSE(v.project_throttled());
+    EXPECT_EQ(v.error, "HTTP 429: Too many requests");
+    ExpectNoIds(v);
+    // A JSON body naming IDs is not read: the identify APIs have no such contract.
+    v = ClassifyForm(429, R"({"code":429,"throttled_users":{"user-1":31},"throttled_events":[0]})");
+    EXPECT_EQ(v.kind, ResponseKind::kThrottled);
+    EXPECT_TRUE(v.whole_batch_throttled);
+    ExpectNoIds(v);
+}
+
+TEST(ClassifyFormResponse, ForbiddenIsFatal) {
+    ResponseVerdict v = ClassifyForm(403, "Forbidden");
+    EXPECT_EQ(v.kind, ResponseKind::kFatal);
+    EXPECT_EQ(v.error, "forbidden by Amplitude (HTTP 403: Forbidden)");
+    v = ClassifyForm(403, "");
+    EXPECT_EQ(v.error, "forbidden by Amplitude (HTTP 403)");
+}
+
+TEST(ClassifyFormResponse, ServerErrorsAreRetried) {
+    for (int status : {500, 502, 503, 504, 501, 599}) {
+        ResponseVerdict v = ClassifyForm(status, "upstream\r\nfailed");
+        EXPECT_EQ(v.kind, ResponseKind::kRetry) << status;
+        EXPECT_EQ(v.error, "HTTP " + std::to_string(status) + ": upstream  failed");
+    }
+}
+
+TEST(ClassifyFormResponse, OtherStatusesAreFatal) {
+    for (int status : {301, 401, 404, 405, 409, 418}) {
+        ResponseVerdict v = ClassifyForm(status, "nope");
+        EXPECT_EQ(v.kind, ResponseKind::kFatal) << status;
+        EXPECT_EQ(v.error, "HTTP " + std::to_string(status) + ": nope");
+    }
+}
+
+TEST(ClassifyFormResponse, TransportFailuresAreRetriedWithKeyRedacted) {
+    HttpResponse r;
+    r.transport_error = "Connection reset by peer (api_key=" + kKey + ")";
+    ResponseVerdict v = classify_form_response(r, kKey);
+    EXPECT_EQ(v.kind, ResponseKind::kRetry);
+    EXPECT_EQ(v.error, "Connection reset by peer (api_key=[redacted])");
+    r.timed_out = true;
+    v = classify_form_response(r, kKey);
+    EXPECT_EQ(v.kind, ResponseKind::kRetry);
+    EXPECT_EQ(v.error, "request timed out");
+}
+
+TEST(ClassifyFormResponse, KeyIsRedactedAndBodiesCutInErrors) {
+    for (int status : {400, 404, 429, 503}) {
+        ResponseVerdict v = ClassifyForm(status, "api_key=" + kKey + " was refused");
+        EXPECT_EQ(v.error, "HTTP " + std::to_string(status) + ": api_key=[redacted] was refused") << status;
+    }
+    ResponseVerdict v = ClassifyForm(403, "key " + kKey);
+    EXPECT_EQ(v.error, "forbidden by Amplitude (HTTP 403: key [redacted])");
+    v = ClassifyForm(503, std::string(500, 'x'));
+    EXPECT_EQ(v.error, "HTTP 503: " + std::string(200, 'x') + "...");
+    // The key at the cut is redacted before cutting: no part of it leaks.
+    v = ClassifyForm(400, std::string(190, 'y') + kKey);
+    EXPECT_EQ(v.error, "HTTP 400: " + std::string(190, 'y') + "[redacted]");
+}

@@ -4,12 +4,16 @@
 // so each test states exactly which rows each request carried, in what order.
 #include "delivery.hpp"
 
+#include "identify_encoder.hpp"
+#include "json_text.hpp"
+
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -18,6 +22,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 using namespace amplitude_sync;
@@ -45,6 +50,40 @@ struct Request {
 
 using Responder = std::function<HttpResponse(const Request &)>;
 
+// Decodes one application/x-www-form-urlencoded value strictly: %XX with
+// two hex digits, '+' as a space; anything else fails the test.
+std::string UrlDecode(const std::string &s) {
+    std::string out;
+    for (size_t i = 0; i < s.size(); ++i) {
+        if (s[i] == '%') {
+            if (i + 2 >= s.size() || !std::isxdigit(static_cast<unsigned char>(s[i + 1])) ||
+                !std::isxdigit(static_cast<unsigned char>(s[i + 2]))) {
+                ADD_FAILURE() << "bad escape in " << s.substr(i, 3);
+                break;
+            }
+            out.push_back(static_cast<char>(std::stoi(s.substr(i + 1, 2), nullptr, 16)));
+            i += 2;
+        } else {
+            out.push_back(s[i] == '+' ? ' ' : s[i]);
+        }
+    }
+    return out;
+}
+
+// "api_key=..&identification=.." as {"api_key": key, "identification": [..]}.
+nlohmann::json ParseForm(const std::string &body) {
+    size_t amp = body.find('&');
+    EXPECT_NE(amp, std::string::npos) << body;
+    EXPECT_EQ(body.find('&', amp + 1), std::string::npos) << "more than two fields";
+    EXPECT_EQ(body.rfind("api_key=", 0), 0u) << body.substr(0, 40);
+    const std::string second = "identification=";
+    EXPECT_EQ(body.compare(amp + 1, second.size(), second), 0);
+    nlohmann::json form;
+    form["api_key"] = UrlDecode(body.substr(8, amp - 8));
+    form["identification"] = nlohmann::json::parse(UrlDecode(body.substr(amp + 1 + second.size())));
+    return form;
+}
+
 class FakeTransport : public Transport {
 public:
     explicit FakeTransport(Responder responder) : responder_(std::move(responder)) {}
@@ -58,9 +97,12 @@ public:
         r.url = url;
         r.content_type = content_type;
         r.body = body;
-        r.json = nlohmann::json::parse(body);
-        for (const nlohmann::json &event : r.json.at("events")) {
-            r.rows.push_back(event.at("event_properties").at("n").get<uint64_t>());
+        // A form body (identify APIs) is decoded to {"api_key":..,"identification":[..]}.
+        bool form = content_type == "application/x-www-form-urlencoded";
+        r.json = form ? ParseForm(body) : nlohmann::json::parse(body);
+        for (const nlohmann::json &event : r.json.at(form ? "identification" : "events")) {
+            r.rows.push_back(form ? event.at("user_properties").at("$set").at("n").get<uint64_t>()
+                                  : event.at("event_properties").at("n").get<uint64_t>());
             r.keys.push_back(event.contains("device_id") ? event["device_id"].get<std::string>()
                                                          : event["user_id"].get<std::string>());
         }
@@ -190,6 +232,27 @@ Record MakeRecord(uint64_t n, const std::string &user, size_t size = 0,
     return r;
 }
 
+// An identification with property n = row number, for user (or device)
+// key; padded so that its URL-encoded size is exactly wire_size when given.
+Record MakeIdentification(uint64_t n, const std::string &user, size_t wire_size = 0,
+                          const std::string &device = "") {
+    Record r;
+    r.row_number = n;
+    r.user_id = user;
+    r.device_id = device;
+    std::string head = R"({"user_id":")" + user + "\"";
+    if (!device.empty()) head += R"(,"device_id":")" + device + "\"";
+    head += R"(,"user_properties":{"$set":{"n":)" + std::to_string(n);
+    r.json = head + "}}}";
+    if (wire_size) {
+        std::string padded = head + R"(,"pad":"")" + "}}}";
+        EXPECT_GE(wire_size, url_encoded_size(padded)) << "record size too small for the test";
+        r.json = head + R"(,"pad":")" + std::string(wire_size - url_encoded_size(padded), 'x') + "\"}}}";
+        EXPECT_EQ(url_encoded_size(r.json), wire_size);
+    }
+    return r;
+}
+
 RetryPolicy FastPolicy() {
     RetryPolicy p;
     p.max_attempts = 4;
@@ -208,20 +271,35 @@ DeliveryLimits Limits(size_t max_records, size_t max_bytes = 1000000 - 1) {
     return l;
 }
 
+// The identify APIs' key in these tests needs URL-encoding.
+const std::string kFormApiKey = "form+key/0123456789=abc def";
+const std::string kIdentifyUrl = "https://api2.amplitude.test/identify";
+
+template <class Format>
+Format MakeFormat();
+template <>
+EventsFormat MakeFormat<EventsFormat>() { return EventsFormat(kApiKey, 5); }
+template <>
+IdentificationFormat MakeFormat<IdentificationFormat>() { return IdentificationFormat(kFormApiKey); }
+
 // One Delivery with its format and fake transport. should_stop also trips
 // after 5 s so a stuck test fails (state kInterrupted) instead of hanging.
-struct Harness {
-    explicit Harness(Responder responder, DeliveryLimits limits = Limits(2000),
-                     RetryPolicy policy = FastPolicy(), size_t concurrency = 1,
-                     std::function<bool()> stop = nullptr)
-        : format(kApiKey, 5),
+template <class Format>
+struct BasicHarness {
+    static constexpr bool kForm = std::is_same_v<Format, IdentificationFormat>;
+
+    explicit BasicHarness(Responder responder, DeliveryLimits limits = Limits(2000),
+                          RetryPolicy policy = FastPolicy(), size_t concurrency = 1,
+                          std::function<bool()> stop = nullptr)
+        : format(MakeFormat<Format>()),
           transport(std::move(responder)),
           deadline(Clock::now() + std::chrono::seconds(5)),
-          delivery(format, transport, kUrl, limits, policy, concurrency,
+          delivery(format, transport, kForm ? kIdentifyUrl : kUrl, limits, policy, concurrency,
                    [this, stop] { return (stop && stop()) || Clock::now() > deadline; }) {}
 
     void AddRows(uint64_t first, uint64_t last, const std::string &user = "user-1") {
-        for (uint64_t n = first; n <= last; ++n) delivery.add(MakeRecord(n, user));
+        for (uint64_t n = first; n <= last; ++n)
+            delivery.add(kForm ? MakeIdentification(n, user) : MakeRecord(n, user));
     }
     // Rows each request carried, in request order.
     std::vector<Rows> RequestRows() const {
@@ -242,11 +320,14 @@ struct Harness {
         return nullptr;
     }
 
-    EventsFormat format;
+    Format format;
     FakeTransport transport;
     Clock::time_point deadline;
     Delivery delivery;
 };
+
+using Harness = BasicHarness<EventsFormat>;
+using FormHarness = BasicHarness<IdentificationFormat>;
 
 Rows Range(uint64_t first, uint64_t last) {
     Rows out;
@@ -895,4 +976,321 @@ TEST(DeliveryInterrupt, RecordAddedAfterInterruptionSaysWhyItWasNotSent) {
     EXPECT_EQ(h.RejectedRows(Outcome::kNotSent), (Rows{2}));
     ASSERT_NE(h.RejectionFor(2), nullptr);
     EXPECT_EQ(h.RejectionFor(2)->reason, "not sent: the call was interrupted");
+}
+
+// ==================================================== IdentificationFormat
+
+namespace {
+
+HttpResponse FormOk() { return Answer(200, "success"); }
+
+Record WithJson(std::string json) {
+    Record r;
+    r.json = std::move(json);
+    return r;
+}
+
+}  // namespace
+
+TEST(IdentificationFormat, BuildsTheFormBody) {
+    IdentificationFormat format("ab+c/d=e&f g");
+    Record a = WithJson(R"({"user_id":"user-1"})");
+    Record b = WithJson("{\"user_id\":\"\xC3\xBC x\"}");  // ü x
+    std::string body = "stale";
+    format.build({a, b}, body);
+    EXPECT_EQ(body,
+              "api_key=ab%2Bc%2Fd%3De%26f%20g&identification=%5B"
+              "%7B%22user_id%22%3A%22user-1%22%7D%2C%7B%22user_id%22%3A%22%C3%BC%20x%22%7D%5D");
+    EXPECT_STREQ(format.content_type(), "application/x-www-form-urlencoded");
+    EXPECT_EQ(format.separator_bytes(), 3u);
+    EXPECT_EQ(format.wire_size(a), 34u);
+    EXPECT_EQ(format.wire_size(b), 38u);
+    EXPECT_EQ(format.overhead_bytes(), std::string("api_key=ab%2Bc%2Fd%3De%26f%20g&identification=%5B%5D").size());
+    EXPECT_EQ(format.overhead_bytes() + format.wire_size(a) + format.wire_size(b) + format.separator_bytes(),
+              body.size());
+
+    format.build({a}, body);
+    EXPECT_EQ(body, "api_key=ab%2Bc%2Fd%3De%26f%20g&identification=%5B%7B%22user_id%22%3A%22user-1%22%7D%5D");
+    format.build({}, body);
+    EXPECT_EQ(body.size(), format.overhead_bytes());
+}
+
+TEST(IdentificationFormat, SizesAddUpToTheBuiltBody) {
+    IdentificationFormat format(kFormApiKey);
+    std::vector<Record> records;
+    const char *texts[] = {R"({"user_id":"user-00001","user_properties":{"$set":{"plan":"pro"}}})",
+                           "{\"device_id\":\"d\xC3\xA9vice-1\",\"city\":\"Z\xC3\xBCrich\"}",
+                           R"({"group_type":"company","group_value":"a&b=c+d","group_properties":{"$add":{"n":-1.5}}})",
+                           R"({"user_id":"x~y_z.w-v"})", R"({})"};
+    for (const char *text : texts) {
+        records.push_back(WithJson(text));
+        EXPECT_EQ(format.wire_size(records.back()), url_encoded_size(text));
+        size_t expected = format.overhead_bytes() + format.separator_bytes() * (records.size() - 1);
+        for (const Record &r : records) expected += format.wire_size(r);
+        std::string body;
+        format.build(records, body);
+        EXPECT_EQ(body.size(), expected) << records.size() << " records";
+        // And it decodes back to the records.
+        nlohmann::json form = ParseForm(body);
+        EXPECT_EQ(form["api_key"], kFormApiKey);
+        ASSERT_EQ(form["identification"].size(), records.size());
+        for (size_t i = 0; i < records.size(); ++i)
+            EXPECT_EQ(form["identification"][i], nlohmann::json::parse(records[i].json));
+    }
+}
+
+TEST(IdentificationFormat, ClassifiesFormAnswersWithItsKeyRedacted) {
+    IdentificationFormat format("KEY-123");
+    ResponseVerdict v = format.classify(Answer(400, "Invalid API key: KEY-123"));
+    EXPECT_EQ(v.kind, ResponseKind::kFatal);
+    EXPECT_EQ(v.error, "Invalid API key: [redacted]");
+    EXPECT_EQ(format.classify(Answer(200, "")).kind, ResponseKind::kAccepted);
+    v = format.classify(Answer(429, "slow down KEY-123"));
+    EXPECT_EQ(v.kind, ResponseKind::kThrottled);
+    EXPECT_TRUE(v.whole_batch_throttled);
+    EXPECT_EQ(v.error, "HTTP 429: slow down [redacted]");
+}
+
+// ============================================ delivery to the identify APIs
+
+TEST(DeliveryIdentify, ThreeThousandRecordsMakeRequestsOfAtMost1024) {
+    FormHarness h(Always(FormOk()), Limits(1024));
+    for (uint64_t n = 1; n <= 3000; ++n)
+        h.delivery.add(MakeIdentification(n, "user-" + std::to_string(n % 10)));
+    h.delivery.finish();
+
+    ASSERT_EQ(h.transport.requests.size(), 3u);
+    EXPECT_EQ(h.transport.requests[0].rows, Range(1, 1024));
+    EXPECT_EQ(h.transport.requests[1].rows, Range(1025, 2048));
+    EXPECT_EQ(h.transport.requests[2].rows, Range(2049, 3000));
+    size_t bytes = 0;
+    for (const Request &r : h.transport.requests) {
+        EXPECT_EQ(r.url, kIdentifyUrl);
+        EXPECT_EQ(r.content_type, "application/x-www-form-urlencoded");
+        EXPECT_EQ(r.json["api_key"], kFormApiKey);
+        EXPECT_EQ(r.body.rfind("api_key=form%2Bkey%2F0123456789%3Dabc%20def&identification=%5B%7B", 0), 0u);
+        EXPECT_EQ(r.body.substr(r.body.size() - 6), "%7D%5D");
+        bytes += r.body.size();
+    }
+    EXPECT_EQ(h.transport.requests[0].json["identification"][0],
+              nlohmann::json::parse(R"({"user_id":"user-1","user_properties":{"$set":{"n":1}}})"));
+    EXPECT_EQ(h.delivery.state(), DeliveryState::kRunning);
+    EXPECT_EQ(h.delivery.stats().sent, 3000u);
+    EXPECT_EQ(h.delivery.stats().requests, 3u);
+    EXPECT_EQ(h.delivery.stats().retries, 0u);
+    EXPECT_EQ(h.delivery.stats().rejected, 0u);
+    EXPECT_EQ(h.delivery.stats().not_sent, 0u);
+    EXPECT_EQ(h.delivery.stats().bytes_sent, bytes);
+    EXPECT_TRUE(h.delivery.rejections().empty());
+}
+
+TEST(DeliveryIdentify, ByteLimitCountsUrlEncodedBytes) {
+    const size_t overhead = MakeFormat<IdentificationFormat>().overhead_bytes();
+    const size_t max_bytes = overhead + 3 * 200 + 2 * 3;  // three records and two %2C
+    // Raw, four of these records would fit: only their encoded size is limited.
+    const size_t raw = MakeIdentification(1, "user-1", 200).json.size();
+    ASSERT_LE(overhead + 4 * raw + 3 * 3, max_bytes);
+
+    FormHarness h(Always(FormOk()), Limits(1024, max_bytes));
+    for (uint64_t n = 1; n <= 10; ++n) h.delivery.add(MakeIdentification(n, "user-1", 200));
+    h.delivery.finish();
+
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2, 3}, {4, 5, 6}, {7, 8, 9}, {10}}));
+    for (size_t i = 0; i < 3; ++i) EXPECT_EQ(h.transport.requests[i].body.size(), max_bytes);
+    EXPECT_EQ(h.transport.requests[3].body.size(), overhead + 200);
+    EXPECT_EQ(h.delivery.stats().sent, 10u);
+}
+
+TEST(DeliveryIdentify, OneEncodedByteLessMeansOneRecordLess) {
+    const size_t overhead = MakeFormat<IdentificationFormat>().overhead_bytes();
+    const size_t max_bytes = overhead + 3 * 200 + 2 * 3 - 1;
+    FormHarness h(Always(FormOk()), Limits(1024, max_bytes));
+    for (uint64_t n = 1; n <= 5; ++n) h.delivery.add(MakeIdentification(n, "user-1", 200));
+    h.delivery.finish();
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2}, {3, 4}, {5}}));
+    for (const Request &r : h.transport.requests) EXPECT_LE(r.body.size(), max_bytes);
+}
+
+TEST(DeliveryIdentify, RecordLargerThanAnyRequestOnceEncodedIsRejected) {
+    const size_t overhead = MakeFormat<IdentificationFormat>().overhead_bytes();
+    const size_t max_bytes = overhead + 199;
+    FormHarness h(Always(FormOk()), Limits(1024, max_bytes));
+    Record big = MakeIdentification(1, "user-1", 200);
+    ASSERT_LT(big.json.size(), 199u);  // it would fit raw
+    h.delivery.add(std::move(big));
+    h.delivery.add(MakeIdentification(2, "user-1", 199));
+    h.delivery.finish();
+
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{2}}));
+    EXPECT_EQ(h.RejectedRows(Outcome::kRejected), (Rows{1}));
+    EXPECT_EQ(h.RejectionFor(1)->reason,
+              "record is 200 bytes, more than one request may carry (" + std::to_string(max_bytes) + " bytes)");
+    EXPECT_EQ(h.transport.requests[0].body.size(), max_bytes);
+}
+
+TEST(DeliveryIdentify, Http429PausesTheWholeBatchThenSendsIt) {
+    RetryPolicy policy = FastPolicy();
+    policy.throttle_pause_ms = 30;
+    policy.project_throttle_pause_ms = 2000;  // not this one: the IDs' pause
+    FormHarness h(Script({Answer(429, "Too many requests")}), Limits(1024), policy);
+    h.delivery.add(MakeIdentification(1, "user-a"));
+    h.delivery.add(MakeIdentification(2, "user-b"));
+    h.delivery.add(MakeIdentification(3, "user-c", 0, "device-c"));
+    h.delivery.finish();
+
+    // No record goes again at once: all of them wait, none is rejected.
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2, 3}, {1, 2, 3}}));
+    ASSERT_EQ(h.transport.requests.size(), 2u);
+    EXPECT_EQ(h.transport.requests[0].body, h.transport.requests[1].body);
+    long gap = MillisBetween(h.transport.requests[0].started, h.transport.requests[1].started);
+    EXPECT_GE(gap, 30);
+    EXPECT_LT(gap, 1500);
+    EXPECT_TRUE(h.delivery.rejections().empty());
+    EXPECT_EQ(h.delivery.stats().sent, 3u);
+    EXPECT_EQ(h.delivery.stats().rejected, 0u);
+    EXPECT_EQ(h.delivery.stats().not_sent, 0u);
+    EXPECT_EQ(h.delivery.stats().requests, 2u);
+    EXPECT_EQ(h.delivery.stats().retries, 1u);
+    EXPECT_EQ(h.delivery.state(), DeliveryState::kRunning);
+}
+
+TEST(DeliveryIdentify, Http429HoldsBackOnlyLaterBatchesSharingItsKeys) {
+    RetryPolicy policy = FastPolicy();
+    policy.throttle_pause_ms = 30;
+    FormHarness h(Script({Answer(429, "Too many requests")}), Limits(2), policy);
+    h.delivery.add(MakeIdentification(1, "user-a"));  // throttled batch
+    h.delivery.add(MakeIdentification(2, "user-b"));
+    h.delivery.add(MakeIdentification(3, "user-c"));  // unrelated: goes at once
+    h.delivery.add(MakeIdentification(4, "user-d"));
+    h.delivery.add(MakeIdentification(5, "user-a"));  // user-a's later row: waits
+    h.delivery.add(MakeIdentification(6, "user-e"));
+    h.delivery.finish();
+
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2}, {3, 4}, {1, 2}, {5, 6}}));
+    ASSERT_EQ(h.transport.requests.size(), 4u);
+    EXPECT_LT(MillisBetween(h.transport.requests[0].started, h.transport.requests[1].started), 30);
+    EXPECT_GE(MillisBetween(h.transport.requests[0].started, h.transport.requests[2].started), 30);
+    EXPECT_TRUE(h.transport.AnsweredBeforeStart(2, 3));
+    EXPECT_EQ(h.delivery.stats().sent, 6u);
+    EXPECT_TRUE(h.delivery.rejections().empty());
+}
+
+TEST(DeliveryIdentify, ThrottledLongerThanMaxRetryTimeFails) {
+    RetryPolicy policy = FastPolicy();
+    policy.max_retry_ms = 20;
+    policy.throttle_pause_ms = 2;
+    FormHarness h(Always(Answer(429, "Too many requests")), Limits(2), policy);
+    h.AddRows(1, 4);
+    h.delivery.finish();
+
+    EXPECT_EQ(h.delivery.state(), DeliveryState::kFailed);
+    EXPECT_EQ(h.delivery.error(), "gave up on throttled records: HTTP 429: Too many requests");
+    EXPECT_GE(h.transport.requests.size(), 2u);
+    for (const Request &r : h.transport.requests) EXPECT_EQ(r.rows, (Rows{1, 2}));
+    EXPECT_EQ(h.RejectedRows(Outcome::kNotSent), (Rows{1, 2, 3, 4}));
+    EXPECT_EQ(h.RejectionFor(1)->reason, "not sent: still throttled: HTTP 429: Too many requests");
+    EXPECT_EQ(h.delivery.stats().sent, 0u);
+}
+
+TEST(DeliveryIdentify, Http400BisectsToTheCulpritAndRejectsItWithTheText) {
+    FormHarness h([](const Request &r) {
+        return Contains(r.rows, 6) ? Answer(400, "invalid field values: user_id") : FormOk();
+    });
+    h.AddRows(1, 8);
+    h.delivery.finish();
+
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{
+                                   {1, 2, 3, 4, 5, 6, 7, 8}, {1, 2, 3, 4}, {5, 6, 7, 8}, {5, 6}, {5}, {6}, {7, 8}}));
+    EXPECT_EQ(h.RejectedRows(Outcome::kRejected), (Rows{6}));
+    ASSERT_NE(h.RejectionFor(6), nullptr);
+    EXPECT_EQ(h.RejectionFor(6)->reason, "refused by Amplitude: HTTP 400: invalid field values: user_id");
+    EXPECT_EQ(h.RejectionFor(6)->field, "");
+    EXPECT_EQ(h.RejectionFor(6)->record.user_id, "user-1");
+    EXPECT_EQ(h.delivery.stats().sent, 7u);
+    EXPECT_EQ(h.delivery.stats().rejected, 1u);
+    EXPECT_EQ(h.delivery.stats().not_sent, 0u);
+    EXPECT_EQ(h.delivery.stats().requests, 7u);
+    EXPECT_EQ(h.delivery.stats().retries, 6u);
+    EXPECT_EQ(h.delivery.state(), DeliveryState::kRunning);
+}
+
+TEST(DeliveryIdentify, MissingEventStopsTheRun) {
+    FormHarness h(Always(Answer(400, "missing_event")), Limits(2));
+    h.AddRows(1, 6);
+    h.delivery.finish();
+
+    EXPECT_EQ(h.delivery.state(), DeliveryState::kStopped);
+    EXPECT_EQ(h.delivery.error(), "HTTP 400: missing_event");
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2}}));
+    EXPECT_EQ(h.RejectedRows(Outcome::kNotSent), (Rows{1, 2, 3, 4, 5, 6}));
+    EXPECT_EQ(h.RejectedRows(Outcome::kRejected), Rows{});
+    EXPECT_EQ(h.RejectionFor(1)->reason, "not sent: HTTP 400: missing_event");
+    EXPECT_EQ(h.RejectionFor(5)->reason, "not sent: HTTP 400: missing_event");
+    EXPECT_EQ(h.delivery.stats().sent, 0u);
+    EXPECT_EQ(h.delivery.stats().not_sent, 6u);
+    EXPECT_EQ(h.delivery.stats().requests, 1u);
+    EXPECT_EQ(h.delivery.stats().retries, 0u);
+}
+
+TEST(DeliveryIdentify, InvalidApiKeyStopsTheRunWithoutLeakingTheKey) {
+    FormHarness h(Always(Answer(400, "Invalid API key: " + kFormApiKey)));
+    h.AddRows(1, 2);
+    h.delivery.finish();
+    EXPECT_EQ(h.delivery.state(), DeliveryState::kStopped);
+    EXPECT_EQ(h.delivery.error(), "Invalid API key: [redacted]");
+    EXPECT_EQ(h.delivery.stats().not_sent, 2u);
+    for (const Rejection &r : h.delivery.rejections())
+        EXPECT_EQ(r.reason.find(kFormApiKey), std::string::npos) << r.reason;
+}
+
+TEST(DeliveryIdentify, Http414HalvesUntilRequestsFit) {
+    FormHarness h([](const Request &r) { return r.rows.size() > 2 ? Answer(414, "URI Too Long") : FormOk(); },
+                  Limits(8));
+    h.AddRows(1, 8);
+    h.delivery.finish();
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2, 3, 4, 5, 6, 7, 8}, {1, 2, 3, 4}, {1, 2}, {3, 4},
+                                                  {5, 6, 7, 8}, {5, 6}, {7, 8}}));
+    EXPECT_EQ(h.delivery.stats().sent, 8u);
+    EXPECT_EQ(h.delivery.stats().retries, 6u);
+}
+
+TEST(DeliveryIdentify, EncodedRowsArriveAsTheEncoderWroteThem) {
+    std::vector<ColumnInput> columns = {{"user_id", TypeCategory::kText}, {"n", TypeCategory::kInteger},
+                                        {"nickname", TypeCategory::kText}};
+    IdentifyOptions options;
+    IdentifyEncoder encoder(plan_identify_columns(columns, options), options);
+    const std::string nicknames[] = {"a&b=c d+e", "100% \"sure\"", "\xC3\xA9t\xC3\xA9 / \xE2\x82\xAC"};
+    FormHarness h(Always(FormOk()), Limits(1024));
+    std::vector<std::string> sent_json;
+    for (uint64_t n = 1; n <= 3; ++n) {
+        std::string user = "user-0000" + std::to_string(n);
+        Value values[3];
+        values[0].category = TypeCategory::kText;
+        values[0].is_null = false;
+        values[0].text = user.data();
+        values[0].text_len = user.size();
+        values[1].category = TypeCategory::kInteger;
+        values[1].is_null = false;
+        values[1].i = static_cast<int64_t>(n);
+        values[2].category = TypeCategory::kText;
+        values[2].is_null = false;
+        values[2].text = nicknames[n - 1].data();
+        values[2].text_len = nicknames[n - 1].size();
+        Record record;
+        Rejection rejection;
+        ASSERT_TRUE(encoder.encode_row(n, values, record, rejection)) << rejection.reason;
+        sent_json.push_back(record.json);
+        h.delivery.add(std::move(record));
+    }
+    h.delivery.finish();
+
+    ASSERT_EQ(h.transport.requests.size(), 1u);
+    const nlohmann::json &ids = h.transport.requests[0].json["identification"];
+    ASSERT_EQ(ids.size(), 3u);
+    for (size_t i = 0; i < 3; ++i) {
+        EXPECT_EQ(ids[i], nlohmann::json::parse(sent_json[i]));
+        EXPECT_EQ(ids[i]["user_properties"]["$set"]["nickname"], nicknames[i]);
+    }
+    EXPECT_EQ(h.transport.requests[0].keys, (std::vector<std::string>{"user-00001", "user-00002", "user-00003"}));
+    EXPECT_EQ(h.delivery.stats().sent, 3u);
 }

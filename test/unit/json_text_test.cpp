@@ -317,3 +317,63 @@ TEST(JsonIsObject, LooksAtFirstNonBlankCharacter) {
     EXPECT_FALSE(json_is_object(""));
     EXPECT_FALSE(json_is_object("  "));
 }
+
+// ------------------------------------------------------------ URL encoding
+
+namespace {
+
+std::string UrlEncoded(std::string_view s) {
+    std::string out;
+    append_url_encoded(out, s);
+    return out;
+}
+
+}  // namespace
+
+TEST(UrlEncoding, UnreservedCharactersAreKept) {
+    const std::string unreserved =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~";
+    EXPECT_EQ(UrlEncoded(unreserved), unreserved);
+    EXPECT_EQ(url_encoded_size(unreserved), unreserved.size());
+    EXPECT_EQ(UrlEncoded(""), "");
+    EXPECT_EQ(url_encoded_size(""), 0u);
+}
+
+TEST(UrlEncoding, EverythingElseIsPercentUppercaseHex) {
+    EXPECT_EQ(UrlEncoded(" "), "%20");  // not '+'
+    EXPECT_EQ(UrlEncoded("+"), "%2B");
+    EXPECT_EQ(UrlEncoded("a b&c=d"), "a%20b%26c%3Dd");
+    EXPECT_EQ(UrlEncoded(R"({"user_id":"u-1","n":[1,2]})"),
+              "%7B%22user_id%22%3A%22u-1%22%2C%22n%22%3A%5B1%2C2%5D%7D");
+    EXPECT_EQ(UrlEncoded("!#$%'()*/:;<>?@\\^`|"),
+              "%21%23%24%25%27%28%29%2A%2F%3A%3B%3C%3E%3F%40%5C%5E%60%7C");
+    EXPECT_EQ(UrlEncoded(std::string_view("\0\n\r\t\x1f\x7f", 6)), "%00%0A%0D%09%1F%7F");
+}
+
+TEST(UrlEncoding, MultibyteUtf8IsEncodedByteByByte) {
+    EXPECT_EQ(UrlEncoded("\xC3\xA9"), "%C3%A9");                   // é
+    EXPECT_EQ(UrlEncoded("\xE2\x82\xAC" "5"), "%E2%82%AC5");       // €5
+    EXPECT_EQ(UrlEncoded("\xF0\x9F\x98\x80"), "%F0%9F%98%80");     // 😀
+    EXPECT_EQ(UrlEncoded("Z\xC3\xBCrich"), "Z%C3%BCrich");
+    EXPECT_EQ(UrlEncoded("\xFF\x80"), "%FF%80");  // any byte, valid UTF-8 or not
+}
+
+TEST(UrlEncoding, AppendsToWhatIsAlreadyInTheBuffer) {
+    std::string out = "api_key=";
+    append_url_encoded(out, "k/1");
+    append_url_encoded(out, "");
+    EXPECT_EQ(out, "api_key=k%2F1");
+}
+
+TEST(UrlEncoding, SizeMatchesTheEncodedText) {
+    for (int c = 0; c < 256; ++c) {
+        std::string one(1, static_cast<char>(c));
+        EXPECT_EQ(url_encoded_size(one), UrlEncoded(one).size()) << c;
+    }
+    for (std::string_view s : {std::string_view("a b&c=d"), std::string_view("\xF0\x9F\x98\x80 x"),
+                               std::string_view(R"({"user_properties":{"$set":{"plan":"pro"}}})")})
+        EXPECT_EQ(url_encoded_size(s), UrlEncoded(s).size()) << s;
+    EXPECT_EQ(url_encoded_size("a b"), 5u);
+    EXPECT_EQ(url_encoded_size("\xC3\xA9"), 6u);
+    EXPECT_EQ(url_encoded_size(R"({"a":1})"), 17u);  // %7B%22a%22%3A1%7D
+}
