@@ -119,7 +119,12 @@ std::vector<ColumnPlan> plan_identify_columns(const std::vector<ColumnInput> &co
         if (p.role == FieldRole::kProperty) p.operation = "$set";
         plan.push_back(std::move(p));
     }
+    std::vector<std::string> allowed = operations_of(options.object);
     for (const auto &[column, op] : options.operations) {
+        if (std::find(allowed.begin(), allowed.end(), op) == allowed.end())
+            throw PlanError("22023", "unknown operation \"" + op + "\" for column \"" + column + "\"",
+                            std::string("Operations for a ") + object_name(options.object) + " are: " +
+                                joined(allowed) + ".", "");
         auto it = std::find_if(plan.begin(), plan.end(),
                                [&](const ColumnPlan &p) { return p.column_name == column; });
         if (it == plan.end())
@@ -253,17 +258,17 @@ void IdentifyEncoder::put_value(size_t col, const Value &v) {
 
 bool IdentifyEncoder::merge_properties_column() {
     if (properties_column_.empty()) return true;
-    if (json_max_depth(properties_column_) + 1 > kMaxPropertyDepth) {
-        reject("properties", "nesting deeper than Amplitude's limit of 40 levels");
-        return false;
-    }
+    const char *column = options_.object == ProfileObject::kGroup ? "group_properties" : "user_properties";
     json_object_members(properties_column_, members_);
+    bool too_deep = false;
     auto already_set = [&](std::string_view key) {
         return std::find(row_keys_.begin(), row_keys_.end(), key) != row_keys_.end();
     };
     auto add = [&](size_t op, const JsonMember &m) {
         // A property column wins over the same key from the jsonb column.
         if (already_set(m.quoted_key)) return;
+        // Every property ends up two levels down: properties object, operation.
+        if (json_max_depth(m.value) + 2 > kMaxPropertyDepth) too_deep = true;
         std::string &target = by_operation_[op];
         if (!target.empty()) target.push_back(',');
         target.append(m.quoted_key).push_back(':');
@@ -279,12 +284,16 @@ bool IdentifyEncoder::merge_properties_column() {
         std::string name(m.quoted_key.substr(1, m.quoted_key.size() - 2));
         auto it = std::find(operation_names_.begin(), operation_names_.end(), name);
         if (it == operation_names_.end() || !json_is_object(m.value)) {
-            reject("properties", "properties column: unsupported operation " + name +
-                                     " (supported: " + joined(operation_names_) + ", each with an object)");
+            reject(column, std::string("column \"") + column + "\": unsupported operation " + name +
+                               " (supported: " + joined(operation_names_) + ", each with an object)");
             return false;
         }
         json_object_members(m.value, inner_members_);
         for (const JsonMember &inner : inner_members_) add(static_cast<size_t>(it - operation_names_.begin()), inner);
+    }
+    if (too_deep) {
+        reject(column, std::string("column \"") + column + "\": nesting deeper than Amplitude's limit of 40 levels");
+        return false;
     }
     return true;
 }

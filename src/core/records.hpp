@@ -47,6 +47,7 @@ struct ConfirmedRecord {
 
 struct Rejection {
     Record record;         // json is empty when the row could not be encoded
+                           // (a row refused after encoding keeps it)
     Outcome outcome = Outcome::kRejected;
     std::string field;     // the offending field, when known
     std::string reason;    // human-readable, never contains the API key

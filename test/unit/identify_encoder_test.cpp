@@ -650,8 +650,9 @@ TEST_F(IdentifyTest, UnknownOperationInPropertiesColumnRejectsTheRow) {
         Encoded e = Encode(columns, {Text("user-00001"), Text("pro"), Jsonb(jsonb)});
         ASSERT_FALSE(e.ok) << jsonb;
         EXPECT_EQ(e.rejection.outcome, Outcome::kRejected);
-        EXPECT_EQ(e.rejection.field, "properties");
-        EXPECT_EQ(e.rejection.reason, "properties column: unsupported operation " + std::string(name) + supported);
+        EXPECT_EQ(e.rejection.field, "user_properties");
+        EXPECT_EQ(e.rejection.reason,
+                  "column \"user_properties\": unsupported operation " + std::string(name) + supported);
         EXPECT_EQ(e.rejection.record.user_id, "user-00001");
         EXPECT_EQ(e.rejection.record.json, "");
         EXPECT_EQ(e.rejection.record.row_number, 7u);
@@ -659,7 +660,7 @@ TEST_F(IdentifyTest, UnknownOperationInPropertiesColumnRejectsTheRow) {
     // A known operation whose value is not an object.
     Encoded e = Encode(columns, {Text("user-00001"), Text("pro"), Jsonb(R"({"$add": 5})")});
     ASSERT_FALSE(e.ok);
-    EXPECT_EQ(e.rejection.reason, "properties column: unsupported operation $add" + supported);
+    EXPECT_EQ(e.rejection.reason, "column \"user_properties\": unsupported operation $add" + supported);
 }
 
 TEST_F(IdentifyTest, GroupPropertiesColumnRefusesUserOnlyOperations) {
@@ -668,8 +669,8 @@ TEST_F(IdentifyTest, GroupPropertiesColumnRefusesUserOnlyOperations) {
     Encoded e = Encode(columns, {Text("company"), Text("acme-corp"), Jsonb(R"({"$remove": {"tags": ["a"]}})")},
                        kGroup);
     ASSERT_FALSE(e.ok);
-    EXPECT_EQ(e.rejection.field, "properties");
-    EXPECT_EQ(e.rejection.reason, std::string("properties column: unsupported operation $remove (supported: ") +
+    EXPECT_EQ(e.rejection.field, "group_properties");
+    EXPECT_EQ(e.rejection.reason, std::string("column \"group_properties\": unsupported operation $remove (supported: ") +
                                       kGroupOpList + ", each with an object)");
     EXPECT_EQ(e.rejection.record.group_type, "company");
     EXPECT_EQ(e.rejection.record.group_value, "acme-corp");
@@ -842,7 +843,15 @@ TEST_F(IdentifyTest, PropertiesColumnPlainKeyDepth) {
     ASSERT_TRUE(ok.ok) << ok.rejection.reason;
     EXPECT_EQ(json_max_depth(ok.properties), 40);
     EXPECT_EQ(IdJson(columns, {Text("user-00001"), Jsonb("{\"k\":" + NestedObject(39) + "}")}),
-              "<rejected properties: nesting deeper than Amplitude's limit of 40 levels>");
+              "<rejected user_properties: column \"user_properties\": nesting deeper than Amplitude's limit of 40 levels>");
+}
+
+TEST_F(IdentifyTest, PropertiesColumnOperationKeyDepthIsNotCountedTwice) {
+    Columns columns = {Col("user_id", TC::kText), Col("user_properties", TC::kJsonb)};
+    // {"$set":{"k": depth 38}} produces the same depth-40 properties as {"k": depth 38}.
+    Encoded ok = Encode(columns, {Text("user-00001"), Jsonb("{\"$set\":{\"k\":" + NestedObject(38) + "}}")});
+    ASSERT_TRUE(ok.ok) << ok.rejection.reason;
+    EXPECT_EQ(json_max_depth(ok.properties), 40);
 }
 
 TEST_F(IdentifyTest, GroupsColumnDepthLimit) {
