@@ -399,12 +399,26 @@ BEGIN
     RETURN forgotten;
 END $$;
 
-CREATE FUNCTION amplitude_sync.run_sync(name pg_catalog.text)
-RETURNS amplitude_sync.run_report
+-- A procedure, so that a run called with CALL commits its progress as it
+-- goes: other sessions see its counts, and what Amplitude confirmed stays
+-- remembered if the run is later cancelled. The INOUT parameters are the
+-- run report that CALL prints.
+CREATE PROCEDURE amplitude_sync.run_sync(
+    name            pg_catalog.text,
+    INOUT run_id    pg_catalog.int8     DEFAULT NULL,
+    INOUT status    pg_catalog.text     DEFAULT NULL,
+    INOUT rows_read pg_catalog.int8     DEFAULT NULL,
+    INOUT sent      pg_catalog.int8     DEFAULT NULL,
+    INOUT rejected  pg_catalog.int8     DEFAULT NULL,
+    INOUT not_sent  pg_catalog.int8     DEFAULT NULL,
+    INOUT unchanged pg_catalog.int8     DEFAULT NULL,
+    INOUT requests  pg_catalog.int8     DEFAULT NULL,
+    INOUT retries   pg_catalog.int8     DEFAULT NULL,
+    INOUT elapsed   pg_catalog.interval DEFAULT NULL)
 AS 'MODULE_PATHNAME', 'amplitude_sync_run_sync'
-LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION amplitude_sync.run_sync(pg_catalog.text) IS
-    'Runs a saved sync: sends the records that are new or changed since the last run.';
+LANGUAGE C;
+COMMENT ON PROCEDURE amplitude_sync.run_sync IS
+    'Runs a saved sync: sends the records that are new or changed since the last run (CALL amplitude_sync.run_sync(''name'')).';
 
 CREATE FUNCTION amplitude_sync.preview_sync(name pg_catalog.text, include_unchanged pg_catalog.bool DEFAULT false)
 RETURNS TABLE (row_number pg_catalog.int8, record_key pg_catalog.text, action pg_catalog.text,
@@ -415,4 +429,4 @@ COMMENT ON FUNCTION amplitude_sync.preview_sync(pg_catalog.text, pg_catalog.bool
     'What the next run_sync would do, record by record, without sending anything or changing any state.';
 
 -- Running a sync sends data out: like the one-shot functions, it needs a GRANT.
-REVOKE ALL ON FUNCTION amplitude_sync.run_sync(pg_catalog.text) FROM PUBLIC;
+REVOKE ALL ON PROCEDURE amplitude_sync.run_sync FROM PUBLIC;

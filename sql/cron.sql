@@ -8,7 +8,7 @@ RESET client_min_messages;
 CREATE TABLE cron_users AS SELECT 'cron-user-' || g AS user_id, 'gold' AS tier FROM generate_series(1, 5) g;
 SELECT name FROM amplitude_sync.create_sync('cron_users', 'amplitude_mock', 'user', 'cron_users');
 SELECT cron.schedule('amplitude-cron-users', '* * * * *',
-                     $$SELECT status FROM amplitude_sync.run_sync('cron_users')$$) > 0 AS scheduled;
+                     $$CALL amplitude_sync.run_sync('cron_users')$$) > 0 AS scheduled;
 SELECT jobname, schedule, command FROM cron.job;
 DO $$
 BEGIN

@@ -5,6 +5,9 @@ SELECT url AS mock_url FROM mock_config \gset
 SELECT mock_reset();
 -- Errors here are shown without the PL/pgSQL call stack.
 \set SHOW_CONTEXT never
+-- A second session, for the progress and overlap tests.
+SELECT format('host=%s port=%s dbname=%s user=%s', current_setting('unix_socket_directories'),
+              current_setting('port'), current_database(), current_user) AS runner_conn \gset
 
 CREATE TABLE customers AS
 SELECT 'user-' || lpad(g::text, 5, '0') AS user_id, 'free' AS plan, g AS score
@@ -27,10 +30,12 @@ FROM amplitude_sync.create_sync('users', 'amplitude_mock', 'user', 'customers');
 SELECT name, owner, server, object, behaviour FROM amplitude_sync.syncs;
 
 -- The first run sends every record; the second sends nothing, with no request.
-SELECT status, rows_read, sent, rejected, not_sent, unchanged, requests FROM amplitude_sync.run_sync('users');
+CALL amplitude_sync.run_sync('users') \gset
+\echo status=:status rows_read=:rows_read sent=:sent rejected=:rejected not_sent=:not_sent unchanged=:unchanged requests=:requests
 SELECT count(*) AS profiles FROM mock_users();
 SELECT mock_reset();
-SELECT status, rows_read, sent, unchanged, requests FROM amplitude_sync.run_sync('users');
+CALL amplitude_sync.run_sync('users') \gset
+\echo status=:status rows_read=:rows_read sent=:sent unchanged=:unchanged requests=:requests
 SELECT count(*) AS requests FROM mock_requests();
 
 -- Three rows change: the preview shows exactly them, and the run sends exactly them.
@@ -38,7 +43,8 @@ UPDATE customers SET plan = 'pro' WHERE user_id IN ('user-00005', 'user-00500', 
 SELECT record_key, action, endpoint, payload, reason FROM amplitude_sync.preview_sync('users') ORDER BY record_key;
 SELECT count(*) AS preview_with_unchanged FROM amplitude_sync.preview_sync('users', include_unchanged => true);
 CREATE TEMP TABLE previewed AS SELECT record_key, payload::jsonb AS payload FROM amplitude_sync.preview_sync('users');
-SELECT status, rows_read, sent, unchanged, requests FROM amplitude_sync.run_sync('users');
+CALL amplitude_sync.run_sync('users') \gset
+\echo status=:status rows_read=:rows_read sent=:sent unchanged=:unchanged requests=:requests
 -- What Amplitude received is exactly what the preview showed.
 SELECT count(*) AS received,
        count(*) FILTER (WHERE i IN (SELECT payload FROM previewed)) AS as_previewed
@@ -48,23 +54,29 @@ SELECT u->>'user_id' AS user_id, u->'user_properties'->>'plan' AS plan FROM mock
 -- A mapping change makes every record count as changed.
 SELECT mock_reset();
 SELECT name, operations FROM amplitude_sync.alter_sync('users', operations => '{"score": "$setOnce"}');
-SELECT status, sent, unchanged FROM amplitude_sync.run_sync('users');
-SELECT status, sent, unchanged FROM amplitude_sync.run_sync('users');
+CALL amplitude_sync.run_sync('users') \gset
+\echo status=:status sent=:sent unchanged=:unchanged
+CALL amplitude_sync.run_sync('users') \gset
+\echo status=:status sent=:sent unchanged=:unchanged
 
 -- A record Amplitude refuses is not remembered: the next run retries it.
 SELECT mock_reset();
 UPDATE customers SET score = score + 1000 WHERE user_id IN ('user-00007', 'user-00008');
 SELECT mock_faults('[{"action": "invalid", "field": "user_id", "values": ["user-00007"], "times": -1}]');
-SELECT status, sent, rejected, unchanged FROM amplitude_sync.run_sync('users');
+CALL amplitude_sync.run_sync('users') \gset
+\echo status=:status sent=:sent rejected=:rejected unchanged=:unchanged
 SELECT mock_call('DELETE', '/_mock/faults') IS NOT NULL AS cleared;
-SELECT status, sent, rejected, unchanged FROM amplitude_sync.run_sync('users');
+CALL amplitude_sync.run_sync('users') \gset
+\echo status=:status sent=:sent rejected=:rejected unchanged=:unchanged
 SELECT r->'identification'->0->>'user_id' AS resent FROM mock_requests() r ORDER BY (r->>'seq')::int DESC LIMIT 1;
 
 -- resync: the next run resends the records matching a predicate (or all).
 SELECT amplitude_sync.resync('users', $$plan = 'pro'$$) AS marked;
-SELECT status, sent, unchanged FROM amplitude_sync.run_sync('users');
+CALL amplitude_sync.run_sync('users') \gset
+\echo status=:status sent=:sent unchanged=:unchanged
 SELECT amplitude_sync.resync('users') AS marked;
-SELECT status, sent, unchanged FROM amplitude_sync.run_sync('users');
+CALL amplitude_sync.run_sync('users') \gset
+\echo status=:status sent=:sent unchanged=:unchanged
 
 -- Runs are recorded with the sync's name.
 SELECT sync_name, function_name, endpoint, status, rows_read, sent, unchanged
@@ -78,43 +90,67 @@ SELECT g AS id, 'user-' || lpad((g % 50)::text, 5, '0') AS user_id, g * 10 AS am
 SELECT name, object, behaviour FROM amplitude_sync.create_sync('orders', 'amplitude_mock', 'event', $$
     SELECT 'Order Completed' AS event_type, user_id, 'order-' || id AS insert_id, amount AS revenue FROM orders
 $$);
-SELECT status, rows_read, sent, unchanged FROM amplitude_sync.run_sync('orders');
-SELECT status, rows_read, sent, unchanged, requests FROM amplitude_sync.run_sync('orders');
+CALL amplitude_sync.run_sync('orders') \gset
+\echo status=:status rows_read=:rows_read sent=:sent unchanged=:unchanged
+CALL amplitude_sync.run_sync('orders') \gset
+\echo status=:status rows_read=:rows_read sent=:sent unchanged=:unchanged requests=:requests
 INSERT INTO orders SELECT g, 'user-00001', 1 FROM generate_series(301, 310) g;
 SELECT action, count(*) FROM amplitude_sync.preview_sync('orders') GROUP BY 1;
-SELECT status, rows_read, sent, unchanged FROM amplitude_sync.run_sync('orders');
+CALL amplitude_sync.run_sync('orders') \gset
+\echo status=:status rows_read=:rows_read sent=:sent unchanged=:unchanged
 SELECT count(*) AS posted, count(DISTINCT e->>'insert_id') AS distinct_events
 FROM mock_requests() r, jsonb_array_elements(r->'events') e;
 SELECT amplitude_sync.resync('orders');
 SELECT amplitude_sync.resync('orders', 'revenue >= 2950') AS marked;
-SELECT status, sent, unchanged FROM amplitude_sync.run_sync('orders');
+CALL amplitude_sync.run_sync('orders') \gset
+\echo status=:status sent=:sent unchanged=:unchanged
 
--- A run interrupted by statement_timeout rolls back with its transaction;
--- the next run sends everything again, and Amplitude keeps each event once.
+-- A run commits as it goes (CALL outside a transaction block): other
+-- sessions see its progress, and when it is cancelled what Amplitude
+-- confirmed stays remembered; the next run sends only the rest, and
+-- Amplitude ends with every event exactly once.
 SELECT mock_reset();
-SELECT name FROM amplitude_sync.create_sync('orders_again', 'amplitude_mock', 'event', $$
-    SELECT 'Order Again' AS event_type, user_id, 'again-' || id AS insert_id FROM orders
-$$);
-SELECT mock_faults('[{"action": "pass", "delay_ms": 2000, "skip": 0}]');
-SET statement_timeout = '500ms';
-SELECT status FROM amplitude_sync.run_sync('orders_again');
-RESET statement_timeout;
+CREATE SERVER amplitude_one FOREIGN DATA WRAPPER amplitude_sync
+    OPTIONS (endpoint :'mock_url', max_concurrency '1');
+CALL create_test_mapping(current_user, 'amplitude_one');
+CREATE TABLE clicks AS SELECT g AS id, 'user-' || lpad((g % 40)::text, 5, '0') AS user_id FROM generate_series(1, 3000) g;
+SELECT name FROM amplitude_sync.create_sync('clicks', 'amplitude_one', 'event', $$
+    SELECT 'Clicked' AS event_type, user_id, 'click-' || id AS insert_id FROM clicks ORDER BY id
+$$, batch_size => 100);
+SELECT mock_faults('[{"action": "pass", "delay_ms": 250, "times": -1}]');
+SELECT dblink_connect('progress', :'runner_conn');
+SELECT dblink_send_query('progress', $$CALL amplitude_sync.run_sync('clicks')$$);
+SELECT pg_sleep(2.2);
+SELECT status, rows_read > 0 AS rows_read_so_far, sent > 0 AS sent_so_far, sent < 3000 AS not_done_yet
+FROM amplitude_sync.sync_runs WHERE sync_name = 'clicks';
+SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE 'CALL amplitude_sync.run_sync(''clicks'')%';
+SELECT wait_until_gone('run_sync(''clicks'')');
+SELECT status FROM dblink_get_result('progress', false) AS t(run_id int8, status text, rows_read int8, sent int8,
+    rejected int8, not_sent int8, unchanged int8, requests int8, retries int8, elapsed interval);
+SELECT dblink_disconnect('progress');
 SELECT count(*) AS remembered FROM amplitude_sync.sync_state st JOIN amplitude_sync.syncs s USING (sync_id)
-WHERE s.name = 'orders_again';
-SELECT status, rows_read, sent FROM amplitude_sync.run_sync('orders_again');
+WHERE s.name = 'clicks' \gset
+SELECT :remembered > 0 AS some_remembered, :remembered < 3000 AS not_all;
+SELECT mock_call('DELETE', '/_mock/faults') IS NOT NULL AS cleared;
+CALL amplitude_sync.run_sync('clicks') \gset
+SELECT :'status' AS status, :unchanged = :remembered AS skipped_what_was_confirmed,
+       :sent + :unchanged AS accounted_for;
+-- The cancelled run is marked failed by the next one.
+SELECT status, error LIKE 'interrupted%' AS interrupted FROM amplitude_sync.sync_runs
+WHERE sync_name = 'clicks' ORDER BY run_id;
 SELECT count(*) AS stored, count(DISTINCT e->>'insert_id') AS distinct_events
-FROM mock_events() e WHERE e->>'event_type' = 'Order Again';
+FROM mock_events() e WHERE e->>'event_type' = 'Clicked';
 
 -- Two runs of one sync never overlap: the second is skipped with a notice.
-SELECT format('host=%s port=%s dbname=%s user=%s', current_setting('unix_socket_directories'),
-              current_setting('port'), current_database(), current_user) AS runner_conn \gset
 SELECT amplitude_sync.resync('users') > 0 AS marked;
 SELECT mock_faults('[{"action": "pass", "delay_ms": 1500}]');
 SELECT dblink_connect('guard', :'runner_conn');
-SELECT dblink_send_query('guard', $$SELECT status FROM amplitude_sync.run_sync('users')$$);
+SELECT dblink_send_query('guard', $$CALL amplitude_sync.run_sync('users')$$);
 SELECT wait_for_requests(1);
-SELECT run_id, status, rows_read, sent FROM amplitude_sync.run_sync('users');
-SELECT * FROM dblink_get_result('guard') AS t(status text);
+CALL amplitude_sync.run_sync('users') \gset
+\echo status=:status
+SELECT status FROM dblink_get_result('guard') AS t(run_id int8, status text, rows_read int8, sent int8,
+    rejected int8, not_sent int8, unchanged int8, requests int8, retries int8, elapsed interval);
 SELECT dblink_disconnect('guard');
 
 -- Ownership: a sync belongs to its creator; other roles neither see, run,
@@ -122,20 +158,21 @@ SELECT dblink_disconnect('guard');
 CREATE ROLE regress_alice;
 CREATE ROLE regress_bob;
 GRANT USAGE ON FOREIGN SERVER amplitude_mock TO regress_alice, regress_bob;
-GRANT EXECUTE ON FUNCTION amplitude_sync.run_sync TO regress_alice, regress_bob;
+GRANT EXECUTE ON PROCEDURE amplitude_sync.run_sync TO regress_alice, regress_bob;
 CALL create_test_mapping('regress_alice', 'amplitude_mock');
 CALL create_test_mapping('regress_bob', 'amplitude_mock');
 CREATE TABLE alice_users AS SELECT 'alice-' || g AS user_id, 'x' AS secret_plan FROM generate_series(1, 3) g;
 ALTER TABLE alice_users OWNER TO regress_alice;
 SET ROLE regress_alice;
 SELECT name, owner FROM amplitude_sync.create_sync('alice_sync', 'amplitude_mock', 'user', 'alice_users');
-SELECT status, sent FROM amplitude_sync.run_sync('alice_sync');
+CALL amplitude_sync.run_sync('alice_sync') \gset
+\echo status=:status sent=:sent
 SELECT count(*) AS own_state FROM amplitude_sync.sync_state;
 SET ROLE regress_bob;
 SELECT count(*) AS visible_syncs FROM amplitude_sync.syncs;
 SELECT count(*) AS visible_state FROM amplitude_sync.sync_state;
 SELECT count(*) AS visible_runs FROM amplitude_sync.sync_runs WHERE sync_name = 'alice_sync';
-SELECT * FROM amplitude_sync.run_sync('alice_sync');
+CALL amplitude_sync.run_sync('alice_sync');
 SELECT * FROM amplitude_sync.preview_sync('alice_sync');
 SELECT * FROM amplitude_sync.alter_sync('alice_sync', nulls => 'unset');
 SELECT amplitude_sync.drop_sync('alice_sync');
@@ -149,20 +186,24 @@ RESET ROLE;
 -- A member of the owning role may manage the sync.
 GRANT regress_alice TO regress_bob;
 SET ROLE regress_bob;
-SELECT status, sent, unchanged FROM amplitude_sync.run_sync('alice_sync');
+CALL amplitude_sync.run_sync('alice_sync') \gset
+\echo status=:status sent=:sent unchanged=:unchanged
 RESET ROLE;
 REVOKE regress_alice FROM regress_bob;
 
 -- drop_sync removes the sync and its state; its run history stays.
-SELECT amplitude_sync.drop_sync('orders_again');
-SELECT count(*) AS syncs_left FROM amplitude_sync.syncs WHERE name = 'orders_again';
-SELECT count(*) > 0 AS history_kept FROM amplitude_sync.sync_runs WHERE sync_name = 'orders_again';
+SELECT amplitude_sync.drop_sync('clicks');
+SELECT count(*) AS syncs_left FROM amplitude_sync.syncs WHERE name = 'clicks';
+SELECT count(*) AS state_left FROM amplitude_sync.sync_state WHERE sync_id NOT IN (SELECT sync_id FROM amplitude_sync.syncs);
+SELECT count(*) > 0 AS history_kept FROM amplitude_sync.sync_runs WHERE sync_name = 'clicks';
+DROP SERVER amplitude_one CASCADE;
 
 -- Run history does not grow without bound: runs older than
 -- amplitude_sync.history_days (default 90) go, with their rejected rows.
 INSERT INTO amplitude_sync.sync_runs (function_name, server_name, endpoint, run_by, started_at, status)
 VALUES ('amplitude_send_events', 'amplitude_mock', '/2/httpapi', current_user::regrole, now() - interval '200 days', 'failed');
 SET amplitude_sync.history_days = 100;
-SELECT status FROM amplitude_sync.run_sync('users');
+CALL amplitude_sync.run_sync('users') \gset
+\echo status=:status
 SELECT count(*) AS older_than_100_days FROM amplitude_sync.sync_runs WHERE started_at < now() - interval '100 days';
 RESET amplitude_sync.history_days;

@@ -9,6 +9,7 @@
 
 #include "connection.hpp"
 #include "pg_headers.hpp"
+#include "run_log.hpp"
 #include "send_run.hpp"
 
 using namespace amplitude_sync;
@@ -262,15 +263,20 @@ Datum amplitude_sync_check_source(PG_FUNCTION_ARGS) {
 
 PG_FUNCTION_INFO_V1(amplitude_sync_run_sync);
 
-// run_sync(name text) RETURNS amplitude_sync.run_report
+// CALL run_sync(name text, INOUT ... the run report)
 Datum amplitude_sync_run_sync(PG_FUNCTION_ARGS) {
     const char *name = text_arg(fcinfo, 0, "name");
+    // CALL outside a transaction block may commit as it goes.
+    CallContext *call = fcinfo->context && IsA(fcinfo->context, CallContext)
+                            ? reinterpret_cast<CallContext *>(fcinfo->context)
+                            : nullptr;
+    bool nonatomic = call && !call->atomic;
     SavedSync sync;
     load_saved_sync(name, &sync);
 
     // Two runs of one sync never overlap: a second one is skipped. The lock
-    // is the transaction's, so it goes with any error.
-    if (!DatumGetBool(DirectFunctionCall2(pg_try_advisory_xact_lock_int4, Int32GetDatum(kRunLockClass),
+    // is the session's (a run may span transactions) and released on error.
+    if (!DatumGetBool(DirectFunctionCall2(pg_try_advisory_lock_int4, Int32GetDatum(kRunLockClass),
                                           Int32GetDatum(sync.sync_id)))) {
         ereport(NOTICE, (errmsg("sync \"%s\" is already running in another session; this run is skipped",
                                 sync.name)));
@@ -281,17 +287,30 @@ Datum amplitude_sync_run_sync(PG_FUNCTION_ARGS) {
         bool nulls[10] = {true, false, true, true, true, true, true, true, true, true};
         PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
     }
-
-    // The source runs, and the connection is used, as the sync's owner.
-    Oid saved_user;
-    int saved_context;
-    GetUserIdAndSecContext(&saved_user, &saved_context);
-    SetUserIdAndSecContext(sync.owner, saved_context | SECURITY_LOCAL_USERID_CHANGE);
-    AmpConnection conn;
-    load_connection(sync.server, &conn);
-    SendSpec spec = sync_spec(&sync);
-    Datum result = execute_send_run(fcinfo, &conn, &spec);
-    SetUserIdAndSecContext(saved_user, saved_context);
+    volatile Datum result = 0;
+    PG_TRY();
+    {
+        if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
+        run_log_close_stale(sync.name);
+        SPI_finish();
+        // The connection (server USAGE, user mapping) is the owner's.
+        Oid saved_user;
+        int saved_context;
+        GetUserIdAndSecContext(&saved_user, &saved_context);
+        SetUserIdAndSecContext(sync.owner, saved_context | SECURITY_LOCAL_USERID_CHANGE);
+        AmpConnection conn;
+        load_connection(sync.server, &conn);
+        SetUserIdAndSecContext(saved_user, saved_context);
+        SendSpec spec = sync_spec(&sync);
+        spec.run_as = sync.owner;
+        spec.commit_progress = nonatomic;
+        result = execute_send_run(fcinfo, &conn, &spec);
+    }
+    PG_FINALLY();
+    {
+        DirectFunctionCall2(pg_advisory_unlock_int4, Int32GetDatum(kRunLockClass), Int32GetDatum(sync.sync_id));
+    }
+    PG_END_TRY();
     PG_RETURN_DATUM(result);
 }
 
@@ -312,12 +331,13 @@ Datum amplitude_sync_preview_sync(PG_FUNCTION_ARGS) {
     SetUserIdAndSecContext(sync.owner, saved_context | SECURITY_LOCAL_USERID_CHANGE);
     AmpConnection conn;
     load_connection(sync.server, &conn);
+    SetUserIdAndSecContext(saved_user, saved_context);
     SendSpec spec = sync_spec(&sync);
+    spec.run_as = sync.owner;
     spec.preview = true;
     spec.include_unchanged = !PG_ARGISNULL(1) && PG_GETARG_BOOL(1);
     spec.rsinfo = rsinfo;
     execute_send_run(fcinfo, &conn, &spec);
-    SetUserIdAndSecContext(saved_user, saved_context);
     return (Datum)0;
 }
 

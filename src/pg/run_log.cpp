@@ -1,5 +1,6 @@
 #include "run_log.hpp"
 
+#include <cstring>
 #include <string>
 
 using amplitude_sync::ConfirmedRecord;
@@ -51,7 +52,6 @@ void run_log_start(RunLog *log, const char *function_name, const char *server_na
                    const char *endpoint, const char *sync_name) {
     log->owner = extension_owner();
     log->started_at = GetCurrentTimestamp();
-    log->insert_rejection = nullptr;
     Oid run_by = GetUserId();
 
     OwnerScope scope;
@@ -80,42 +80,91 @@ void run_log_start(RunLog *log, const char *function_name, const char *server_na
     bool isnull;
     log->run_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 
-    Oid rej_types[12] = {INT8OID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-                         TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
-    log->insert_rejection = SPI_prepare(
-        "INSERT INTO amplitude_sync.rejected_records (run_id, row_number, outcome, field, reason, "
-        "user_id, device_id, insert_id, event_type, group_type, group_value, payload) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::pg_catalog.json)",
-        12, rej_types);
-    if (!log->insert_rejection) elog(ERROR, "amplitude_sync: could not prepare the rejection log");
     restore_user(&scope);
 }
 
 void run_log_store_rejections(RunLog *log, std::vector<Rejection> *rejections) {
     if (rejections->empty()) return;
-    OwnerScope scope;
-    become_owner(log, &scope);
-    for (size_t k = 0; k < rejections->size(); ++k) {
+    // One INSERT per batch of rejections, from arrays (one per column).
+    int n = static_cast<int>(rejections->size());
+    Datum *row_numbers = static_cast<Datum *>(palloc(sizeof(Datum) * n));
+    Datum *columns[10];
+    bool *column_nulls[10];
+    for (int c = 0; c < 10; ++c) {
+        columns[c] = static_cast<Datum *>(palloc(sizeof(Datum) * n));
+        column_nulls[c] = static_cast<bool *>(palloc(sizeof(bool) * n));
+    }
+    for (int k = 0; k < n; ++k) {
         const Rejection *r = &(*rejections)[k];
-        Datum values[12];
-        char nulls[12];
-        memset(nulls, ' ', sizeof nulls);
-        values[0] = Int64GetDatum(log->run_id);
-        values[1] = Int64GetDatum(static_cast<int64>(r->record.row_number));
-        values[2] = CStringGetTextDatum(r->outcome == Outcome::kRejected ? "rejected" : "not_sent");
+        row_numbers[k] = Int64GetDatum(static_cast<int64>(r->record.row_number));
+        columns[0][k] = CStringGetTextDatum(r->outcome == Outcome::kRejected ? "rejected" : "not_sent");
+        column_nulls[0][k] = false;
         const std::string *texts[9] = {&r->field,           &r->reason,           &r->record.user_id,
                                        &r->record.device_id, &r->record.insert_id, &r->record.event_type,
                                        &r->record.group_type, &r->record.group_value, &r->record.json};
         for (int i = 0; i < 9; ++i) {
             bool keep = !texts[i]->empty() && (i != 8 || texts[i]->size() <= kMaxStoredPayload);
-            if (keep) values[3 + i] = text_datum(*texts[i]);
-            else nulls[3 + i] = 'n';
+            column_nulls[1 + i][k] = !keep;
+            columns[1 + i][k] = keep ? text_datum(*texts[i]) : (Datum)0;
         }
-        if (SPI_execute_plan(log->insert_rejection, values, nulls, false, 0) != SPI_OK_INSERT)
-            elog(ERROR, "amplitude_sync: could not record a rejected row");
     }
+    int dims[1] = {n};
+    int lbs[1] = {1};
+    Oid argtypes[12] = {INT8OID, INT8ARRAYOID};
+    Datum args[12] = {Int64GetDatum(log->run_id),
+                      PointerGetDatum(construct_array(row_numbers, n, INT8OID, 8, true, TYPALIGN_DOUBLE))};
+    for (int c = 0; c < 10; ++c) {
+        argtypes[2 + c] = TEXTARRAYOID;
+        args[2 + c] = PointerGetDatum(construct_md_array(columns[c], column_nulls[c], 1, dims, lbs, TEXTOID,
+                                                         -1, false, TYPALIGN_INT));
+    }
+    OwnerScope scope;
+    become_owner(log, &scope);
+    int rc = SPI_execute_with_args(
+        "INSERT INTO amplitude_sync.rejected_records (run_id, row_number, outcome, field, reason, user_id, "
+        "device_id, insert_id, event_type, group_type, group_value, payload) "
+        "SELECT $1, n, o, f, re, u, d, i, e, gt, gv, p::pg_catalog.json FROM unnest($2::pg_catalog.int8[], $3::pg_catalog.text[], "
+        "$4::pg_catalog.text[], $5::pg_catalog.text[], $6::pg_catalog.text[], $7::pg_catalog.text[], "
+        "$8::pg_catalog.text[], $9::pg_catalog.text[], $10::pg_catalog.text[], $11::pg_catalog.text[], "
+        "$12::pg_catalog.text[]) AS r(n, o, f, re, u, d, i, e, gt, gv, p)",
+        12, argtypes, args, nullptr, false, 0);
+    if (rc != SPI_OK_INSERT) elog(ERROR, "amplitude_sync: could not record the rejected rows");
     restore_user(&scope);
     rejections->clear();
+}
+
+void run_log_progress(RunLog *log, int64 rows_read, int64 unchanged, const amplitude_sync::DeliveryStats *stats) {
+    OwnerScope scope;
+    become_owner(log, &scope);
+    Oid argtypes[8] = {INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID};
+    Datum args[8] = {Int64GetDatum(log->run_id), Int64GetDatum(rows_read),
+                     Int64GetDatum(static_cast<int64>(stats->sent)),
+                     Int64GetDatum(static_cast<int64>(stats->rejected)),
+                     Int64GetDatum(static_cast<int64>(stats->not_sent)), Int64GetDatum(unchanged),
+                     Int64GetDatum(static_cast<int64>(stats->requests)),
+                     Int64GetDatum(static_cast<int64>(stats->retries))};
+    if (SPI_execute_with_args("UPDATE amplitude_sync.sync_runs SET rows_read = $2, sent = $3, rejected = $4, "
+                              "not_sent = $5, unchanged = $6, requests = $7, retries = $8 WHERE run_id = $1",
+                              8, argtypes, args, nullptr, false, 0) != SPI_OK_UPDATE)
+        elog(ERROR, "amplitude_sync: could not record the run's progress");
+    restore_user(&scope);
+}
+
+void run_log_close_stale(const char *sync_name) {
+    RunLog log{};
+    log.owner = extension_owner();
+    OwnerScope scope;
+    become_owner(&log, &scope);
+    Oid argtypes[1] = {TEXTOID};
+    Datum args[1] = {CStringGetTextDatum(sync_name)};
+    if (SPI_execute_with_args(
+            "UPDATE amplitude_sync.sync_runs SET status = 'failed', finished_at = pg_catalog.clock_timestamp(), "
+            "error = 'interrupted (cancelled, timed out, or its session ended); the counts are those last "
+            "committed, and what Amplitude confirmed until then is remembered' "
+            "WHERE sync_name = $1 AND status = 'running'",
+            1, argtypes, args, nullptr, false, 0) != SPI_OK_UPDATE)
+        elog(ERROR, "amplitude_sync: could not close interrupted runs");
+    restore_user(&scope);
 }
 
 void run_log_finish(RunLog *log, const char *status, int64 rows_read, int64 unchanged,

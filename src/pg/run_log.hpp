@@ -16,7 +16,6 @@ struct RunLog {
     int64 run_id;
     Oid owner;  // the extension's owner
     TimestampTz started_at;
-    SPIPlanPtr insert_rejection;
 };
 
 // SPI must be connected. Inserts the run as "running".
@@ -29,6 +28,13 @@ void run_log_store_rejections(RunLog *log, std::vector<amplitude_sync::Rejection
 // Marks the run finished with its counts.
 void run_log_finish(RunLog *log, const char *status, int64 rows_read, int64 unchanged,
                     const amplitude_sync::DeliveryStats *stats, const char *error);
+
+// Records a running sync's counts so far (seen by others once committed).
+void run_log_progress(RunLog *log, int64 rows_read, int64 unchanged, const amplitude_sync::DeliveryStats *stats);
+
+// Marks a sync's runs still "running" as failed: called under the sync's run
+// lock, so such runs were interrupted.
+void run_log_close_stale(const char *sync_name);
 
 // Remembers a saved sync's confirmed records (and empties the vector).
 void run_log_store_confirmed(RunLog *log, int sync_id,

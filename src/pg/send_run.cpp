@@ -27,6 +27,7 @@ namespace {
 // Rows fetched from the cursor at a time: large enough to amortise the
 // executor round trip, small enough that memory does not follow row count.
 constexpr long kFetchRows = 1000;
+constexpr long kFetchRowsCommitting = 100;
 
 bool interrupt_pending() { return QueryCancelPending != 0 || ProcDiePending != 0; }
 
@@ -257,10 +258,34 @@ TransportOptions transport_options(const AmpConnection &conn) {
     return t;
 }
 
+// The user a run's queries execute as, and the one to return to.
+struct UserScope {
+    Oid saved_user;
+    int saved_context;
+};
+
+void enter_run_user(const SendSpec *spec, UserScope *scope) {
+    GetUserIdAndSecContext(&scope->saved_user, &scope->saved_context);
+    if (OidIsValid(spec->run_as))
+        SetUserIdAndSecContext(spec->run_as, scope->saved_context | SECURITY_LOCAL_USERID_CHANGE);
+}
+
+void leave_run_user(const UserScope *scope) { SetUserIdAndSecContext(scope->saved_user, scope->saved_context); }
+
+// Commits (a CALL outside a transaction block), as the caller: a transaction
+// boundary is no place for a borrowed identity.
+void commit_as_caller(const SendSpec *spec, const UserScope *scope) {
+    leave_run_user(scope);
+    SPI_commit();
+    if (OidIsValid(spec->run_as))
+        SetUserIdAndSecContext(spec->run_as, scope->saved_context | SECURITY_LOCAL_USERID_CHANGE);
+}
+
 // Prepares the query, opens a cursor on it (with the current user's rights)
 // and sets up the column readers.
-Portal open_source(const char *query, ColumnReader **readers_out) {
-    SPIPlanPtr plan = SPI_prepare(query, 0, nullptr);
+Portal open_source(const char *query, bool holdable, ColumnReader **readers_out) {
+    // A holdable cursor survives the commits of a run that commits as it goes.
+    SPIPlanPtr plan = SPI_prepare_cursor(query, 0, nullptr, holdable ? CURSOR_OPT_HOLD : 0);
     if (!plan)
         ereport(ERROR, (errcode(ERRCODE_SYNTAX_ERROR), errmsg("could not prepare the query: %s",
                                                              SPI_result_code_string(SPI_result))));
@@ -269,7 +294,7 @@ Portal open_source(const char *query, ColumnReader **readers_out) {
                         errmsg("the query must be a single statement that returns rows"),
                         errhint("Pass a SELECT (or VALUES, or TABLE name).")));
     Portal portal = SPI_cursor_open(nullptr, plan, nullptr, nullptr, false);
-    TupleDesc desc = portal->tupDesc;
+    TupleDesc desc = CreateTupleDescCopy(portal->tupDesc);
     ColumnReader *readers = static_cast<ColumnReader *>(palloc0(sizeof(ColumnReader) * (desc->natts + 1)));
     for (int i = 0; i < desc->natts; ++i) init_column_reader(&readers[i], TupleDescAttr(desc, i)->atttypid);
     *readers_out = readers;
@@ -279,8 +304,8 @@ Portal open_source(const char *query, ColumnReader **readers_out) {
 void check_source_columns(const SendSpec *spec) {
     if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
     ColumnReader *readers;
-    Portal portal = open_source(spec->query, &readers);
-    TupleDesc desc = portal->tupDesc;
+    Portal portal = open_source(spec->query, false, &readers);
+    TupleDesc desc = CreateTupleDescCopy(portal->tupDesc);
     bool has_insert_id = false;
     for (int i = 0; i < desc->natts; ++i)
         has_insert_id |= strcmp(NameStr(TupleDescAttr(desc, i)->attname), "insert_id") == 0;
@@ -317,12 +342,15 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
         spec->rsinfo->setDesc = result_desc;
     }
 
-    if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
-    // The query runs with the current user's rights: these functions are not
-    // SECURITY DEFINER (run_sync has switched to the sync's owner).
+    if (SPI_connect_ext(spec->commit_progress ? SPI_OPT_NONATOMIC : 0) != SPI_OK_CONNECT)
+        elog(ERROR, "amplitude_sync: SPI_connect failed");
+    // The query runs with the caller's rights (these functions are not
+    // SECURITY DEFINER), or with the owner's for a saved sync.
+    UserScope user;
+    enter_run_user(spec, &user);
     ColumnReader *readers;
-    Portal portal = open_source(spec->query, &readers);
-    TupleDesc desc = portal->tupDesc;
+    Portal portal = open_source(spec->query, spec->commit_progress, &readers);
+    TupleDesc desc = CreateTupleDescCopy(portal->tupDesc);
     int natts = desc->natts;
     // A saved sync's query ends with the stored fingerprint and the record key.
     int payload_natts = spec->sync_id ? natts - 2 : natts;
@@ -341,6 +369,8 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
     RunLog log;
     if (!spec->preview)
         run_log_start(&log, spec->function_name, conn->server_name, spec->endpoint_path, spec->sync_name);
+    TimestampTz last_commit = GetCurrentTimestamp();
+    if (spec->commit_progress) commit_as_caller(spec, &user);
 
     Datum *datums = static_cast<Datum *>(palloc(sizeof(Datum) * (natts + 1)));
     bool *nulls = static_cast<bool *>(palloc(sizeof(bool) * (natts + 1)));
@@ -352,8 +382,11 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
     bool more = true;
     while (more && run->state() == DeliveryState::kRunning) {
         CHECK_FOR_INTERRUPTS();
-        SPI_cursor_fetch(portal, true, kFetchRows);
-        more = SPI_processed == static_cast<uint64>(kFetchRows);
+        // A run that commits as it goes fetches less at a time, so it can
+        // commit about once a second even when Amplitude is slow.
+        long fetch_rows = spec->commit_progress ? kFetchRowsCommitting : kFetchRows;
+        SPI_cursor_fetch(portal, true, fetch_rows);
+        more = SPI_processed == static_cast<uint64>(fetch_rows);
         SPITupleTable *table = SPI_tuptable;
         for (uint64 r = 0; r < SPI_processed && run->state() == DeliveryState::kRunning; ++r) {
             MemoryContext outer = MemoryContextSwitchTo(row_context);
@@ -378,6 +411,12 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
         }
         SPI_freetuptable(table);
         if (!spec->preview) store_outcomes(&log, run, spec);
+        // About once a second: publish the counts, keep what Amplitude confirmed.
+        if (spec->commit_progress && TimestampDifferenceExceeds(last_commit, GetCurrentTimestamp(), 1000)) {
+            run_log_progress(&log, rows_read, static_cast<int64>(run->unchanged), &run->main->delivery.stats());
+            commit_as_caller(spec, &user);
+            last_commit = GetCurrentTimestamp();
+        }
     }
     SPI_cursor_close(portal);
 
@@ -388,6 +427,7 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
                                 spec->sync_name, static_cast<long long>(counts[2]), static_cast<long long>(counts[3]),
                                 static_cast<long long>(counts[0]), static_cast<long long>(counts[1]))));
         MemoryContextDelete(run_context);
+        leave_run_user(&user);
         SPI_finish();
         return (Datum)0;
     }
@@ -443,6 +483,7 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
     bool result_nulls[10] = {false, false, false, false, false, false, false, false, false, false};
     HeapTuple tuple = heap_form_tuple(BlessTupleDesc(result_desc), result, result_nulls);
     MemoryContextDelete(run_context);
+    leave_run_user(&user);
     // Copy the result out of SPI's memory before SPI_finish frees it.
     Datum out = SPI_datumTransfer(HeapTupleGetDatum(tuple), false, -1);
     SPI_finish();

@@ -28,6 +28,8 @@ struct SendSpec {
     // remembered.
     int sync_id;                  // 0 for one-shot calls
     const char *sync_name;
+    Oid run_as;                   // run the source as this role (InvalidOid: as the caller)
+    bool commit_progress;         // a CALL outside a transaction block: commit as it goes
     // preview_sync: encode and compare only; rows go to rsinfo, nothing is
     // sent or written.
     bool preview;
