@@ -86,6 +86,16 @@ psql_demo -c "SELECT run_id, status, rows_read, sent, requests FROM amplitude_sy
            count(o.id) AS orders
     FROM users u LEFT JOIN orders o ON o.user_id = u.id GROUP BY u.id\$\$);"
 
+log "a saved sync: the first run sends every user, later runs only what changed"
+psql_demo <<'SQL'
+SELECT name, object, behaviour FROM amplitude_sync.create_sync('users-plan', 'amplitude', 'user',
+    $$SELECT id AS user_id, plan, country FROM users$$);
+CALL amplitude_sync.run_sync('users-plan');
+UPDATE users SET plan = 'team' WHERE id % 100 = 0;
+SELECT action, count(*) AS records FROM amplitude_sync.preview_sync('users-plan') GROUP BY 1;
+CALL amplitude_sync.run_sync('users-plan');
+SQL
+
 log "run history"
 psql_demo -c "SELECT run_id, function_name, endpoint, status, rows_read, sent, rejected, requests FROM amplitude_sync.sync_runs ORDER BY run_id;"
 

@@ -430,3 +430,33 @@ COMMENT ON FUNCTION amplitude_sync.preview_sync(pg_catalog.text, pg_catalog.bool
 
 -- Running a sync sends data out: like the one-shot functions, it needs a GRANT.
 REVOKE ALL ON PROCEDURE amplitude_sync.run_sync FROM PUBLIC;
+
+-- Scheduling with pg_cron (when it is installed): a job named
+-- "amplitude_sync:<sync>" that CALLs run_sync, as the role that schedules it.
+CREATE FUNCTION amplitude_sync.schedule_sync(name pg_catalog.text, schedule pg_catalog.text)
+RETURNS pg_catalog.int8 LANGUAGE plpgsql AS $$
+DECLARE
+    sync amplitude_sync.syncs := amplitude_sync._own_sync(schedule_sync.name);
+    job pg_catalog.int8;
+BEGIN
+    IF pg_catalog.to_regnamespace('cron') IS NULL THEN
+        RAISE EXCEPTION 'pg_cron is not installed in this database' USING ERRCODE = '55000',
+            HINT = 'Install pg_cron (shared_preload_libraries = ''pg_cron'', then CREATE EXTENSION pg_cron), or run CALL amplitude_sync.run_sync(...) from any scheduler.';
+    END IF;
+    EXECUTE 'SELECT cron.schedule($1, $2, $3)' INTO job
+        USING 'amplitude_sync:' OPERATOR(pg_catalog.||) sync.name, schedule,
+              pg_catalog.format('CALL amplitude_sync.run_sync(%L)', sync.name);
+    RETURN job;
+END $$;
+
+CREATE FUNCTION amplitude_sync.unschedule_sync(name pg_catalog.text)
+RETURNS pg_catalog.bool LANGUAGE plpgsql AS $$
+DECLARE
+    done pg_catalog.bool;
+BEGIN
+    IF pg_catalog.to_regnamespace('cron') IS NULL THEN
+        RAISE EXCEPTION 'pg_cron is not installed in this database' USING ERRCODE = '55000';
+    END IF;
+    EXECUTE 'SELECT cron.unschedule($1)' INTO done USING 'amplitude_sync:' OPERATOR(pg_catalog.||) name;
+    RETURN done;
+END $$;

@@ -5,10 +5,13 @@ SELECT mock_reset();
 SET client_min_messages = warning;
 CREATE EXTENSION pg_cron;
 RESET client_min_messages;
+\set SHOW_CONTEXT never
+SELECT amplitude_sync.schedule_sync('no_such_sync', '* * * * *');
+\set SHOW_CONTEXT errors
 CREATE TABLE cron_users AS SELECT 'cron-user-' || g AS user_id, 'gold' AS tier FROM generate_series(1, 5) g;
 SELECT name FROM amplitude_sync.create_sync('cron_users', 'amplitude_mock', 'user', 'cron_users');
-SELECT cron.schedule('amplitude-cron-users', '* * * * *',
-                     $$CALL amplitude_sync.run_sync('cron_users')$$) > 0 AS scheduled;
+-- schedule_sync() is a shortcut for cron.schedule() with the right command.
+SELECT amplitude_sync.schedule_sync('cron_users', '* * * * *') > 0 AS scheduled;
 SELECT jobname, schedule, command FROM cron.job;
 DO $$
 BEGIN
@@ -21,4 +24,4 @@ END $$;
 SELECT function_name, sync_name, run_by, status, rows_read, sent
 FROM amplitude_sync.sync_runs WHERE sync_name = 'cron_users' ORDER BY run_id LIMIT 1;
 SELECT count(*) AS profiles FROM mock_users() u WHERE u->>'user_id' LIKE 'cron-user-%';
-SELECT cron.unschedule('amplitude-cron-users');
+SELECT amplitude_sync.unschedule_sync('cron_users');

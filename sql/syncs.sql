@@ -191,6 +191,9 @@ CALL amplitude_sync.run_sync('alice_sync') \gset
 RESET ROLE;
 REVOKE regress_alice FROM regress_bob;
 
+-- Without pg_cron (it is created later, in cron.sql) scheduling says what to do.
+SELECT amplitude_sync.schedule_sync('users', '*/15 * * * *');
+
 -- drop_sync removes the sync and its state; its run history stays.
 SELECT amplitude_sync.drop_sync('clicks');
 SELECT count(*) AS syncs_left FROM amplitude_sync.syncs WHERE name = 'clicks';
