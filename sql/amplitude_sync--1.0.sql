@@ -36,6 +36,11 @@ CREATE TABLE amplitude_sync.sync_runs (
     requests      pg_catalog.int8 NOT NULL DEFAULT 0,
     retries       pg_catalog.int8 NOT NULL DEFAULT 0,
     bytes_sent    pg_catalog.int8 NOT NULL DEFAULT 0,
+    -- Where the time went: fetching and reading rows, encoding JSON, and
+    -- delivering (building requests and waiting on Amplitude).
+    read_seconds   pg_catalog.float8,
+    encode_seconds pg_catalog.float8,
+    send_seconds   pg_catalog.float8,
     error         pg_catalog.text
 );
 COMMENT ON TABLE amplitude_sync.sync_runs IS

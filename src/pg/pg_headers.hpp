@@ -20,6 +20,7 @@ extern "C" {
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "portability/instr_time.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"

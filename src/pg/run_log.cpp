@@ -226,6 +226,19 @@ void run_log_store_confirmed(RunLog *log, int sync_id, std::vector<ConfirmedReco
     confirmed->clear();
 }
 
+void run_log_timings(RunLog *log, double read_seconds, double encode_seconds, double send_seconds) {
+    OwnerScope scope;
+    become_owner(log, &scope);
+    Oid argtypes[4] = {INT8OID, FLOAT8OID, FLOAT8OID, FLOAT8OID};
+    Datum args[4] = {Int64GetDatum(log->run_id), Float8GetDatum(read_seconds), Float8GetDatum(encode_seconds),
+                     Float8GetDatum(send_seconds)};
+    if (SPI_execute_with_args("UPDATE amplitude_sync.sync_runs SET read_seconds = $2, encode_seconds = $3, "
+                              "send_seconds = $4 WHERE run_id = $1",
+                              4, argtypes, args, nullptr, false, 0) != SPI_OK_UPDATE)
+        elog(ERROR, "amplitude_sync: could not record the run's timings");
+    restore_user(&scope);
+}
+
 Datum run_log_elapsed(const RunLog *log) {
     Interval *elapsed = static_cast<Interval *>(palloc0(sizeof(Interval)));
     elapsed->time = GetCurrentTimestamp() - log->started_at;

@@ -40,5 +40,9 @@ void run_log_close_stale(const char *sync_name);
 void run_log_store_confirmed(RunLog *log, int sync_id,
                              std::vector<amplitude_sync::ConfirmedRecord> *confirmed);
 
+// Where the run's time went: reading rows, encoding JSON, delivering
+// (which includes waiting on Amplitude).
+void run_log_timings(RunLog *log, double read_seconds, double encode_seconds, double send_seconds);
+
 // Microseconds since the run started, as an interval Datum.
 Datum run_log_elapsed(const RunLog *log);

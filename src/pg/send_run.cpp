@@ -4,6 +4,7 @@
 // callback deletes it, so an ERROR anywhere (cancel, statement_timeout, a
 // bad row in the user's query) still closes every connection and frees
 // every buffer.
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
@@ -71,6 +72,9 @@ struct SendRun {
     bool preview = false;
     std::string signature;  // settings that shape the payload, part of the fingerprint
     uint64_t unchanged = 0;
+    // Where the time goes (reported in sync_runs): encoding rows into JSON,
+    // and handing records to the delivery, which includes waiting on Amplitude.
+    std::chrono::steady_clock::duration encode_time{}, send_time{};
 
     // The worst state of the channels: interrupted, stopped, failed, running.
     DeliveryState state() const {
@@ -156,7 +160,11 @@ enum class RowAction { kRejected, kUnchanged, kCreate, kUpdate };
 // (or the rejection) stays in run->record / run->rejection for a preview.
 RowAction encode_and_queue(SendRun *run, uint64_t row_number, const Value *values,
                            const char *state_key, const unsigned char *stored_fingerprint) {
-    if (!run->encoder->encode_row(row_number, values, run->record, run->rejection)) {
+    auto started = std::chrono::steady_clock::now();
+    bool encoded = run->encoder->encode_row(row_number, values, run->record, run->rejection);
+    auto encoded_at = std::chrono::steady_clock::now();
+    run->encode_time += encoded_at - started;
+    if (!encoded) {
         if (!run->preview) run->main->delivery.reject(std::move(run->rejection));
         return RowAction::kRejected;
     }
@@ -183,13 +191,18 @@ RowAction encode_and_queue(SendRun *run, uint64_t row_number, const Value *value
     if (run->preview) return action;
     if (run->events) queue_properties_event(run);
     run->main->delivery.add(std::move(run->record));
+    run->send_time += std::chrono::steady_clock::now() - encoded_at;
     return action;
 }
 
 void finish_run(SendRun *run) {
+    auto started = std::chrono::steady_clock::now();
     run->main->delivery.finish();
     if (run->events) run->events->delivery.finish();
+    run->send_time += std::chrono::steady_clock::now() - started;
 }
+
+double seconds(std::chrono::steady_clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
 std::vector<ColumnInput> column_inputs(TupleDesc desc, const ColumnReader *readers, int natts) {
     std::vector<ColumnInput> inputs;
@@ -256,6 +269,12 @@ TransportOptions transport_options(const AmpConnection &conn) {
     t.allow_plain_http = conn.allow_plain_http;
     t.verify_tls = conn.verify_tls;
     return t;
+}
+
+void add_elapsed(instr_time *total, instr_time started) {
+    instr_time now;
+    INSTR_TIME_SET_CURRENT(now);
+    INSTR_TIME_ACCUM_DIFF(*total, now, started);
 }
 
 // The user a run's queries execute as, and the one to return to.
@@ -379,20 +398,27 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
                                                       ALLOCSET_DEFAULT_SIZES);
     int64 rows_read = 0;
     int64 counts[4] = {0, 0, 0, 0};  // by RowAction
+    instr_time read_time;            // fetching rows and reading their values
+    INSTR_TIME_SET_ZERO(read_time);
     bool more = true;
     while (more && run->state() == DeliveryState::kRunning) {
         CHECK_FOR_INTERRUPTS();
         // A run that commits as it goes fetches less at a time, so it can
         // commit about once a second even when Amplitude is slow.
         long fetch_rows = spec->commit_progress ? kFetchRowsCommitting : kFetchRows;
+        instr_time read_started;
+        INSTR_TIME_SET_CURRENT(read_started);
         SPI_cursor_fetch(portal, true, fetch_rows);
+        add_elapsed(&read_time, read_started);
         more = SPI_processed == static_cast<uint64>(fetch_rows);
         SPITupleTable *table = SPI_tuptable;
         for (uint64 r = 0; r < SPI_processed && run->state() == DeliveryState::kRunning; ++r) {
             MemoryContext outer = MemoryContextSwitchTo(row_context);
+            INSTR_TIME_SET_CURRENT(read_started);
             heap_deform_tuple(table->vals[r], desc, datums, nulls);
             for (int i = 0; i < payload_natts; ++i)
                 read_column_value(&readers[i], datums[i], nulls[i], &values[i]);
+            add_elapsed(&read_time, read_started);
             const unsigned char *stored = nullptr;
             const char *record_key = nullptr;
             if (spec->sync_id) {
@@ -469,6 +495,9 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
     logged.requests = requests;
     logged.retries = retries;
     run_log_finish(&log, failed ? "failed" : "succeeded", rows_read, unchanged, &logged, error);
+    double encode_seconds = 0, send_seconds = 0;
+    AMP_CXX(encode_seconds = seconds(run->encode_time); send_seconds = seconds(run->send_time));
+    run_log_timings(&log, INSTR_TIME_GET_DOUBLE(read_time), encode_seconds, send_seconds);
 
     Datum result[10] = {Int64GetDatum(log.run_id),
                         CStringGetTextDatum(failed ? "failed" : "succeeded"),
