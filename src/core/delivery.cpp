@@ -15,6 +15,29 @@ using Clock = std::chrono::steady_clock;
 // connection busy, few enough that memory stays bounded.
 constexpr size_t kMaxWaitingBatches = 2;
 
+// Records added between two turns of the transport while rows are read.
+constexpr size_t kRecordsBetweenProgress = 8;
+
+// Sorted, distinct hashes of a batch's ordering keys. Two batches whose
+// lists meet may hold records of one device; a hash collision only makes a
+// batch wait without need.
+void index_keys_of(const std::vector<Record> &records, std::vector<uint64_t> &keys) {
+    keys.clear();
+    keys.reserve(records.size());
+    for (const Record &r : records) keys.push_back(std::hash<std::string>{}(r.ordering_key()));
+    std::sort(keys.begin(), keys.end());
+    keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+}
+
+bool share_a_key(const std::vector<uint64_t> &a, const std::vector<uint64_t> &b) {
+    auto i = a.begin(), j = b.begin();
+    while (i != a.end() && j != b.end()) {
+        if (*i == *j) return true;
+        if (*i < *j) ++i; else ++j;
+    }
+    return false;
+}
+
 long millis_until(Clock::time_point t) {
     auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(t - Clock::now()).count();
     return ms > 0 ? static_cast<long>(ms) : 0;
@@ -107,11 +130,58 @@ void Delivery::add(Record &&record) {
                     std::to_string(limits_.max_bytes) + " bytes)");
         return;
     }
-    if (!building_.records.empty() && !fits(building_, record.wire_bytes)) seal();
+    if (!building_.records.empty() && !fits(building_, record.wire_bytes)) {
+        auto started = Clock::now();
+        seal();
+        network_time_ += Clock::now() - started;
+    }
+    if (building_.records.empty()) building_.records.reserve(max_records_);
     building_.bytes += record.wire_bytes;
     building_.records.push_back(std::move(record));
-    if (building_.records.size() >= max_records_) seal();
+    if (building_.records.size() >= max_records_) {
+        auto started = Clock::now();
+        seal();
+        network_time_ += Clock::now() - started;
+    } else if (++since_progress_ >= kRecordsBetweenProgress) {
+        // Keep requests in flight moving while rows are read: curl only
+        // transfers when it is called.
+        since_progress_ = 0;
+        if (in_flight()) {
+            auto started = Clock::now();
+            progress();
+            network_time_ += Clock::now() - started;
+        }
+    }
 }
+
+void Delivery::progress() {
+    if (should_stop_ && should_stop_()) {
+        state_ = DeliveryState::kInterrupted;
+        error_ = "the call was interrupted";
+        return;
+    }
+    collect(-1);
+}
+
+// launch_ready() walks every queued record's key, so it runs only when an
+// answer freed a slot or a key (or a paused batch may be due: see pump).
+
+void Delivery::collect(int timeout_ms) {
+    done_.clear();
+    if (timeout_ms < 0) {
+        transport_.advance(done_);
+    } else {
+        transport_.wait(timeout_ms, done_);
+    }
+    for (auto &[slot, response] : done_) {
+        Queue::iterator batch = slots_[slot];
+        slots_[slot] = queue_.end();
+        handle(batch, response);
+    }
+    if (!done_.empty()) launch_ready();
+}
+
+void Delivery::index_keys(Batch &batch) { index_keys_of(batch.records, batch.keys); }
 
 void Delivery::reject(Rejection &&rejection) {
     (rejection.outcome == Outcome::kRejected ? stats_.rejected : stats_.not_sent)++;
@@ -119,6 +189,7 @@ void Delivery::reject(Rejection &&rejection) {
 }
 
 void Delivery::seal() {
+    index_keys(building_);
     queue_.push_back(std::move(building_));
     building_ = Batch{};
     launch_ready();
@@ -128,7 +199,14 @@ void Delivery::seal() {
 }
 
 void Delivery::finish() {
+    auto started = Clock::now();
+    finish_sending();
+    network_time_ += Clock::now() - started;
+}
+
+void Delivery::finish_sending() {
     if (!building_.records.empty() && state_ == DeliveryState::kRunning) {
+        index_keys(building_);
         queue_.push_back(std::move(building_));
         building_ = Batch{};
     }
@@ -151,33 +229,25 @@ bool Delivery::in_flight() const {
 
 void Delivery::launch_ready() {
     if (state_ != DeliveryState::kRunning) return;
-    // Keys of earlier unfinished batches: a batch sharing one must wait.
-    std::unordered_set<std::string_view> earlier_keys;
+    if (std::find(slots_.begin(), slots_.end(), queue_.end()) == slots_.end()) return;  // all busy
     auto now = Clock::now();
     for (auto it = queue_.begin(); it != queue_.end(); ++it) {
-        bool can_start = it->slot < 0 && now >= it->not_before;
-        if (can_start) {
-            for (const Record &r : it->records) {
-                if (earlier_keys.count(r.ordering_key())) {
-                    can_start = false;
-                    break;
-                }
-            }
-        }
-        if (can_start) {
-            auto free_slot = std::find(slots_.begin(), slots_.end(), queue_.end());
-            if (free_slot == slots_.end()) return;  // every slot busy
-            it->slot = static_cast<int>(free_slot - slots_.begin());
-            *free_slot = it;
-            format_.build(it->records, it->body);
-            transport_.start(static_cast<size_t>(it->slot), url_, format_.content_type(), it->body);
-            stats_.requests++;
-            stats_.bytes_sent += it->body.size();
-            if (it->tried) stats_.retries++;
-            it->tried = true;
-        }
-        if (std::next(it) != queue_.end())
-            for (const Record &r : it->records) earlier_keys.insert(r.ordering_key());
+        if (it->slot >= 0 || now < it->not_before) continue;
+        // A batch waits while an earlier unfinished one holds one of its keys.
+        bool blocked = false;
+        for (auto earlier = queue_.begin(); earlier != it && !blocked; ++earlier)
+            blocked = share_a_key(earlier->keys, it->keys);
+        if (blocked) continue;
+        auto free_slot = std::find(slots_.begin(), slots_.end(), queue_.end());
+        if (free_slot == slots_.end()) return;  // every slot busy
+        it->slot = static_cast<int>(free_slot - slots_.begin());
+        *free_slot = it;
+        format_.build(it->records, it->body);
+        transport_.start(static_cast<size_t>(it->slot), url_, format_.content_type(), it->body);
+        stats_.requests++;
+        stats_.bytes_sent += it->body.size();
+        if (it->tried) stats_.retries++;
+        it->tried = true;
     }
 }
 
@@ -195,17 +265,11 @@ void Delivery::pump(int timeout_ms) {
         if (b.slot < 0 && b.not_before > now)
             timeout_ms = static_cast<int>(std::min<long>(timeout_ms, std::max(1L, millis_until(b.not_before))));
     }
-    done_.clear();
-    transport_.wait(timeout_ms, done_);
-    for (auto &[slot, response] : done_) {
-        Queue::iterator batch = slots_[slot];
-        slots_[slot] = queue_.end();
-        handle(batch, response);
-    }
-    launch_ready();
+    collect(timeout_ms);
 }
 
 void Delivery::requeue(Queue::iterator at, Batch &&batch) {
+    index_keys(batch);
     batch.slot = -1;
     batch.tried = true;
     batch.body.clear();

@@ -116,6 +116,8 @@ public:
     void finish();
 
     DeliveryState state() const { return state_; }
+    // Time spent building requests, moving them and waiting for answers.
+    std::chrono::steady_clock::duration network_time() const { return network_time_; }
     const std::string &error() const { return error_; }
     const DeliveryStats &stats() const { return stats_; }
     // Rejections since the last call; the caller stores and clears them.
@@ -135,12 +137,17 @@ private:
         Clock::time_point not_before{};
         Clock::time_point first_failure{};
         std::string body;  // while in flight
+        std::vector<uint64_t> keys;  // hashes of the ordering keys, sorted
     };
     using Queue = std::list<Batch>;
 
     bool fits(const Batch &batch, size_t record_bytes) const;
+    static void index_keys(Batch &batch);
     void seal();
+    void finish_sending();
     void pump(int timeout_ms);
+    void progress();  // moves requests in flight along without waiting
+    void collect(int timeout_ms);  // waits (not at all if < 0) for answers and handles them
     void launch_ready();
     void handle(Queue::iterator batch, const HttpResponse &response);
     // Puts batch (or what is left of it) back in the queue at position at.
@@ -163,6 +170,8 @@ private:
     Queue queue_;                           // query order; finished batches leave it
     std::vector<Queue::iterator> slots_;    // in-flight batch per slot, or queue_.end()
     size_t max_records_;  // lowered after a 413
+    size_t since_progress_ = 0;
+    Clock::duration network_time_{};
     DeliveryState state_ = DeliveryState::kRunning;
     std::string error_;
     DeliveryStats stats_;

@@ -325,12 +325,7 @@ bool EventEncoder::finish_row(Record &record, Rejection &rejection) {
     record.device_id = identity_.device_id;
     record.insert_id = identity_.insert_id;
     record.event_type = identity_.event_type;
-    if (!rejected_) return true;
-    rejection.record = record;
-    rejection.outcome = Outcome::kRejected;
-    rejection.field = reject_field_;
-    rejection.reason = reject_reason_;
-    return false;
+    return finish_encoding(record, rejected_, reject_field_, reject_reason_, rejection);
 }
 
 }  // namespace amplitude_sync

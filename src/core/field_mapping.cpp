@@ -121,6 +121,16 @@ void check_column_type(const ColumnPlan &p, const std::string &amplitude_name) {
     }
 }
 
+bool finish_encoding(const Record &record, bool rejected, const std::string &field,
+                     const std::string &reason, Rejection &rejection) {
+    if (!rejected) return true;
+    rejection.record = record;
+    rejection.outcome = Outcome::kRejected;
+    rejection.field = field;
+    rejection.reason = reason;
+    return false;
+}
+
 bool value_as_text(const Value &v, std::string &scratch, std::string_view &text,
                    std::string &reason) {
     if (v.category == TypeCategory::kText || v.category == TypeCategory::kOther) {

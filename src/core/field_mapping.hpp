@@ -97,6 +97,11 @@ bool value_as_text(const Value &v, std::string &scratch, std::string_view &text,
 // An ID quoted for a message, cut short so a huge value cannot flood a log.
 std::string quoted_for_message(std::string_view id);
 
+// The end of every encode_row: true for an accepted row, or false with the
+// rejection filled from the row's record, field and reason.
+bool finish_encoding(const Record &record, bool rejected, const std::string &field,
+                     const std::string &reason, Rejection &rejection);
+
 // Throws the PlanError for a column whose type does not fit its role.
 void check_column_type(const ColumnPlan &plan, const std::string &amplitude_name);
 

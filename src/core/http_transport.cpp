@@ -90,6 +90,12 @@ public:
         collect(done);
     }
 
+    void advance(std::vector<std::pair<size_t, HttpResponse>> &done) override {
+        int running = 0;
+        curl_multi_perform(multi_, &running);
+        collect(done);
+    }
+
 private:
     void configure(CURL *easy) {
         curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);

@@ -29,6 +29,8 @@ public:
                        const std::string &body) = 0;
     // Waits at most timeout_ms for answers; appends (slot, answer) pairs.
     virtual void wait(int timeout_ms, std::vector<std::pair<size_t, HttpResponse>> &done) = 0;
+    // Moves transfers along without waiting or polling; appends finished ones.
+    virtual void advance(std::vector<std::pair<size_t, HttpResponse>> &done) { wait(0, done); }
 };
 
 // Throws std::runtime_error when libcurl cannot be set up.

@@ -365,12 +365,7 @@ bool IdentifyEncoder::encode_row(uint64_t row_number, const Value *values, Recor
     record.group_type = identity_.group_type;
     record.group_value = identity_.group_value;
     record.group_key = identity_.group_type + '\x1f' + identity_.group_value;
-    if (!rejected_) return true;
-    rejection.record = record;
-    rejection.outcome = Outcome::kRejected;
-    rejection.field = reject_field_;
-    rejection.reason = reject_reason_;
-    return false;
+    return finish_encoding(record, rejected_, reject_field_, reject_reason_, rejection);
 }
 
 }  // namespace amplitude_sync

@@ -61,6 +61,18 @@ bool nulls_arg(FunctionCallInfo fcinfo, int arg) {
     return false;
 }
 
+// /2/httpapi (< 1 MB per request, 30 s throttle pause) or /batch (20 MB, 15 s).
+SendSpec events_spec(bool batch_api) {
+    SendSpec spec{};
+    spec.kind = SendKind::kEvents;
+    spec.endpoint_path = batch_api ? "/batch" : "/2/httpapi";
+    spec.max_records = 2000;
+    spec.max_bytes = batch_api ? 20000000 : 1000000 - 1;
+    spec.throttle_pause_ms = batch_api ? 15000 : 30000;
+    spec.min_id_length = 5;
+    return spec;
+}
+
 SendSpec identify_spec(SendKind kind, const char *function_name, const char *path) {
     SendSpec spec{};
     spec.kind = kind;
@@ -135,14 +147,9 @@ void load_saved_sync(const char *name, SavedSync *sync) {
 
 SendSpec sync_spec(const SavedSync *sync) {
     SendKind kind = kind_of_object(sync->object);
-    SendSpec spec{};
+    SendSpec spec;
     if (kind == SendKind::kEvents) {
-        bool batch = strcmp(sync->api, "batch") == 0;
-        spec.kind = kind;
-        spec.endpoint_path = batch ? "/batch" : "/2/httpapi";
-        spec.max_bytes = batch ? 20000000 : 1000000 - 1;
-        spec.throttle_pause_ms = batch ? 15000 : 30000;
-        spec.max_records = 2000;
+        spec = events_spec(strcmp(sync->api, "batch") == 0);
     } else {
         spec = identify_spec(kind, "run_sync", kind == SendKind::kGroup ? "/groupidentify" : "/identify");
         spec.max_records = 1024;
@@ -159,6 +166,17 @@ SendSpec sync_spec(const SavedSync *sync) {
     return spec;
 }
 
+// The sync owner's connection: USAGE on the server and the user mapping
+// are the owner's, whoever runs the sync.
+void load_owner_connection(const SavedSync *sync, AmpConnection *conn) {
+    Oid saved_user;
+    int saved_context;
+    GetUserIdAndSecContext(&saved_user, &saved_context);
+    SetUserIdAndSecContext(sync->owner, saved_context | SECURITY_LOCAL_USERID_CHANGE);
+    load_connection(sync->server, conn);
+    SetUserIdAndSecContext(saved_user, saved_context);
+}
+
 // Advisory-lock key class for "a run of this sync is in progress".
 constexpr int32 kRunLockClass = 0x414d5053;  // "AMPS"
 
@@ -172,21 +190,17 @@ PG_FUNCTION_INFO_V1(amplitude_sync_send_events);
 //                       min_id_length int) RETURNS amplitude_sync.run_report
 Datum amplitude_sync_send_events(PG_FUNCTION_ARGS) {
     const char *server_name = server_arg(fcinfo);
-    SendSpec spec{};
-    spec.kind = SendKind::kEvents;
-    spec.function_name = "amplitude_send_events";
-    spec.query = text_arg(fcinfo, 1, "query");
     const char *api = text_arg(fcinfo, 2, "api");
-    spec.max_records = int_arg(fcinfo, 3, "batch_size", 1, 2000);
-    spec.min_id_length = int_arg(fcinfo, 4, "min_id_length", 1, 1000);
     bool use_batch_api = strcmp(api, "batch") == 0;
     if (!use_batch_api && strcmp(api, "httpapi") != 0)
         ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
                         errmsg("invalid value for argument \"api\": \"%s\"", api),
                         errhint("Use \"httpapi\" (/2/httpapi, near real time) or \"batch\" (/batch, for backfills).")));
-    spec.endpoint_path = use_batch_api ? "/batch" : "/2/httpapi";
-    spec.max_bytes = use_batch_api ? 20000000 : 1000000 - 1;
-    spec.throttle_pause_ms = use_batch_api ? 15000 : 30000;
+    SendSpec spec = events_spec(use_batch_api);
+    spec.function_name = "amplitude_send_events";
+    spec.query = text_arg(fcinfo, 1, "query");
+    spec.max_records = int_arg(fcinfo, 3, "batch_size", 1, 2000);
+    spec.min_id_length = int_arg(fcinfo, 4, "min_id_length", 1, 1000);
 
     AmpConnection conn;
     load_connection(server_name, &conn);
@@ -248,12 +262,7 @@ PG_FUNCTION_INFO_V1(amplitude_sync_check_source);
 Datum amplitude_sync_check_source(PG_FUNCTION_ARGS) {
     const char *object = text_arg(fcinfo, 0, "object");
     SendKind kind = kind_of_object(object);
-    SendSpec spec = kind == SendKind::kEvents ? SendSpec{} : identify_spec(kind, "check", "/identify");
-    spec.kind = kind;
-    spec.endpoint_path = kind == SendKind::kEvents ? "/2/httpapi" : spec.endpoint_path;
-    spec.max_records = 1;
-    spec.max_bytes = 1000000;
-    spec.min_id_length = 5;
+    SendSpec spec = kind == SendKind::kEvents ? events_spec(false) : identify_spec(kind, "check", "/identify");
     spec.query = text_arg(fcinfo, 1, "source");
     spec.operations_json = jsonb_arg(fcinfo, 2);
     spec.nulls_unset = nulls_arg(fcinfo, 3);
@@ -293,14 +302,8 @@ Datum amplitude_sync_run_sync(PG_FUNCTION_ARGS) {
         if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
         run_log_close_stale(sync.name);
         SPI_finish();
-        // The connection (server USAGE, user mapping) is the owner's.
-        Oid saved_user;
-        int saved_context;
-        GetUserIdAndSecContext(&saved_user, &saved_context);
-        SetUserIdAndSecContext(sync.owner, saved_context | SECURITY_LOCAL_USERID_CHANGE);
         AmpConnection conn;
-        load_connection(sync.server, &conn);
-        SetUserIdAndSecContext(saved_user, saved_context);
+        load_owner_connection(&sync, &conn);
         SendSpec spec = sync_spec(&sync);
         spec.run_as = sync.owner;
         spec.commit_progress = nonatomic;
@@ -325,13 +328,8 @@ Datum amplitude_sync_preview_sync(PG_FUNCTION_ARGS) {
                         errmsg("preview_sync must be called in the FROM clause")));
     SavedSync sync;
     load_saved_sync(name, &sync);
-    Oid saved_user;
-    int saved_context;
-    GetUserIdAndSecContext(&saved_user, &saved_context);
-    SetUserIdAndSecContext(sync.owner, saved_context | SECURITY_LOCAL_USERID_CHANGE);
     AmpConnection conn;
-    load_connection(sync.server, &conn);
-    SetUserIdAndSecContext(saved_user, saved_context);
+    load_owner_connection(&sync, &conn);
     SendSpec spec = sync_spec(&sync);
     spec.run_as = sync.owner;
     spec.preview = true;
