@@ -29,7 +29,7 @@ include $(PGXS)
 
 # Pure C++ core unit tests (GoogleTest); they never see postgres.h.
 UNIT_TEST_BIN = test/unit/unit_tests
-$(UNIT_TEST_BIN): $(CORE_SRCS) $(wildcard src/core/*.hpp) $(wildcard test/unit/*.cpp)
+$(UNIT_TEST_BIN): $(CORE_SRCS) $(wildcard src/core/*.hpp) $(wildcard test/unit/*.cpp) $(wildcard test/unit/*.hpp)
 	$(CXX) -std=c++17 -O1 -g -Wall -Wextra -Werror -Isrc/core -o $@ \
 		$(sort $(wildcard test/unit/*.cpp)) $(CORE_SRCS) -lgtest -lgtest_main -lpthread -lcurl -lxxhash
 

@@ -168,12 +168,13 @@ void run_log_close_stale(const char *sync_name) {
 }
 
 void run_log_finish(RunLog *log, const char *status, int64 rows_read, int64 unchanged,
-                    const amplitude_sync::DeliveryStats *stats, const char *error) {
+                    const amplitude_sync::DeliveryStats *stats, const char *error,
+                    const RunTimings *timings) {
     OwnerScope scope;
     become_owner(log, &scope);
-    Oid argtypes[11] = {INT8OID, TEXTOID, INT8OID, INT8OID, INT8OID,
-                        INT8OID, INT8OID, INT8OID, INT8OID, TEXTOID, INT8OID};
-    Datum args[11] = {Int64GetDatum(log->run_id),
+    Oid argtypes[14] = {INT8OID, TEXTOID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID,
+                        INT8OID, INT8OID, TEXTOID, INT8OID, FLOAT8OID, FLOAT8OID, FLOAT8OID};
+    Datum args[14] = {Int64GetDatum(log->run_id),
                       CStringGetTextDatum(status),
                       Int64GetDatum(rows_read),
                       Int64GetDatum(static_cast<int64>(stats->sent)),
@@ -183,14 +184,18 @@ void run_log_finish(RunLog *log, const char *status, int64 rows_read, int64 unch
                       Int64GetDatum(static_cast<int64>(stats->retries)),
                       Int64GetDatum(static_cast<int64>(stats->bytes_sent)),
                       error ? CStringGetTextDatum(error) : (Datum)0,
-                      Int64GetDatum(unchanged)};
-    char nulls[12] = "           ";
+                      Int64GetDatum(unchanged),
+                      Float8GetDatum(timings->read_seconds),
+                      Float8GetDatum(timings->encode_seconds),
+                      Float8GetDatum(timings->send_seconds)};
+    char nulls[15] = "              ";
     if (!error) nulls[9] = 'n';
     int rc = SPI_execute_with_args(
         "UPDATE amplitude_sync.sync_runs SET status = $2, finished_at = pg_catalog.clock_timestamp(), "
         "rows_read = $3, sent = $4, rejected = $5, not_sent = $6, requests = $7, retries = $8, "
-        "bytes_sent = $9, error = $10, unchanged = $11 WHERE run_id = $1",
-        11, argtypes, args, nulls, false, 0);
+        "bytes_sent = $9, error = $10, unchanged = $11, read_seconds = $12, encode_seconds = $13, "
+        "send_seconds = $14 WHERE run_id = $1",
+        14, argtypes, args, nulls, false, 0);
     if (rc != SPI_OK_UPDATE) elog(ERROR, "amplitude_sync: could not record the run's end");
     restore_user(&scope);
 }
@@ -224,19 +229,6 @@ void run_log_store_confirmed(RunLog *log, int sync_id, std::vector<ConfirmedReco
     if (rc != SPI_OK_INSERT) elog(ERROR, "amplitude_sync: could not remember the confirmed records");
     restore_user(&scope);
     confirmed->clear();
-}
-
-void run_log_timings(RunLog *log, double read_seconds, double encode_seconds, double send_seconds) {
-    OwnerScope scope;
-    become_owner(log, &scope);
-    Oid argtypes[4] = {INT8OID, FLOAT8OID, FLOAT8OID, FLOAT8OID};
-    Datum args[4] = {Int64GetDatum(log->run_id), Float8GetDatum(read_seconds), Float8GetDatum(encode_seconds),
-                     Float8GetDatum(send_seconds)};
-    if (SPI_execute_with_args("UPDATE amplitude_sync.sync_runs SET read_seconds = $2, encode_seconds = $3, "
-                              "send_seconds = $4 WHERE run_id = $1",
-                              4, argtypes, args, nullptr, false, 0) != SPI_OK_UPDATE)
-        elog(ERROR, "amplitude_sync: could not record the run's timings");
-    restore_user(&scope);
 }
 
 Datum run_log_elapsed(const RunLog *log) {

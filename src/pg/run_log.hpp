@@ -25,9 +25,18 @@ void run_log_start(RunLog *log, const char *function_name, const char *server_na
 // Stores the rejections and empties the vector.
 void run_log_store_rejections(RunLog *log, std::vector<amplitude_sync::Rejection> *rejections);
 
-// Marks the run finished with its counts.
+// Where a run's time went: reading rows, encoding JSON, delivering (which
+// includes waiting on Amplitude).
+struct RunTimings {
+    double read_seconds;
+    double encode_seconds;
+    double send_seconds;
+};
+
+// Marks the run finished with its counts and timings.
 void run_log_finish(RunLog *log, const char *status, int64 rows_read, int64 unchanged,
-                    const amplitude_sync::DeliveryStats *stats, const char *error);
+                    const amplitude_sync::DeliveryStats *stats, const char *error,
+                    const RunTimings *timings);
 
 // Records a running sync's counts so far (seen by others once committed).
 void run_log_progress(RunLog *log, int64 rows_read, int64 unchanged, const amplitude_sync::DeliveryStats *stats);
@@ -39,10 +48,6 @@ void run_log_close_stale(const char *sync_name);
 // Remembers a saved sync's confirmed records (and empties the vector).
 void run_log_store_confirmed(RunLog *log, int sync_id,
                              std::vector<amplitude_sync::ConfirmedRecord> *confirmed);
-
-// Where the run's time went: reading rows, encoding JSON, delivering
-// (which includes waiting on Amplitude).
-void run_log_timings(RunLog *log, double read_seconds, double encode_seconds, double send_seconds);
 
 // Microseconds since the run started, as an interval Datum.
 Datum run_log_elapsed(const RunLog *log);

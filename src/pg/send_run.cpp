@@ -498,13 +498,12 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
     DeliveryStats logged = *stats;
     logged.requests = requests;
     logged.retries = retries;
-    run_log_finish(&log, failed ? "failed" : "succeeded", rows_read, unchanged, &logged, error);
-    double encode_seconds = 0, send_seconds = 0;
-    AMP_CXX(encode_seconds = seconds(run->encode_time);
-            send_seconds = seconds(run->main->delivery.network_time() +
-                                   (run->events ? run->events->delivery.network_time()
-                                                : std::chrono::steady_clock::duration{})));
-    run_log_timings(&log, INSTR_TIME_GET_DOUBLE(read_time), encode_seconds, send_seconds);
+    RunTimings timings = {INSTR_TIME_GET_DOUBLE(read_time), 0, 0};
+    AMP_CXX(timings.encode_seconds = seconds(run->encode_time);
+            timings.send_seconds = seconds(run->main->delivery.network_time() +
+                                           (run->events ? run->events->delivery.network_time()
+                                                        : std::chrono::steady_clock::duration{})));
+    run_log_finish(&log, failed ? "failed" : "succeeded", rows_read, unchanged, &logged, error, &timings);
 
     Datum result[10] = {Int64GetDatum(log.run_id),
                         CStringGetTextDatum(failed ? "failed" : "succeeded"),

@@ -3,6 +3,7 @@
 // event text EventEncoder::encode_row writes for a row or the reason it
 // refuses the row.
 #include "event_encoder.hpp"
+#include "field_mapping_support.hpp"
 
 #include <gtest/gtest.h>
 
@@ -14,94 +15,25 @@
 #include <vector>
 
 using namespace amplitude_sync;
+using namespace amplitude_sync::test;
 using TC = TypeCategory;
 
 namespace {
 
-ColumnInput Col(const std::string &name, TypeCategory category) { return {name, category}; }
-
 // The PlanError plan_event_columns throws (sqlstate "none" when it does not).
-struct PlanFailure {
-    std::string sqlstate = "none", message, detail, hint;
-};
-
 PlanFailure PlanFails(const std::vector<ColumnInput> &columns) {
-    PlanFailure f;
-    try {
-        plan_event_columns(columns);
-    } catch (const PlanError &e) {
-        f.sqlstate = e.sqlstate;
-        f.message = e.what();
-        f.detail = e.detail;
-        f.hint = e.hint;
-    }
-    return f;
-}
-
-// {"a":{"a":...{}}} with the given container depth.
-std::string NestedObject(int depth) {
-    std::string s = "{}";
-    for (int k = 1; k < depth; ++k) s = "{\"a\":" + s + "}";
-    return s;
+    return FailureOf([&] { plan_event_columns(columns); });
 }
 
 // Builds column values; text values point into storage that lives as long as
 // the fixture.
-class EncoderTest : public testing::Test {
+class EncoderTest : public testing::Test, protected ValueBuilder {
 protected:
     struct Encoded {
         bool ok = false;
         Record record;
         Rejection rejection;
     };
-
-    static Value Null() { return Value{}; }
-    static Value Of(TC c) {
-        Value v;
-        v.category = c;
-        v.is_null = false;
-        return v;
-    }
-    static Value Int(int64_t i) {
-        Value v = Of(TC::kInteger);
-        v.i = i;
-        return v;
-    }
-    static Value Float(double d) {
-        Value v = Of(TC::kFloat);
-        v.d = d;
-        return v;
-    }
-    static Value Bool(bool b) {
-        Value v = Of(TC::kBool);
-        v.b = b;
-        return v;
-    }
-    static Value Micros(TC c, int64_t i, bool infinite = false) {
-        Value v = Of(c);
-        v.i = i;
-        v.infinite = infinite;
-        return v;
-    }
-    Value TextLike(TC c, std::string s) {
-        const std::string &kept = storage_.emplace_back(std::move(s));
-        Value v = Of(c);
-        v.text = kept.data();
-        v.text_len = kept.size();
-        return v;
-    }
-    Value Text(std::string s) { return TextLike(TC::kText, std::move(s)); }
-    Value Jsonb(std::string s) { return TextLike(TC::kJsonb, std::move(s)); }
-    Value Numeric(std::string s) { return TextLike(TC::kNumeric, std::move(s)); }
-    Value TextArray(const std::vector<std::string> &items) {
-        auto &elements = arrays_.emplace_back();
-        for (const std::string &s : items) elements.push_back(Text(s));
-        Value v = Of(TC::kArray);
-        v.elements = elements.data();
-        v.ndims = 1;
-        v.dims[0] = static_cast<int>(elements.size());
-        return v;
-    }
 
     static Encoded EncodeWith(EventEncoder &encoder, const std::vector<Value> &values,
                               uint64_t row_number = 7) {
@@ -125,9 +57,6 @@ protected:
         return without_closing_brace + ",\"insert_id\":\"" +
                derive_insert_id(without_closing_brace) + "\"}";
     }
-
-    std::deque<std::string> storage_;
-    std::deque<std::vector<Value>> arrays_;
 };
 
 using EventColumns = std::vector<ColumnInput>;

@@ -3,6 +3,7 @@
 // SQLSTATEs), and the exact identification text IdentifyEncoder writes for a
 // row (or why it refuses the row), with the Record fields the delivery uses.
 #include "identify_encoder.hpp"
+#include "field_mapping_support.hpp"
 
 #include <gtest/gtest.h>
 
@@ -17,14 +18,13 @@
 #include <vector>
 
 using namespace amplitude_sync;
+using namespace amplitude_sync::test;
 using TC = TypeCategory;
 
 namespace {
 
 using Ops = std::vector<std::pair<std::string, std::string>>;
 using Columns = std::vector<ColumnInput>;
-
-ColumnInput Col(const std::string &name, TypeCategory category) { return {name, category}; }
 
 IdentifyOptions Opts(ProfileObject object, Ops operations = {}, bool nulls_unset = false,
                      int min_id_length = 5) {
@@ -40,25 +40,6 @@ const IdentifyOptions kUser = Opts(ProfileObject::kUser);
 const IdentifyOptions kDevice = Opts(ProfileObject::kDevice);
 const IdentifyOptions kGroup = Opts(ProfileObject::kGroup);
 
-// The PlanError a call throws (sqlstate "none" when it does not throw).
-struct PlanFailure {
-    std::string sqlstate = "none", message, detail, hint;
-};
-
-template <class F>
-PlanFailure FailureOf(F &&f) {
-    PlanFailure out;
-    try {
-        f();
-    } catch (const PlanError &e) {
-        out.sqlstate = e.sqlstate;
-        out.message = e.what();
-        out.detail = e.detail;
-        out.hint = e.hint;
-    }
-    return out;
-}
-
 PlanFailure PlanFails(const Columns &columns, const IdentifyOptions &options) {
     return FailureOf([&] { plan_identify_columns(columns, options); });
 }
@@ -72,13 +53,6 @@ Ops Sorted(Ops ops) {
     return ops;
 }
 
-// {"a":{"a":...{}}} with the given container depth.
-std::string NestedObject(int depth) {
-    std::string s = "{}";
-    for (int k = 1; k < depth; ++k) s = "{\"a\":" + s + "}";
-    return s;
-}
-
 // 2024-05-01T10:00:00Z in PostgreSQL microseconds (from 2000-01-01).
 constexpr int64_t kMay1st10h = (1714557600LL - 946684800LL) * 1000000LL;
 
@@ -88,7 +62,7 @@ const char *const kGroupOpList = "$set, $setOnce, $add, $append, $prepend, $unse
 
 // Column values; text values point into storage that lives as long as the
 // fixture.
-class IdentifyTest : public testing::Test {
+class IdentifyTest : public testing::Test, protected ValueBuilder {
 protected:
     struct Encoded {
         bool ok = false;
@@ -96,54 +70,6 @@ protected:
         Rejection rejection;
         std::string properties;  // last_properties() after the row
     };
-
-    static Value Null() { return Value{}; }
-    static Value Of(TC c) {
-        Value v;
-        v.category = c;
-        v.is_null = false;
-        return v;
-    }
-    static Value Int(int64_t i) {
-        Value v = Of(TC::kInteger);
-        v.i = i;
-        return v;
-    }
-    static Value Float(double d) {
-        Value v = Of(TC::kFloat);
-        v.d = d;
-        return v;
-    }
-    static Value Bool(bool b) {
-        Value v = Of(TC::kBool);
-        v.b = b;
-        return v;
-    }
-    static Value TimestampTz(int64_t micros) {
-        Value v = Of(TC::kTimestampTz);
-        v.i = micros;
-        return v;
-    }
-    Value TextLike(TC c, std::string s) {
-        const std::string &kept = storage_.emplace_back(std::move(s));
-        Value v = Of(c);
-        v.text = kept.data();
-        v.text_len = kept.size();
-        return v;
-    }
-    Value Text(std::string s) { return TextLike(TC::kText, std::move(s)); }
-    Value Jsonb(std::string s) { return TextLike(TC::kJsonb, std::move(s)); }
-    Value Json(std::string s) { return TextLike(TC::kJson, std::move(s)); }
-    Value Numeric(std::string s) { return TextLike(TC::kNumeric, std::move(s)); }
-    Value TextArray(const std::vector<std::string> &items) {
-        auto &elements = arrays_.emplace_back();
-        for (const std::string &s : items) elements.push_back(Text(s));
-        Value v = Of(TC::kArray);
-        v.elements = elements.data();
-        v.ndims = 1;
-        v.dims[0] = static_cast<int>(elements.size());
-        return v;
-    }
 
     static Encoded EncodeWith(IdentifyEncoder &encoder, const std::vector<Value> &values,
                               uint64_t row_number = 7) {
@@ -164,9 +90,6 @@ protected:
         return e.ok ? e.record.json
                     : "<rejected " + e.rejection.field + ": " + e.rejection.reason + ">";
     }
-
-    std::deque<std::string> storage_;
-    std::deque<std::vector<Value>> arrays_;
 };
 
 }  // namespace
