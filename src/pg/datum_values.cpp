@@ -114,8 +114,11 @@ void init_column_reader(ColumnReader *reader, Oid type_oid) {
 }
 
 void read_column_value(const ColumnReader *reader, Datum datum, bool is_null, Value *value) {
-    *value = Value{};
+    // Only the fields the category uses are set (this runs for every column
+    // of every row; a whole-struct reset showed in profiles).
     value->category = reader->category;
+    value->is_null = is_null;
+    value->infinite = false;
     if (is_null) return;
     if (reader->category != TypeCategory::kArray) {
         read_scalar(reader->category, reader->type_oid, &reader->output, datum, value);
