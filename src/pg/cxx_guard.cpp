@@ -9,8 +9,15 @@
 
 namespace {
 
+// Copies at most size - 1 bytes and always terminates. Not strlcpy: the
+// PostgreSQL 17/18 headers built for newer glibc declare it as glibc's, which
+// Debian 12's glibc 2.36 lacks (test/pg_versions.sh builds against them).
 void copy_text(char *dst, size_t size, const char *src) noexcept {
-    strlcpy(dst, src ? src : "", size);
+    if (size == 0) return;
+    const char *text = src ? src : "";
+    const size_t len = strnlen(text, size - 1);
+    memcpy(dst, text, len);
+    dst[len] = '\0';
 }
 
 }  // namespace
