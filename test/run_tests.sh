@@ -48,5 +48,8 @@ else
     echo "no trace of the key in $(wc -l <"$HARNESS_DIR/server.log") log lines"
 fi
 
+# The same suite on PostgreSQL 17 and 18, assembled from pinned packages.
+"$HARNESS_REPO/test/pg_versions.sh" || failed=1
+
 if [ "$failed" = 0 ]; then log "all tests passed"; else log "TESTS FAILED"; fi
 exit "$failed"
