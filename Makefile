@@ -2,7 +2,7 @@
 # against a running cluster (test/run_tests.sh does all of it from scratch).
 EXTENSION = amplitude_sync
 MODULE_big = amplitude_sync
-DATA = sql/amplitude_sync--1.0.sql
+DATA = sql/amplitude_sync--1.0.sql sql/amplitude_sync--1.1.sql sql/amplitude_sync--1.0--1.1.sql
 
 CORE_SRCS = $(sort $(wildcard src/core/*.cpp))
 GLUE_SRCS = $(sort $(wildcard src/pg/*.cpp))

@@ -1,5 +1,7 @@
 #include "run_log.hpp"
 
+#include "role_scope.hpp"
+
 #include <cstring>
 #include <string>
 
@@ -12,19 +14,21 @@ namespace {
 // Payloads above this size are not kept (the reason still says why).
 constexpr size_t kMaxStoredPayload = 1000000;
 
-struct OwnerScope {
-    Oid saved_user;
-    int saved_context;
+// Per-record work (arrays of the batch, converted text) lives here and is
+// freed when the batch is stored, so memory stays flat over long runs.
+struct BatchMemory {
+    MemoryContext context;
+    MemoryContext outer;
 };
 
-void become_owner(const RunLog *log, OwnerScope *scope) {
-    GetUserIdAndSecContext(&scope->saved_user, &scope->saved_context);
-    SetUserIdAndSecContext(log->owner, scope->saved_context | SECURITY_LOCAL_USERID_CHANGE |
-                                           SECURITY_RESTRICTED_OPERATION);
+void enter_batch_memory(BatchMemory *memory) {
+    memory->context = AllocSetContextCreate(CurrentMemoryContext, "amplitude_sync batch", ALLOCSET_DEFAULT_SIZES);
+    memory->outer = MemoryContextSwitchTo(memory->context);
 }
 
-void restore_user(const OwnerScope *scope) {
-    SetUserIdAndSecContext(scope->saved_user, scope->saved_context);
+void leave_batch_memory(const BatchMemory *memory) {
+    MemoryContextSwitchTo(memory->outer);
+    MemoryContextDelete(memory->context);
 }
 
 // UTF-8 text from the core as a text Datum in the database encoding.
@@ -34,57 +38,53 @@ Datum text_datum(const std::string &s) {
                                               : cstring_to_text(server));
 }
 
-Oid extension_owner() {
-    Oid ext = get_extension_oid("amplitude_sync", false);
-    bool isnull;
-    Oid argtypes[1] = {OIDOID};
-    Datum args[1] = {ObjectIdGetDatum(ext)};
-    if (SPI_execute_with_args("SELECT extowner FROM pg_catalog.pg_extension WHERE oid = $1", 1,
-                              argtypes, args, nullptr, true, 1) != SPI_OK_SELECT ||
-        SPI_processed != 1)
-        elog(ERROR, "amplitude_sync: extension owner not found");
-    return DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-}
-
 }  // namespace
 
 void run_log_start(RunLog *log, const char *function_name, const char *server_name,
-                   const char *endpoint, const char *sync_name) {
-    log->owner = extension_owner();
+                   const char *endpoint, int sync_id, const char *sync_name, const char *status,
+                   const char *error) {
     log->started_at = GetCurrentTimestamp();
     Oid run_by = GetUserId();
 
-    OwnerScope scope;
-    become_owner(log, &scope);
+    RoleScope scope;
+    enter_extension_scope(&scope);
     if (amplitude_sync_history_days > 0) {
         Oid days_type[1] = {INT4OID};
         Datum days[1] = {Int32GetDatum(amplitude_sync_history_days)};
-        if (SPI_execute_with_args("DELETE FROM amplitude_sync.sync_runs WHERE started_at < "
-                                  "pg_catalog.now() - pg_catalog.make_interval(days => $1)",
+        if (SPI_execute_with_args("DELETE FROM amplitude_sync.sync_runs WHERE started_at OPERATOR(pg_catalog.<) "
+                                  "(pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(days => $1))",
                                   1, days_type, days, nullptr, false, 0) != SPI_OK_DELETE)
             elog(ERROR, "amplitude_sync: could not prune the run history");
     }
-    Oid argtypes[6] = {TEXTOID, TEXTOID, TEXTOID, OIDOID, TIMESTAMPTZOID, TEXTOID};
-    Datum args[6] = {CStringGetTextDatum(function_name), CStringGetTextDatum(server_name),
+    Oid argtypes[9] = {TEXTOID, TEXTOID, TEXTOID, OIDOID, TIMESTAMPTZOID, INT4OID, TEXTOID, TEXTOID, TEXTOID};
+    Datum args[9] = {CStringGetTextDatum(function_name), CStringGetTextDatum(server_name),
                      CStringGetTextDatum(endpoint), ObjectIdGetDatum(run_by),
-                     TimestampTzGetDatum(log->started_at),
-                     sync_name ? CStringGetTextDatum(sync_name) : (Datum)0};
-    char nulls[7] = "      ";
-    if (!sync_name) nulls[5] = 'n';
+                     TimestampTzGetDatum(log->started_at), Int32GetDatum(sync_id),
+                     sync_name ? CStringGetTextDatum(sync_name) : (Datum)0, CStringGetTextDatum(status),
+                     error ? CStringGetTextDatum(error) : (Datum)0};
+    char nulls[10] = "         ";
+    if (sync_id == 0) nulls[5] = 'n';
+    if (!sync_name) nulls[6] = 'n';
+    if (!error) nulls[8] = 'n';
+    // A run that starts finished (skipped) gets its end time at once.
     int rc = SPI_execute_with_args(
-        "INSERT INTO amplitude_sync.sync_runs (function_name, server_name, endpoint, run_by, started_at, status, sync_name) "
-        "VALUES ($1, $2, $3, $4::pg_catalog.regrole, $5, 'running', $6) RETURNING run_id",
-        6, argtypes, args, nulls, false, 1);
+        "INSERT INTO amplitude_sync.sync_runs (function_name, server_name, endpoint, run_by, started_at, sync_id, "
+        "sync_name, status, error, finished_at) "
+        "VALUES ($1, $2, $3, $4::pg_catalog.regrole, $5, $6, $7, $8, $9, "
+        "CASE WHEN $8 OPERATOR(pg_catalog.<>) 'running' THEN pg_catalog.clock_timestamp() END) RETURNING run_id",
+        9, argtypes, args, nulls, false, 1);
     if (rc != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
         elog(ERROR, "amplitude_sync: could not record the run");
     bool isnull;
     log->run_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 
-    restore_user(&scope);
+    leave_role_scope(&scope);
 }
 
 void run_log_store_rejections(RunLog *log, std::vector<Rejection> *rejections) {
     if (rejections->empty()) return;
+    BatchMemory memory;
+    enter_batch_memory(&memory);
     // One INSERT per batch of rejections, from arrays (one per column).
     int n = static_cast<int>(rejections->size());
     Datum *row_numbers = static_cast<Datum *>(palloc(sizeof(Datum) * n));
@@ -118,24 +118,28 @@ void run_log_store_rejections(RunLog *log, std::vector<Rejection> *rejections) {
         args[2 + c] = PointerGetDatum(construct_md_array(columns[c], column_nulls[c], 1, dims, lbs, TEXTOID,
                                                          -1, false, TYPALIGN_INT));
     }
-    OwnerScope scope;
-    become_owner(log, &scope);
+    RoleScope scope;
+    enter_extension_scope(&scope);
     int rc = SPI_execute_with_args(
         "INSERT INTO amplitude_sync.rejected_records (run_id, row_number, outcome, field, reason, user_id, "
         "device_id, insert_id, event_type, group_type, group_value, payload) "
-        "SELECT $1, n, o, f, re, u, d, i, e, gt, gv, p::pg_catalog.json FROM unnest($2::pg_catalog.int8[], $3::pg_catalog.text[], "
-        "$4::pg_catalog.text[], $5::pg_catalog.text[], $6::pg_catalog.text[], $7::pg_catalog.text[], "
-        "$8::pg_catalog.text[], $9::pg_catalog.text[], $10::pg_catalog.text[], $11::pg_catalog.text[], "
-        "$12::pg_catalog.text[]) AS r(n, o, f, re, u, d, i, e, gt, gv, p)",
+        "SELECT $1, n, o, f, re, u, d, i, e, gt, gv, p::pg_catalog.json FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.int8[]), "
+        "pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[]), "
+        "pg_catalog.unnest($5::pg_catalog.text[]), pg_catalog.unnest($6::pg_catalog.text[]), "
+        "pg_catalog.unnest($7::pg_catalog.text[]), pg_catalog.unnest($8::pg_catalog.text[]), "
+        "pg_catalog.unnest($9::pg_catalog.text[]), pg_catalog.unnest($10::pg_catalog.text[]), "
+        "pg_catalog.unnest($11::pg_catalog.text[]), pg_catalog.unnest($12::pg_catalog.text[])) "
+        "AS r(n, o, f, re, u, d, i, e, gt, gv, p)",
         12, argtypes, args, nullptr, false, 0);
     if (rc != SPI_OK_INSERT) elog(ERROR, "amplitude_sync: could not record the rejected rows");
-    restore_user(&scope);
+    leave_role_scope(&scope);
+    leave_batch_memory(&memory);
     rejections->clear();
 }
 
 void run_log_progress(RunLog *log, int64 rows_read, int64 unchanged, const amplitude_sync::DeliveryStats *stats) {
-    OwnerScope scope;
-    become_owner(log, &scope);
+    RoleScope scope;
+    enter_extension_scope(&scope);
     Oid argtypes[8] = {INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID};
     Datum args[8] = {Int64GetDatum(log->run_id), Int64GetDatum(rows_read),
                      Int64GetDatum(static_cast<int64>(stats->sent)),
@@ -144,34 +148,51 @@ void run_log_progress(RunLog *log, int64 rows_read, int64 unchanged, const ampli
                      Int64GetDatum(static_cast<int64>(stats->requests)),
                      Int64GetDatum(static_cast<int64>(stats->retries))};
     if (SPI_execute_with_args("UPDATE amplitude_sync.sync_runs SET rows_read = $2, sent = $3, rejected = $4, "
-                              "not_sent = $5, unchanged = $6, requests = $7, retries = $8 WHERE run_id = $1",
+                              "not_sent = $5, unchanged = $6, requests = $7, retries = $8 WHERE run_id OPERATOR(pg_catalog.=) $1",
                               8, argtypes, args, nullptr, false, 0) != SPI_OK_UPDATE)
         elog(ERROR, "amplitude_sync: could not record the run's progress");
-    restore_user(&scope);
+    leave_role_scope(&scope);
 }
 
-void run_log_close_stale(const char *sync_name) {
-    RunLog log{};
-    log.owner = extension_owner();
-    OwnerScope scope;
-    become_owner(&log, &scope);
-    Oid argtypes[1] = {TEXTOID};
-    Datum args[1] = {CStringGetTextDatum(sync_name)};
+void run_log_close_stale(int sync_id, int64 except_run_id) {
+    RoleScope scope;
+    enter_extension_scope(&scope);
+    Oid argtypes[2] = {INT4OID, INT8OID};
+    Datum args[2] = {Int32GetDatum(sync_id), Int64GetDatum(except_run_id)};
+    // The rows such a run read but did not account for were not sent.
     if (SPI_execute_with_args(
             "UPDATE amplitude_sync.sync_runs SET status = 'failed', finished_at = pg_catalog.clock_timestamp(), "
+            "not_sent = rows_read OPERATOR(pg_catalog.-) sent OPERATOR(pg_catalog.-) rejected "
+            "OPERATOR(pg_catalog.-) unchanged, "
             "error = 'interrupted (cancelled, timed out, or its session ended); the counts are those last "
             "committed, and what Amplitude confirmed until then is remembered' "
-            "WHERE sync_name = $1 AND status = 'running'",
-            1, argtypes, args, nullptr, false, 0) != SPI_OK_UPDATE)
+            "WHERE sync_id OPERATOR(pg_catalog.=) $1 AND status OPERATOR(pg_catalog.=) 'running' "
+            "AND run_id OPERATOR(pg_catalog.<>) $2",
+            2, argtypes, args, nullptr, false, 0) != SPI_OK_UPDATE)
         elog(ERROR, "amplitude_sync: could not close interrupted runs");
-    restore_user(&scope);
+    leave_role_scope(&scope);
+}
+
+void run_log_fail(RunLog *log, const char *error) {
+    RoleScope scope;
+    enter_extension_scope(&scope);
+    Oid argtypes[2] = {INT8OID, TEXTOID};
+    Datum args[2] = {Int64GetDatum(log->run_id), CStringGetTextDatum(error)};
+    // Counts are those last committed; what they leave unaccounted was not sent.
+    if (SPI_execute_with_args(
+            "UPDATE amplitude_sync.sync_runs SET status = 'failed', finished_at = pg_catalog.clock_timestamp(), "
+            "not_sent = rows_read OPERATOR(pg_catalog.-) sent OPERATOR(pg_catalog.-) rejected "
+            "OPERATOR(pg_catalog.-) unchanged, error = $2 WHERE run_id OPERATOR(pg_catalog.=) $1",
+            2, argtypes, args, nullptr, false, 0) != SPI_OK_UPDATE)
+        elog(ERROR, "amplitude_sync: could not record the run's failure");
+    leave_role_scope(&scope);
 }
 
 void run_log_finish(RunLog *log, const char *status, int64 rows_read, int64 unchanged,
                     const amplitude_sync::DeliveryStats *stats, const char *error,
                     const RunTimings *timings) {
-    OwnerScope scope;
-    become_owner(log, &scope);
+    RoleScope scope;
+    enter_extension_scope(&scope);
     Oid argtypes[14] = {INT8OID, TEXTOID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID,
                         INT8OID, INT8OID, TEXTOID, INT8OID, FLOAT8OID, FLOAT8OID, FLOAT8OID};
     Datum args[14] = {Int64GetDatum(log->run_id),
@@ -194,14 +215,16 @@ void run_log_finish(RunLog *log, const char *status, int64 rows_read, int64 unch
         "UPDATE amplitude_sync.sync_runs SET status = $2, finished_at = pg_catalog.clock_timestamp(), "
         "rows_read = $3, sent = $4, rejected = $5, not_sent = $6, requests = $7, retries = $8, "
         "bytes_sent = $9, error = $10, unchanged = $11, read_seconds = $12, encode_seconds = $13, "
-        "send_seconds = $14 WHERE run_id = $1",
+        "send_seconds = $14 WHERE run_id OPERATOR(pg_catalog.=) $1",
         14, argtypes, args, nulls, false, 0);
     if (rc != SPI_OK_UPDATE) elog(ERROR, "amplitude_sync: could not record the run's end");
-    restore_user(&scope);
+    leave_role_scope(&scope);
 }
 
-void run_log_store_confirmed(RunLog *log, int sync_id, std::vector<ConfirmedRecord> *confirmed) {
+void run_log_store_confirmed(int sync_id, std::vector<ConfirmedRecord> *confirmed) {
     if (confirmed->empty()) return;
+    BatchMemory memory;
+    enter_batch_memory(&memory);
     int n = static_cast<int>(confirmed->size());
     Datum *keys = static_cast<Datum *>(palloc(sizeof(Datum) * n));
     Datum *fingerprints = static_cast<Datum *>(palloc(sizeof(Datum) * n));
@@ -216,18 +239,20 @@ void run_log_store_confirmed(RunLog *log, int sync_id, std::vector<ConfirmedReco
     Datum args[3] = {Int32GetDatum(sync_id),
                      PointerGetDatum(construct_array(keys, n, TEXTOID, -1, false, TYPALIGN_INT)),
                      PointerGetDatum(construct_array(fingerprints, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR))};
-    OwnerScope scope;
-    become_owner(log, &scope);
+    RoleScope scope;
+    enter_extension_scope(&scope);
     // The last confirmation of a key wins (a source may repeat a key).
     int rc = SPI_execute_with_args(
         "INSERT INTO amplitude_sync.sync_state (sync_id, record_key, fingerprint, sent_at) "
         "SELECT DISTINCT ON (k) $1, k, f, pg_catalog.clock_timestamp() "
-        "FROM unnest($2::pg_catalog.text[], $3::pg_catalog.uuid[]) WITH ORDINALITY AS c(k, f, n) "
-        "ORDER BY k, n DESC "
+        "FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.uuid[])) "
+        "WITH ORDINALITY AS c(k, f, n) "
+        "ORDER BY k USING OPERATOR(pg_catalog.<), n USING OPERATOR(pg_catalog.>) "
         "ON CONFLICT (sync_id, record_key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, sent_at = EXCLUDED.sent_at",
         3, argtypes, args, nullptr, false, 0);
     if (rc != SPI_OK_INSERT) elog(ERROR, "amplitude_sync: could not remember the confirmed records");
-    restore_user(&scope);
+    leave_role_scope(&scope);
+    leave_batch_memory(&memory);
     confirmed->clear();
 }
 

@@ -1,7 +1,8 @@
 // Run history: one row per call in amplitude_sync.sync_runs, one row per
 // record that was not delivered in amplitude_sync.rejected_records. Written
-// with SPI as the extension's owner, so callers need no rights on the tables
-// (which row-level security keeps private to the role that ran them).
+// with SPI as the extension's owner (role_scope.hpp), so callers need no
+// rights on the tables (which row-level security keeps private to the role
+// that ran them and the owner of the sync).
 #pragma once
 
 #include <vector>
@@ -14,13 +15,14 @@ extern "C" int amplitude_sync_history_days;  // GUC amplitude_sync.history_days
 
 struct RunLog {
     int64 run_id;
-    Oid owner;  // the extension's owner
     TimestampTz started_at;
 };
 
-// SPI must be connected. Inserts the run as "running".
+// SPI must be connected. Inserts the run with a status: "running", or
+// "skipped" with its reason in error. sync_id 0: a one-shot call.
 void run_log_start(RunLog *log, const char *function_name, const char *server_name,
-                   const char *endpoint, const char *sync_name);
+                   const char *endpoint, int sync_id, const char *sync_name, const char *status,
+                   const char *error);
 
 // Stores the rejections and empties the vector.
 void run_log_store_rejections(RunLog *log, std::vector<amplitude_sync::Rejection> *rejections);
@@ -41,12 +43,15 @@ void run_log_finish(RunLog *log, const char *status, int64 rows_read, int64 unch
 // Records a running sync's counts so far (seen by others once committed).
 void run_log_progress(RunLog *log, int64 rows_read, int64 unchanged, const amplitude_sync::DeliveryStats *stats);
 
-// Marks a sync's runs still "running" as failed: called under the sync's run
-// lock, so such runs were interrupted.
-void run_log_close_stale(const char *sync_name);
+// Marks a sync's runs still "running" (but except_run_id) as failed: called
+// by the run holding the sync's guard, so such runs were interrupted.
+void run_log_close_stale(int sync_id, int64 except_run_id);
+
+// Marks the run failed with the error, keeping the counts last recorded.
+void run_log_fail(RunLog *log, const char *error);
 
 // Remembers a saved sync's confirmed records (and empties the vector).
-void run_log_store_confirmed(RunLog *log, int sync_id,
+void run_log_store_confirmed(int sync_id,
                              std::vector<amplitude_sync::ConfirmedRecord> *confirmed);
 
 // Microseconds since the run started, as an interval Datum.

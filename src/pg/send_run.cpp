@@ -18,6 +18,7 @@
 
 #include "datum_values.hpp"
 #include "pg_headers.hpp"
+#include "role_scope.hpp"
 #include "run_log.hpp"
 #include "send_run.hpp"
 
@@ -29,6 +30,7 @@ namespace {
 // executor round trip, small enough that memory does not follow row count.
 constexpr long kFetchRows = 1000;
 constexpr long kFetchRowsCommitting = 100;
+constexpr long kFetchRowsMaterializing = 10000;
 
 // The read/encode/send timings in sync_runs are measured on one row in this
 // many and scaled up.
@@ -93,40 +95,45 @@ struct SendRun {
     }
 };
 
-void delete_send_run(void *arg) { delete static_cast<SendRun *>(arg); }
 
 SendRun *make_send_run(const AmpConnection &conn, const SendSpec &spec,
                        const std::vector<ColumnInput> &columns) {
+    const CallOptions &options = spec.options;
     auto run = std::make_unique<SendRun>();
     run->incremental = spec.sync_id != 0;
     run->preview = spec.preview;
-    run->signature = std::string(spec.endpoint_path) + '\x1f' +
-                      (spec.properties_event ? spec.properties_event : "");
+    run->signature = std::string(options.endpoint->path) + '\x1f' +
+                      (options.properties_event ? options.properties_event : "");
     DeliveryLimits limits;
-    limits.max_records = static_cast<size_t>(spec.max_records);
-    limits.max_bytes = static_cast<size_t>(spec.max_bytes);
-    if (spec.kind == SendKind::kEvents) {
-        run->encoder = std::make_unique<EventEncoder>(plan_event_columns(columns), spec.min_id_length);
-        run->main = std::make_unique<Channel>(std::make_unique<EventsFormat>(conn.api_key, spec.min_id_length),
-                                              conn, spec.endpoint_path, limits, spec.throttle_pause_ms);
+    limits.max_records = static_cast<size_t>(options.max_records);
+    limits.max_bytes = static_cast<size_t>(options.endpoint->max_bytes);
+    long pause_ms = options.endpoint->throttle_pause_ms;
+    if (options.target == Target::kEvents) {
+        run->encoder = std::make_unique<EventEncoder>(plan_event_columns(columns), options.min_id_length);
+        run->main = std::make_unique<Channel>(std::make_unique<EventsFormat>(conn.api_key, options.min_id_length),
+                                              conn, options.endpoint->path, limits, pause_ms);
         return run.release();
     }
-    IdentifyOptions options;
-    options.object = spec.kind == SendKind::kUser     ? ProfileObject::kUser
-                     : spec.kind == SendKind::kDevice ? ProfileObject::kDevice
-                                                      : ProfileObject::kGroup;
-    options.operations = parse_operations(spec.operations_json ? spec.operations_json : "", options.object);
-    options.nulls_unset = spec.nulls_unset;
-    options.min_id_length = spec.min_id_length;
-    auto encoder = std::make_unique<IdentifyEncoder>(plan_identify_columns(columns, options), options);
+    IdentifyOptions identify;
+    identify.object = options.target == Target::kUser     ? ProfileObject::kUser
+                      : options.target == Target::kDevice ? ProfileObject::kDevice
+                                                          : ProfileObject::kGroup;
+    identify.operations = parse_operations(spec.operations_json ? spec.operations_json : "", identify.object);
+    identify.nulls_unset = options.nulls_unset;
+    identify.min_id_length = options.min_id_length;
+    auto encoder = std::make_unique<IdentifyEncoder>(plan_identify_columns(columns, identify), identify);
     run->identify = encoder.get();
     run->encoder = std::move(encoder);
     run->main = std::make_unique<Channel>(std::make_unique<IdentificationFormat>(conn.api_key), conn,
-                                          spec.endpoint_path, limits, spec.throttle_pause_ms);
-    if (spec.properties_event) {
-        run->properties_event = spec.properties_event;
-        run->events = std::make_unique<Channel>(std::make_unique<EventsFormat>(conn.api_key, spec.min_id_length),
-                                                conn, "/2/httpapi", DeliveryLimits{}, 30000);
+                                          options.endpoint->path, limits, pause_ms);
+    if (options.properties_event) {
+        run->properties_event = options.properties_event;
+        DeliveryLimits event_limits;
+        event_limits.max_records = static_cast<size_t>(kHttpApiEndpoint.max_records);
+        event_limits.max_bytes = static_cast<size_t>(kHttpApiEndpoint.max_bytes);
+        run->events = std::make_unique<Channel>(std::make_unique<EventsFormat>(conn.api_key, options.min_id_length),
+                                                conn, kHttpApiEndpoint.path, event_limits,
+                                                kHttpApiEndpoint.throttle_pause_ms);
     }
     return run.release();
 }
@@ -216,7 +223,7 @@ std::vector<ColumnInput> column_inputs(TupleDesc desc, const ColumnReader *reade
 void store_outcomes(RunLog *log, SendRun *run, const SendSpec *spec) {
     run_log_store_rejections(log, &run->main->delivery.rejections());
     if (run->events) run_log_store_rejections(log, &run->events->delivery.rejections());
-    if (spec->sync_id) run_log_store_confirmed(log, spec->sync_id, &run->main->delivery.confirmed());
+    if (spec->sync_id) run_log_store_confirmed(spec->sync_id, &run->main->delivery.confirmed());
 }
 
 const char *action_name(RowAction action) {
@@ -238,7 +245,7 @@ void put_preview_row(const SendSpec *spec, TupleDesc desc, Tuplestorestate *stor
     values[0] = Int64GetDatum(static_cast<int64>(row_number));
     values[1] = record_key ? CStringGetTextDatum(record_key) : (Datum)0;
     values[2] = CStringGetTextDatum(action_name(action));
-    values[3] = CStringGetTextDatum(spec->endpoint_path);
+    values[3] = CStringGetTextDatum(spec->options.endpoint->path);
     values[4] = payload->empty() ? (Datum)0 : PointerGetDatum(cstring_to_text_with_len(payload->data(), static_cast<int>(payload->size())));
     values[5] = action == RowAction::kRejected ? CStringGetTextDatum(run->rejection.reason.c_str()) : (Datum)0;
     tuplestore_putvalues(store, desc, values, nulls);
@@ -264,6 +271,7 @@ void put_preview_row(const SendSpec *spec, TupleDesc desc, Tuplestorestate *stor
 
 }  // namespace
 
+
 TransportOptions transport_options(const AmpConnection &conn) {
     TransportOptions t;
     t.connect_timeout_ms = conn.connect_timeout_ms;
@@ -273,6 +281,8 @@ TransportOptions transport_options(const AmpConnection &conn) {
     return t;
 }
 
+namespace {
+
 void add_elapsed(instr_time *total, instr_time started, int times) {
     instr_time now;
     INSTR_TIME_SET_CURRENT(now);
@@ -280,34 +290,43 @@ void add_elapsed(instr_time *total, instr_time started, int times) {
     for (int i = 0; i < times; ++i) INSTR_TIME_ADD(*total, now);
 }
 
-// The user a run's queries execute as, and the one to return to.
-struct UserScope {
-    Oid saved_user;
-    int saved_context;
+// Everything that executes the source (planning, each fetch, reading it to
+// the end) happens in this scope: as the sync's owner or the caller, with
+// the sync's search_path or the caller's, and read-only.
+void enter_source_scope(const SendSpec *spec, RoleScope *scope) {
+    enter_role_scope(scope, spec->run_as, spec->source_search_path ? spec->source_search_path : namespace_search_path,
+                     true);
+}
+
+// Where a run's rows come from: the cursor on the source or, once a run
+// that commits as it goes has committed, the rest of the source read into a
+// tuplestore in the source's scope (a cursor that survived the commit would
+// be read to the end at commit, by PostgreSQL, as whoever commits).
+struct RowSource {
+    Portal portal;
+    Tuplestorestate *store;
+    TupleTableSlot *slot;
+    TupleDesc desc;
+    ColumnReader *readers;
 };
 
-void enter_run_user(const SendSpec *spec, UserScope *scope) {
-    GetUserIdAndSecContext(&scope->saved_user, &scope->saved_context);
-    if (OidIsValid(spec->run_as))
-        SetUserIdAndSecContext(spec->run_as, scope->saved_context | SECURITY_LOCAL_USERID_CHANGE);
+// What the run's memory-context callback releases.
+struct RunResources {
+    SendRun *run;
+    Tuplestorestate *store;
+};
+
+void release_run_resources(void *arg) {
+    RunResources *resources = static_cast<RunResources *>(arg);
+    if (resources->store) tuplestore_end(resources->store);
+    delete resources->run;
 }
 
-void leave_run_user(const UserScope *scope) { SetUserIdAndSecContext(scope->saved_user, scope->saved_context); }
-
-// Commits (a CALL outside a transaction block), as the caller: a transaction
-// boundary is no place for a borrowed identity.
-void commit_as_caller(const SendSpec *spec, const UserScope *scope) {
-    leave_run_user(scope);
-    SPI_commit();
-    if (OidIsValid(spec->run_as))
-        SetUserIdAndSecContext(spec->run_as, scope->saved_context | SECURITY_LOCAL_USERID_CHANGE);
-}
-
-// Prepares the query, opens a cursor on it (with the current user's rights)
-// and sets up the column readers.
-Portal open_source(const char *query, bool holdable, ColumnReader **readers_out) {
-    // A holdable cursor survives the commits of a run that commits as it goes.
-    SPIPlanPtr plan = SPI_prepare_cursor(query, 0, nullptr, holdable ? CURSOR_OPT_HOLD : 0);
+// Prepares the query and opens a cursor on it, in the source's scope.
+void open_source(const SendSpec *spec, RowSource *source) {
+    RoleScope scope;
+    enter_source_scope(spec, &scope);
+    SPIPlanPtr plan = SPI_prepare_cursor(spec->query, 0, nullptr, 0);
     if (!plan)
         ereport(ERROR, (errcode(ERRCODE_SYNTAX_ERROR), errmsg("could not prepare the query: %s",
                                                              SPI_result_code_string(SPI_result))));
@@ -315,19 +334,50 @@ Portal open_source(const char *query, bool holdable, ColumnReader **readers_out)
         ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
                         errmsg("the query must be a single statement that returns rows"),
                         errhint("Pass a SELECT (or VALUES, or TABLE name).")));
-    Portal portal = SPI_cursor_open(nullptr, plan, nullptr, nullptr, false);
-    TupleDesc desc = CreateTupleDescCopy(portal->tupDesc);
-    ColumnReader *readers = static_cast<ColumnReader *>(palloc0(sizeof(ColumnReader) * (desc->natts + 1)));
-    for (int i = 0; i < desc->natts; ++i) init_column_reader(&readers[i], TupleDescAttr(desc, i)->atttypid);
-    *readers_out = readers;
-    return portal;
+    source->portal = SPI_cursor_open(nullptr, plan, nullptr, nullptr, false);
+    leave_role_scope(&scope);
+    source->store = nullptr;
+    source->slot = nullptr;
+    source->desc = CreateTupleDescCopy(source->portal->tupDesc);
+    source->readers = static_cast<ColumnReader *>(palloc0(sizeof(ColumnReader) * (source->desc->natts + 1)));
+    for (int i = 0; i < source->desc->natts; ++i)
+        init_column_reader(&source->readers[i], TupleDescAttr(source->desc, i)->atttypid);
 }
+
+// Fetches the next rows from the cursor, in the source's scope.
+SPITupleTable *fetch_source_rows(const SendSpec *spec, RowSource *source, long count, uint64 *fetched) {
+    RoleScope scope;
+    enter_source_scope(spec, &scope);
+    SPI_cursor_fetch(source->portal, true, count);
+    leave_role_scope(&scope);
+    *fetched = SPI_processed;
+    return SPI_tuptable;
+}
+
+// Reads the rest of the source into a tuplestore that outlives commits.
+void materialize_source(const SendSpec *spec, RowSource *source, MemoryContext context, RunResources *resources) {
+    MemoryContext outer = MemoryContextSwitchTo(context);
+    source->store = tuplestore_begin_heap(false, true, work_mem);
+    resources->store = source->store;
+    source->slot = MakeSingleTupleTableSlot(source->desc, &TTSOpsMinimalTuple);
+    MemoryContextSwitchTo(outer);
+    uint64 fetched;
+    do {
+        SPITupleTable *table = fetch_source_rows(spec, source, kFetchRowsMaterializing, &fetched);
+        for (uint64 r = 0; r < fetched; ++r) tuplestore_puttuple(source->store, table->vals[r]);
+        SPI_freetuptable(table);
+    } while (fetched == static_cast<uint64>(kFetchRowsMaterializing));
+    SPI_cursor_close(source->portal);
+    source->portal = nullptr;
+}
+
+}  // namespace
 
 void check_source_columns(const SendSpec *spec) {
     if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
-    ColumnReader *readers;
-    Portal portal = open_source(spec->query, false, &readers);
-    TupleDesc desc = CreateTupleDescCopy(portal->tupDesc);
+    RowSource source;
+    open_source(spec, &source);
+    TupleDesc desc = source.desc;
     bool has_insert_id = false;
     for (int i = 0; i < desc->natts; ++i)
         has_insert_id |= strcmp(NameStr(TupleDescAttr(desc, i)->attname), "insert_id") == 0;
@@ -337,15 +387,15 @@ void check_source_columns(const SendSpec *spec) {
     conn.max_concurrency = 1;
     // Building the run plans the columns and raises the mapper's errors.
     SendRun *run = nullptr;
-    AMP_CXX(run = make_send_run(conn, *spec, column_inputs(desc, readers, desc->natts)));
+    AMP_CXX(run = make_send_run(conn, *spec, column_inputs(desc, source.readers, desc->natts)));
     AMP_CXX(delete run);
-    if (spec->kind == SendKind::kEvents && !has_insert_id)
+    if (spec->options.target == Target::kEvents && !has_insert_id)
         ereport(ERROR, (errcode(ERRCODE_UNDEFINED_COLUMN),
                         errmsg("an event sync needs an \"insert_id\" column"),
                         errdetail("An append sync remembers the events it sent by their insert_id, "
                                   "so each is sent once for the life of the sync."),
                         errhint("Add a unique, stable key, for example: 'order-' || id AS insert_id.")));
-    SPI_cursor_close(portal);
+    SPI_cursor_close(source.portal);
     SPI_finish();
 }
 
@@ -364,15 +414,12 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
         spec->rsinfo->setDesc = result_desc;
     }
 
-    if (SPI_connect_ext(spec->commit_progress ? SPI_OPT_NONATOMIC : 0) != SPI_OK_CONNECT)
-        elog(ERROR, "amplitude_sync: SPI_connect failed");
-    // The query runs with the caller's rights (these functions are not
-    // SECURITY DEFINER), or with the owner's for a saved sync.
-    UserScope user;
-    enter_run_user(spec, &user);
-    ColumnReader *readers;
-    Portal portal = open_source(spec->query, spec->commit_progress, &readers);
-    TupleDesc desc = CreateTupleDescCopy(portal->tupDesc);
+    bool own_spi = spec->segments == nullptr;
+    if (own_spi && SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
+    RowSource source;
+    open_source(spec, &source);
+    TupleDesc desc = source.desc;
+    ColumnReader *readers = source.readers;
     int natts = desc->natts;
     // A saved sync's query ends with the stored fingerprint and the record key.
     int payload_natts = spec->sync_id ? natts - 2 : natts;
@@ -382,17 +429,22 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
                                                       ALLOCSET_DEFAULT_SIZES);
     MemoryContextCallback *cleanup = static_cast<MemoryContextCallback *>(
         MemoryContextAllocZero(run_context, sizeof(MemoryContextCallback)));
+    RunResources *resources = static_cast<RunResources *>(MemoryContextAllocZero(run_context, sizeof(RunResources)));
     SendRun *run = nullptr;
     AMP_CXX(run = make_send_run(*conn, *spec, column_inputs(desc, readers, payload_natts)));
-    cleanup->func = delete_send_run;
-    cleanup->arg = run;
+    resources->run = run;
+    cleanup->func = release_run_resources;
+    cleanup->arg = resources;
     MemoryContextRegisterResetCallback(run_context, cleanup);
 
-    RunLog log;
-    if (!spec->preview)
-        run_log_start(&log, spec->function_name, conn->server_name, spec->endpoint_path, spec->sync_name);
+    RunLog own_log;
+    RunLog *log = spec->log;
+    if (!spec->preview && !log) {
+        log = &own_log;
+        run_log_start(log, spec->function_name, conn->server_name, spec->options.endpoint->path, spec->sync_id,
+                      spec->sync_name, "running", nullptr);
+    }
     TimestampTz last_commit = GetCurrentTimestamp();
-    if (spec->commit_progress) commit_as_caller(spec, &user);
 
     Datum *datums = static_cast<Datum *>(palloc(sizeof(Datum) * (natts + 1)));
     bool *nulls = static_cast<bool *>(palloc(sizeof(bool) * (natts + 1)));
@@ -408,18 +460,37 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
         CHECK_FOR_INTERRUPTS();
         // A run that commits as it goes fetches less at a time, so it can
         // commit about once a second even when Amplitude is slow.
-        long fetch_rows = spec->commit_progress ? kFetchRowsCommitting : kFetchRows;
+        long fetch_rows = spec->segments ? kFetchRowsCommitting : kFetchRows;
         instr_time read_started;
         INSTR_TIME_SET_CURRENT(read_started);
-        SPI_cursor_fetch(portal, true, fetch_rows);
+        SPITupleTable *table = nullptr;
+        uint64 fetched = 0;
+        if (source.portal) {
+            table = fetch_source_rows(spec, &source, fetch_rows, &fetched);
+            more = fetched == static_cast<uint64>(fetch_rows);
+        } else {
+            more = true;
+            fetched = 0;
+        }
         add_elapsed(&read_time, read_started, 1);
-        more = SPI_processed == static_cast<uint64>(fetch_rows);
-        SPITupleTable *table = SPI_tuptable;
-        for (uint64 r = 0; r < SPI_processed && run->state() == DeliveryState::kRunning; ++r) {
+        for (uint64 r = 0; (table ? r < fetched : more) && run->state() == DeliveryState::kRunning; ++r) {
             MemoryContext outer = MemoryContextSwitchTo(row_context);
             bool timed = (rows_read + 1) % kTimingSample == 0;
             if (timed) INSTR_TIME_SET_CURRENT(read_started);
-            heap_deform_tuple(table->vals[r], desc, datums, nulls);
+            if (table) {
+                heap_deform_tuple(table->vals[r], desc, datums, nulls);
+            } else {
+                // Materialized: up to fetch_rows rows from the tuplestore.
+                if (r == static_cast<uint64>(fetch_rows) ||
+                    !tuplestore_gettupleslot(source.store, true, false, source.slot)) {
+                    if (r < static_cast<uint64>(fetch_rows)) more = false;
+                    MemoryContextSwitchTo(outer);
+                    break;
+                }
+                slot_getallattrs(source.slot);
+                memcpy(datums, source.slot->tts_values, sizeof(Datum) * natts);
+                memcpy(nulls, source.slot->tts_isnull, sizeof(bool) * natts);
+            }
             for (int i = 0; i < payload_natts; ++i)
                 read_column_value(&readers[i], datums[i], nulls[i], &values[i]);
             if (timed) add_elapsed(&read_time, read_started, kTimingSample);
@@ -439,16 +510,17 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
             MemoryContextSwitchTo(outer);
             MemoryContextReset(row_context);
         }
-        SPI_freetuptable(table);
-        if (!spec->preview) store_outcomes(&log, run, spec);
+        if (table) SPI_freetuptable(table);
+        if (!spec->preview) store_outcomes(log, run, spec);
         // About once a second: publish the counts, keep what Amplitude confirmed.
-        if (spec->commit_progress && TimestampDifferenceExceeds(last_commit, GetCurrentTimestamp(), 1000)) {
-            run_log_progress(&log, rows_read, static_cast<int64>(run->unchanged), &run->main->delivery.stats());
-            commit_as_caller(spec, &user);
+        if (spec->segments && more && TimestampDifferenceExceeds(last_commit, GetCurrentTimestamp(), 1000)) {
+            run_log_progress(log, rows_read, static_cast<int64>(run->unchanged), &run->main->delivery.stats());
+            if (source.portal) materialize_source(spec, &source, run_context, resources);
+            spec->segments->commit(spec->segments);
             last_commit = GetCurrentTimestamp();
         }
     }
-    SPI_cursor_close(portal);
+    if (source.portal) SPI_cursor_close(source.portal);
 
     if (spec->preview) {
         // Census's "recap of what will happen".
@@ -457,8 +529,7 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
                                 spec->sync_name, static_cast<long long>(counts[2]), static_cast<long long>(counts[3]),
                                 static_cast<long long>(counts[0]), static_cast<long long>(counts[1]))));
         MemoryContextDelete(run_context);
-        leave_run_user(&user);
-        SPI_finish();
+        if (own_spi) SPI_finish();
         return (Datum)0;
     }
 
@@ -467,7 +538,7 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
         CHECK_FOR_INTERRUPTS();
         ereport(ERROR, (errcode(ERRCODE_QUERY_CANCELED), errmsg("canceling statement due to user request")));
     }
-    store_outcomes(&log, run, spec);
+    store_outcomes(log, run, spec);
 
     const DeliveryStats *stats = &run->main->delivery.stats();
     if (run->state() == DeliveryState::kStopped)
@@ -483,18 +554,9 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
     int64 unchanged = static_cast<int64>(run->unchanged);
     bool failed = run->state() == DeliveryState::kFailed;
     char *error = nullptr;
-    if (failed) {
+    if (failed)
         error = psprintf("%s; the run stopped after reading %lld rows (the rest of the query was not read)",
                          run->error().c_str(), static_cast<long long>(rows_read));
-        ereport(WARNING, (errmsg("amplitude_sync run failed: %s", run->error().c_str()),
-                          errdetail("Run %lld: %llu rows were sent, %llu rejected and %llu not sent.",
-                                    static_cast<long long>(log.run_id),
-                                    static_cast<unsigned long long>(stats->sent),
-                                    static_cast<unsigned long long>(stats->rejected),
-                                    static_cast<unsigned long long>(stats->not_sent)),
-                          errhint("See amplitude_sync.rejected_records for run %lld; running the same "
-                                  "query again resends nothing twice.", static_cast<long long>(log.run_id))));
-    }
     DeliveryStats logged = *stats;
     logged.requests = requests;
     logged.retries = retries;
@@ -503,9 +565,29 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
             timings.send_seconds = seconds(run->main->delivery.network_time() +
                                            (run->events ? run->events->delivery.network_time()
                                                         : std::chrono::steady_clock::duration{})));
-    run_log_finish(&log, failed ? "failed" : "succeeded", rows_read, unchanged, &logged, error, &timings);
+    run_log_finish(log, failed ? "failed" : "succeeded", rows_read, unchanged, &logged, error, &timings);
+    if (failed) {
+        char *detail = psprintf("Run %lld: %llu rows were sent, %llu rejected and %llu not sent.",
+                                static_cast<long long>(log->run_id), static_cast<unsigned long long>(stats->sent),
+                                static_cast<unsigned long long>(stats->rejected),
+                                static_cast<unsigned long long>(stats->not_sent));
+        char *hint = psprintf("See amplitude_sync.rejected_records for run %lld; running it again resends "
+                              "nothing twice.", static_cast<long long>(log->run_id));
+        // A saved sync's run raises, after its record is committed, so that
+        // pg_cron and every caller see the failure. A one-shot call cannot
+        // commit (it runs in the caller's transaction): it warns and returns
+        // status "failed", so its record and not-sent rows survive.
+        if (spec->segments) {
+            spec->segments->commit(spec->segments);
+            ereport(ERROR, (errcode(ERRCODE_CONNECTION_FAILURE),
+                            errmsg("sync \"%s\" failed: %s", spec->sync_name, run->error().c_str()),
+                            errdetail("%s", detail), errhint("%s", hint)));
+        }
+        ereport(WARNING, (errmsg("amplitude_sync run failed: %s", run->error().c_str()), errdetail("%s", detail),
+                          errhint("%s", hint)));
+    }
 
-    Datum result[10] = {Int64GetDatum(log.run_id),
+    Datum result[10] = {Int64GetDatum(log->run_id),
                         CStringGetTextDatum(failed ? "failed" : "succeeded"),
                         Int64GetDatum(rows_read),
                         Int64GetDatum(static_cast<int64>(stats->sent)),
@@ -514,13 +596,12 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
                         Int64GetDatum(unchanged),
                         Int64GetDatum(static_cast<int64>(requests)),
                         Int64GetDatum(static_cast<int64>(retries)),
-                        run_log_elapsed(&log)};
+                        run_log_elapsed(log)};
     bool result_nulls[10] = {false, false, false, false, false, false, false, false, false, false};
     HeapTuple tuple = heap_form_tuple(BlessTupleDesc(result_desc), result, result_nulls);
     MemoryContextDelete(run_context);
-    leave_run_user(&user);
     // Copy the result out of SPI's memory before SPI_finish frees it.
     Datum out = SPI_datumTransfer(HeapTupleGetDatum(tuple), false, -1);
-    SPI_finish();
+    if (own_spi) SPI_finish();
     return out;
 }

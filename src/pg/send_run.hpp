@@ -1,35 +1,39 @@
-// One run of a sending function: read the query through a cursor, encode
+// One run of a sending function: read the source through a cursor, encode
 // each row, deliver the records, keep the run history, return the report.
-// Shared by amplitude_send_events, amplitude_identify and
-// amplitude_group_identify, which differ only in their SendSpec.
+// Shared by the one-shot functions, run_sync and preview_sync, which differ
+// only in their SendSpec.
 #pragma once
 
+#include "call_options.hpp"
 #include "http_transport.hpp"
 
 #include "connection.hpp"
 #include "pg_headers.hpp"
+#include "run_log.hpp"
 
-enum class SendKind { kEvents, kUser, kDevice, kGroup };
+// A run that commits as it goes (CALL run_sync outside a transaction
+// block) works in segments; commit() makes the segment's work durable and
+// starts the next one (see saved_syncs.cpp).
+struct RunSegments {
+    void (*commit)(RunSegments *segments);
+};
 
 struct SendSpec {
-    SendKind kind;
-    const char *function_name;    // for the run history
-    const char *endpoint_path;    // "/2/httpapi", "/batch", "/identify", "/groupidentify"
-    const char *query;
-    int max_records;              // per request
-    long max_bytes;               // per request body
-    long throttle_pause_ms;       // Amplitude's pause for the endpoint
-    int min_id_length;
-    const char *operations_json;  // identify: column -> operation, or NULL
-    bool nulls_unset;             // identify: NULL columns become $unset
-    const char *properties_event; // identify: synthetic event type, or NULL
+    amplitude_sync::CallOptions options;  // checked arguments (call_options.hpp)
+    const char *function_name;            // for the run history
+    const char *query;                    // the source, already checked (source_query.hpp)
+    const char *operations_json;          // identify: column -> operation, or NULL
+    // The source runs in a scope (role_scope.hpp): as run_as (InvalidOid:
+    // the caller), with source_search_path (NULL: the caller's), read-only.
+    Oid run_as;
+    const char *source_search_path;
     // Saved syncs: the query's last two columns are the stored fingerprint
     // and the record key; unchanged records are skipped, confirmed ones
     // remembered.
     int sync_id;                  // 0 for one-shot calls
     const char *sync_name;
-    Oid run_as;                   // run the source as this role (InvalidOid: as the caller)
-    bool commit_progress;         // a CALL outside a transaction block: commit as it goes
+    RunLog *log;                  // run_sync starts the run record itself; NULL: the run does
+    RunSegments *segments;        // commit as it goes, or NULL
     // preview_sync: encode and compare only; rows go to rsinfo, nothing is
     // sent or written.
     bool preview;
@@ -40,10 +44,11 @@ struct SendSpec {
 // The connection's timeouts and TLS settings for the HTTP transport.
 amplitude_sync::TransportOptions transport_options(const AmpConnection &conn);
 
-// The column types a query returns, as the field mapper sees them; raises
-// the mapper's errors (checks a saved sync's source at creation).
+// Checks a saved sync's source (in its scope, like a run) against the
+// field mapper; raises the mapper's errors.
 void check_source_columns(const SendSpec *spec);
 
 // Runs the whole call and returns the amplitude_sync.run_report Datum
-// (nothing for a preview, whose rows go to spec->rsinfo).
+// (nothing for a preview, whose rows go to spec->rsinfo). Without segments
+// it connects to SPI itself; with them the caller has connected non-atomic.
 Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const SendSpec *spec);

@@ -1,0 +1,375 @@
+-- amplitude_sync 1.1: send the rows of SQL queries to Amplitude.
+\echo Use "CREATE EXTENSION amplitude_sync" to load this file. \quit
+
+------------------------------------------------------------------------------
+-- The connection: a foreign-data wrapper with a validator and no handler (the
+-- dblink_fdw precedent). Servers carry the region and tuning options; the API
+-- key lives only in user mappings.
+------------------------------------------------------------------------------
+CREATE FUNCTION amplitude_sync.fdw_validator(pg_catalog.text[], pg_catalog.oid)
+RETURNS pg_catalog.void
+AS 'MODULE_PATHNAME', 'amplitude_sync_fdw_validator'
+LANGUAGE C STRICT;
+
+CREATE FOREIGN DATA WRAPPER amplitude_sync VALIDATOR amplitude_sync.fdw_validator;
+
+------------------------------------------------------------------------------
+-- Run history. Written by the extension's functions (as the extension owner);
+-- each role sees only its own runs, through row-level security.
+------------------------------------------------------------------------------
+CREATE TABLE amplitude_sync.sync_runs (
+    run_id        bigserial PRIMARY KEY,
+    sync_id       pg_catalog.int4,            -- the saved sync run (NULL for one-shot calls); kept after a drop
+    sync_name     pg_catalog.text,            -- its name at the time of the run
+    function_name pg_catalog.text NOT NULL,   -- e.g. amplitude_send_events
+    server_name   pg_catalog.text NOT NULL,
+    endpoint      pg_catalog.text NOT NULL,   -- /2/httpapi, /batch, ...
+    run_by        pg_catalog.regrole NOT NULL,
+    started_at    pg_catalog.timestamptz NOT NULL,
+    finished_at   pg_catalog.timestamptz,
+    status        pg_catalog.text NOT NULL
+                  CHECK (status OPERATOR(pg_catalog.=) ANY (ARRAY['running', 'succeeded', 'failed', 'skipped'])),
+    rows_read     pg_catalog.int8 NOT NULL DEFAULT 0,
+    sent          pg_catalog.int8 NOT NULL DEFAULT 0,
+    rejected      pg_catalog.int8 NOT NULL DEFAULT 0,
+    not_sent      pg_catalog.int8 NOT NULL DEFAULT 0,
+    unchanged     pg_catalog.int8 NOT NULL DEFAULT 0,  -- saved syncs: rows already in Amplitude
+    requests      pg_catalog.int8 NOT NULL DEFAULT 0,
+    retries       pg_catalog.int8 NOT NULL DEFAULT 0,
+    bytes_sent    pg_catalog.int8 NOT NULL DEFAULT 0,
+    -- Where the time went: fetching and reading rows, encoding JSON, and
+    -- delivering (building requests and waiting on Amplitude).
+    read_seconds   pg_catalog.float8,
+    encode_seconds pg_catalog.float8,
+    send_seconds   pg_catalog.float8,
+    error         pg_catalog.text
+);
+COMMENT ON TABLE amplitude_sync.sync_runs IS
+    'One row per call of a sending function: what it read, sent, rejected and why it failed.';
+
+CREATE TABLE amplitude_sync.rejected_records (
+    run_id      pg_catalog.int8 NOT NULL
+                REFERENCES amplitude_sync.sync_runs (run_id) ON DELETE CASCADE,
+    row_number  pg_catalog.int8 NOT NULL,     -- 1-based position in the query result
+    outcome     pg_catalog.text NOT NULL
+                CHECK (outcome OPERATOR(pg_catalog.=) ANY (ARRAY['rejected', 'not_sent'])),
+    field       pg_catalog.text,              -- the offending column or Amplitude field
+    reason      pg_catalog.text NOT NULL,
+    user_id     pg_catalog.text,
+    device_id   pg_catalog.text,
+    insert_id   pg_catalog.text,
+    event_type  pg_catalog.text,
+    group_type  pg_catalog.text,
+    group_value pg_catalog.text,
+    payload     pg_catalog.json,              -- the record as it was (or would be) sent
+    recorded_at pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
+);
+CREATE INDEX ON amplitude_sync.rejected_records (run_id, row_number);
+COMMENT ON TABLE amplitude_sync.rejected_records IS
+    'Rows a run did not deliver: rejected (by our checks or by Amplitude) or not sent (a re-run can send them).';
+
+ALTER TABLE amplitude_sync.sync_runs ENABLE ROW LEVEL SECURITY;
+ALTER TABLE amplitude_sync.rejected_records ENABLE ROW LEVEL SECURITY;
+CREATE INDEX ON amplitude_sync.sync_runs (sync_id, run_id);
+-- The policies are created after amplitude_sync.syncs, which they read.
+
+
+------------------------------------------------------------------------------
+-- Sending.
+------------------------------------------------------------------------------
+CREATE TYPE amplitude_sync.run_report AS (
+    run_id    pg_catalog.int8,
+    status    pg_catalog.text,   -- succeeded | failed | skipped
+    rows_read pg_catalog.int8,
+    sent      pg_catalog.int8,
+    rejected  pg_catalog.int8,
+    not_sent  pg_catalog.int8,
+    unchanged pg_catalog.int8,   -- saved syncs: rows whose payload Amplitude already has
+    requests  pg_catalog.int8,
+    retries   pg_catalog.int8,
+    elapsed   pg_catalog.interval
+);
+
+CREATE FUNCTION amplitude_sync.amplitude_send_events(
+    server        pg_catalog.name,
+    query         pg_catalog.text,
+    api           pg_catalog.text DEFAULT 'httpapi',
+    batch_size    pg_catalog.int4 DEFAULT 2000,
+    min_id_length pg_catalog.int4 DEFAULT 5)
+RETURNS amplitude_sync.run_report
+AS 'MODULE_PATHNAME', 'amplitude_sync_send_events'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION amplitude_sync.amplitude_send_events(pg_catalog.name, pg_catalog.text, pg_catalog.text, pg_catalog.int4, pg_catalog.int4) IS
+    'Runs query with the caller''s rights and sends each row to Amplitude as one event.';
+
+CREATE FUNCTION amplitude_sync.send_test_event(
+    server          pg_catalog.name,
+    OUT http_status pg_catalog.int4,
+    OUT response    pg_catalog.text)
+AS 'MODULE_PATHNAME', 'amplitude_sync_send_test_event'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION amplitude_sync.send_test_event(pg_catalog.name) IS
+    'Posts one sample event (the step that completes a new Amplitude HTTP API source) and returns the answer.';
+
+CREATE FUNCTION amplitude_sync.amplitude_identify(
+    server           pg_catalog.name,
+    query            pg_catalog.text,
+    object           pg_catalog.text  DEFAULT 'user',  -- 'user' (key user_id) or 'device' (key device_id)
+    operations       pg_catalog.jsonb DEFAULT '{}',    -- column -> $set, $setOnce, $add, $append, ...
+    nulls            pg_catalog.text  DEFAULT 'skip',  -- 'skip' NULL columns or 'unset' them
+    properties_event pg_catalog.text  DEFAULT NULL,    -- e.g. 'Properties Updated': also send this event
+    batch_size       pg_catalog.int4  DEFAULT 1024,
+    min_id_length    pg_catalog.int4  DEFAULT 5)
+RETURNS amplitude_sync.run_report
+AS 'MODULE_PATHNAME', 'amplitude_sync_identify'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION amplitude_sync.amplitude_identify(pg_catalog.name, pg_catalog.text, pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.text, pg_catalog.int4, pg_catalog.int4) IS
+    'Runs query with the caller''s rights and updates (or creates) one Amplitude user or device per row.';
+
+CREATE FUNCTION amplitude_sync.amplitude_group_identify(
+    server     pg_catalog.name,
+    query      pg_catalog.text,
+    operations pg_catalog.jsonb DEFAULT '{}',
+    nulls      pg_catalog.text  DEFAULT 'skip',
+    batch_size pg_catalog.int4  DEFAULT 1024)
+RETURNS amplitude_sync.run_report
+AS 'MODULE_PATHNAME', 'amplitude_sync_group_identify'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION amplitude_sync.amplitude_group_identify(pg_catalog.name, pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.int4) IS
+    'Runs query with the caller''s rights and updates (or creates) one Amplitude group per row.';
+
+-- Sending data out is a privilege: grant it explicitly.
+REVOKE ALL ON FUNCTION amplitude_sync.amplitude_send_events(pg_catalog.name, pg_catalog.text, pg_catalog.text, pg_catalog.int4, pg_catalog.int4) FROM PUBLIC;
+REVOKE ALL ON FUNCTION amplitude_sync.send_test_event(pg_catalog.name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION amplitude_sync.amplitude_identify(pg_catalog.name, pg_catalog.text, pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.text, pg_catalog.int4, pg_catalog.int4) FROM PUBLIC;
+REVOKE ALL ON FUNCTION amplitude_sync.amplitude_group_identify(pg_catalog.name, pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.int4) FROM PUBLIC;
+
+-- Any role may look at its own run history; sending still needs the GRANTs above.
+GRANT USAGE ON SCHEMA amplitude_sync TO PUBLIC;
+
+------------------------------------------------------------------------------
+-- Saved syncs: a source, the Amplitude object it fills, the behaviour and
+-- the mapping. The source is kept as a view, amplitude_sync.sync_<id>_source,
+-- owned by the sync's owner: PostgreSQL resolves its names once, at
+-- creation, records what it depends on (dropping a table a sync reads needs
+-- CASCADE, which drops the sync too), and ties the sync to its owner
+-- (DROP ROLE is refused while the role owns syncs; DROP OWNED drops them).
+-- The view's owner is the sync's owner: row-level security shows a sync
+-- only to members of that role. Only the extension writes these tables,
+-- through create_sync, alter_sync, drop_sync, resync and run_sync.
+------------------------------------------------------------------------------
+CREATE TABLE amplitude_sync.syncs (
+    sync_id          serial PRIMARY KEY,
+    name             pg_catalog.text NOT NULL UNIQUE,
+    server           pg_catalog.name NOT NULL,
+    object           pg_catalog.text NOT NULL
+                     CHECK (object OPERATOR(pg_catalog.=) ANY (ARRAY['user', 'device', 'group', 'event'])),
+    behaviour        pg_catalog.text NOT NULL,
+    source           pg_catalog.text NOT NULL,    -- as given: a query, or a table or view name
+    source_view      pg_catalog.regclass NOT NULL, -- the view that holds it
+    search_path      pg_catalog.text NOT NULL,    -- the path it was checked under, and runs with
+    operations       pg_catalog.jsonb NOT NULL DEFAULT '{}',
+    nulls            pg_catalog.text NOT NULL DEFAULT 'skip',
+    properties_event pg_catalog.text,
+    api              pg_catalog.text NOT NULL DEFAULT 'httpapi',
+    batch_size       pg_catalog.int4,
+    min_id_length    pg_catalog.int4 NOT NULL DEFAULT 5,
+    created_at       pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at       pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE amplitude_sync.syncs IS 'Saved syncs; change them with create_sync, alter_sync and drop_sync.';
+
+-- What Amplitude confirmed, per sync and record: the record's key (user_id,
+-- device_id, group, or the event's insert_id) and its payload's fingerprint.
+CREATE TABLE amplitude_sync.sync_state (
+    sync_id     pg_catalog.int4 NOT NULL REFERENCES amplitude_sync.syncs (sync_id) ON DELETE CASCADE,
+    record_key  pg_catalog.text NOT NULL,
+    fingerprint pg_catalog.uuid NOT NULL,
+    sent_at     pg_catalog.timestamptz NOT NULL,
+    PRIMARY KEY (sync_id, record_key)
+);
+
+-- The overlap guard: the session running a sync holds a session-level
+-- advisory lock on a random key stored here. Nobody else can read the key
+-- before the run takes the lock, and a lock someone else holds on an old key
+-- is told apart by its pid: no other role can block a sync.
+CREATE TABLE amplitude_sync.sync_claims (
+    sync_id  pg_catalog.int4 PRIMARY KEY REFERENCES amplitude_sync.syncs (sync_id) ON DELETE CASCADE,
+    pid      pg_catalog.int4 NOT NULL,
+    lock_key pg_catalog.int8 NOT NULL,
+    run_id   pg_catalog.int8
+);
+
+ALTER TABLE amplitude_sync.syncs ENABLE ROW LEVEL SECURITY;
+ALTER TABLE amplitude_sync.sync_state ENABLE ROW LEVEL SECURITY;
+ALTER TABLE amplitude_sync.sync_claims ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_syncs ON amplitude_sync.syncs FOR SELECT
+    USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c
+                                   WHERE c.oid OPERATOR(pg_catalog.=) source_view::pg_catalog.oid), 'MEMBER'));
+CREATE POLICY own_state ON amplitude_sync.sync_state FOR SELECT
+    USING (EXISTS (SELECT FROM amplitude_sync.syncs s
+                   WHERE s.sync_id OPERATOR(pg_catalog.=) sync_state.sync_id));
+-- A run is visible to the role that ran it and to the owner of its sync.
+CREATE POLICY own_runs ON amplitude_sync.sync_runs FOR SELECT
+    USING (pg_catalog.pg_has_role(run_by::pg_catalog.oid, 'MEMBER')
+           OR EXISTS (SELECT FROM amplitude_sync.syncs s
+                      WHERE s.sync_id OPERATOR(pg_catalog.=) sync_runs.sync_id));
+CREATE POLICY own_rejections ON amplitude_sync.rejected_records FOR SELECT
+    USING (EXISTS (SELECT FROM amplitude_sync.sync_runs r
+                   WHERE r.run_id OPERATOR(pg_catalog.=) rejected_records.run_id));
+-- Reading only: every write goes through the extension's functions.
+GRANT SELECT ON amplitude_sync.syncs, amplitude_sync.sync_state, amplitude_sync.sync_runs,
+                amplitude_sync.rejected_records TO PUBLIC;
+
+SELECT pg_catalog.pg_extension_config_dump('amplitude_sync.sync_runs', '');
+SELECT pg_catalog.pg_extension_config_dump('amplitude_sync.sync_runs_run_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('amplitude_sync.rejected_records', '');
+SELECT pg_catalog.pg_extension_config_dump('amplitude_sync.syncs', '');
+SELECT pg_catalog.pg_extension_config_dump('amplitude_sync.syncs_sync_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('amplitude_sync.sync_state', '');
+
+CREATE FUNCTION amplitude_sync.create_sync(
+    name             pg_catalog.text,
+    server           pg_catalog.name,
+    object           pg_catalog.text,
+    source           pg_catalog.text,
+    behaviour        pg_catalog.text  DEFAULT NULL,   -- update_or_create (user, device, group) or append (event)
+    operations       pg_catalog.jsonb DEFAULT '{}',
+    nulls            pg_catalog.text  DEFAULT 'skip',
+    properties_event pg_catalog.text  DEFAULT NULL,
+    api              pg_catalog.text  DEFAULT 'httpapi',
+    batch_size       pg_catalog.int4  DEFAULT NULL,
+    min_id_length    pg_catalog.int4  DEFAULT 5)
+RETURNS amplitude_sync.syncs
+AS 'MODULE_PATHNAME', 'amplitude_sync_create_sync'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION amplitude_sync.create_sync IS
+    'Saves a sync owned by the current role; its source is checked (and kept as a view) under the current search_path.';
+
+CREATE FUNCTION amplitude_sync.alter_sync(
+    name             pg_catalog.text,
+    server           pg_catalog.name  DEFAULT NULL,
+    source           pg_catalog.text  DEFAULT NULL,
+    operations       pg_catalog.jsonb DEFAULT NULL,
+    nulls            pg_catalog.text  DEFAULT NULL,
+    properties_event pg_catalog.text  DEFAULT NULL,
+    api              pg_catalog.text  DEFAULT NULL,
+    batch_size       pg_catalog.int4  DEFAULT NULL,
+    min_id_length    pg_catalog.int4  DEFAULT NULL,
+    new_name         pg_catalog.text  DEFAULT NULL)
+RETURNS amplitude_sync.syncs
+AS 'MODULE_PATHNAME', 'amplitude_sync_alter_sync'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION amplitude_sync.alter_sync IS
+    'Changes a sync; the arguments left NULL keep their value. A new source is checked as the sync''s owner.';
+
+CREATE FUNCTION amplitude_sync.drop_sync(name pg_catalog.text)
+RETURNS pg_catalog.void
+AS 'MODULE_PATHNAME', 'amplitude_sync_drop_sync'
+LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION amplitude_sync.drop_sync IS
+    'Drops a sync with its state and source view; its run history stays.';
+
+CREATE FUNCTION amplitude_sync.resync(name pg_catalog.text, predicate pg_catalog.text DEFAULT NULL)
+RETURNS pg_catalog.int8
+AS 'MODULE_PATHNAME', 'amplitude_sync_resync'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION amplitude_sync.resync IS
+    'Makes the next run resend every record, or those whose source row matches predicate; returns how many.';
+
+-- A procedure, so that a run commits as it goes: other sessions see its
+-- counts, and what Amplitude confirmed stays remembered if the run is later
+-- cancelled. The INOUT parameters are the run report that CALL prints.
+CREATE PROCEDURE amplitude_sync.run_sync(
+    name            pg_catalog.text,
+    INOUT run_id    pg_catalog.int8     DEFAULT NULL,
+    INOUT status    pg_catalog.text     DEFAULT NULL,
+    INOUT rows_read pg_catalog.int8     DEFAULT NULL,
+    INOUT sent      pg_catalog.int8     DEFAULT NULL,
+    INOUT rejected  pg_catalog.int8     DEFAULT NULL,
+    INOUT not_sent  pg_catalog.int8     DEFAULT NULL,
+    INOUT unchanged pg_catalog.int8     DEFAULT NULL,
+    INOUT requests  pg_catalog.int8     DEFAULT NULL,
+    INOUT retries   pg_catalog.int8     DEFAULT NULL,
+    INOUT elapsed   pg_catalog.interval DEFAULT NULL)
+AS 'MODULE_PATHNAME', 'amplitude_sync_run_sync'
+LANGUAGE C;
+COMMENT ON PROCEDURE amplitude_sync.run_sync IS
+    'Runs a saved sync: sends the records that are new or changed since the last run (CALL amplitude_sync.run_sync(''name'')).';
+
+CREATE FUNCTION amplitude_sync.preview_sync(name pg_catalog.text, include_unchanged pg_catalog.bool DEFAULT false)
+RETURNS TABLE (row_number pg_catalog.int8, record_key pg_catalog.text, action pg_catalog.text,
+               endpoint pg_catalog.text, payload pg_catalog.json, reason pg_catalog.text)
+AS 'MODULE_PATHNAME', 'amplitude_sync_preview_sync'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION amplitude_sync.preview_sync(pg_catalog.text, pg_catalog.bool) IS
+    'What the next run_sync would do, record by record, without sending anything or changing any state.';
+
+-- Running a sync sends data out: like the one-shot functions, it needs a GRANT.
+REVOKE ALL ON PROCEDURE amplitude_sync.run_sync FROM PUBLIC;
+
+-- Scheduling with pg_cron (when it is installed): a job named
+-- "amplitude_sync:<sync>" that CALLs run_sync, as the role that schedules it.
+CREATE FUNCTION amplitude_sync.schedule_sync(name pg_catalog.text, schedule pg_catalog.text)
+RETURNS pg_catalog.int8 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    sync_name pg_catalog.text;
+    job pg_catalog.int8;
+BEGIN
+    SELECT s.name INTO sync_name FROM amplitude_sync.syncs s WHERE s.name OPERATOR(pg_catalog.=) schedule_sync.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'sync "%" does not exist', schedule_sync.name USING ERRCODE = '42704',
+            HINT = 'Syncs of roles you are not a member of are not visible; see amplitude_sync.syncs.';
+    END IF;
+    IF pg_catalog.to_regnamespace('cron') IS NULL THEN
+        RAISE EXCEPTION 'pg_cron is not installed in this database' USING ERRCODE = '55000',
+            HINT = 'Install pg_cron (shared_preload_libraries = ''pg_cron'', then CREATE EXTENSION pg_cron), or run CALL amplitude_sync.run_sync(...) from any scheduler.';
+    END IF;
+    EXECUTE 'SELECT cron.schedule($1, $2, $3)' INTO job
+        USING 'amplitude_sync:' OPERATOR(pg_catalog.||) sync_name, schedule,
+              pg_catalog.format('CALL amplitude_sync.run_sync(%L)', sync_name);
+    RETURN job;
+END $$;
+
+CREATE FUNCTION amplitude_sync.unschedule_sync(name pg_catalog.text)
+RETURNS pg_catalog.bool LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    done pg_catalog.bool;
+BEGIN
+    IF pg_catalog.to_regnamespace('cron') IS NULL THEN
+        RAISE EXCEPTION 'pg_cron is not installed in this database' USING ERRCODE = '55000';
+    END IF;
+    EXECUTE 'SELECT cron.unschedule($1)' INTO done USING 'amplitude_sync:' OPERATOR(pg_catalog.||) name;
+    RETURN done;
+END $$;
+
+-- When a sync's source view is dropped (DROP OWNED BY its owner, or a
+-- DROP ... CASCADE of what it reads), the sync goes with it.
+CREATE FUNCTION amplitude_sync._drop_syncs_of_dropped_views()
+RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    dropped pg_catalog.text;
+BEGIN
+    IF pg_catalog.to_regclass('amplitude_sync.syncs') IS NULL THEN
+        RETURN;  -- DROP EXTENSION
+    END IF;
+    FOR dropped IN
+        DELETE FROM amplitude_sync.syncs s
+        USING pg_catalog.pg_event_trigger_dropped_objects() o
+        WHERE o.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+          AND o.objsubid OPERATOR(pg_catalog.=) 0
+          AND s.source_view::pg_catalog.oid OPERATOR(pg_catalog.=) o.objid
+        RETURNING s.name
+    LOOP
+        RAISE NOTICE 'drop cascades to sync "%"', dropped;
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION amplitude_sync._drop_syncs_of_dropped_views() FROM PUBLIC;
+CREATE EVENT TRIGGER amplitude_sync_dropped_sources ON sql_drop
+    EXECUTE FUNCTION amplitude_sync._drop_syncs_of_dropped_views();

@@ -1,0 +1,96 @@
+#include "call_options.hpp"
+
+#include <cctype>
+#include <initializer_list>
+
+#include "field_mapping.hpp"
+
+namespace amplitude_sync {
+
+// Amplitude's contract (see the README's "Amplitude's answers"): at most
+// 2,000 events and < 1 MB per /2/httpapi request, 20 MB on /batch; 1,024
+// identifications per form request; throttled IDs wait 30 s on /2/httpapi
+// and 15 s elsewhere.
+const Endpoint kHttpApiEndpoint = {"/2/httpapi", 2000, 1000000 - 1, 30000, false};
+const Endpoint kBatchEndpoint = {"/batch", 2000, 20000000, 15000, false};
+const Endpoint kIdentifyEndpoint = {"/identify", 1024, 1000000 - 1, 15000, true};
+const Endpoint kGroupIdentifyEndpoint = {"/groupidentify", 1024, 1000000 - 1, 15000, true};
+
+namespace {
+
+std::string lower(const char *text) {
+    std::string s(text);
+    for (char &c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return s;
+}
+
+[[noreturn]] void invalid(const std::string &argument, const std::string &value, const std::string &hint) {
+    throw PlanError("22023", "invalid value for argument \"" + argument + "\": \"" + value + "\"", "", hint);
+}
+
+// The choice the value names (case-insensitive); else an error listing them.
+const char *one_of(const char *argument, const char *value, std::initializer_list<const char *> choices) {
+    std::string given = lower(value);
+    std::string list;
+    for (const char *c : choices) {
+        if (given == c) return c;
+        list += list.empty() ? "" : ", ";
+        list += c;
+    }
+    invalid(argument, value, "Supported values: " + list + ".");
+}
+
+void check_range(const char *argument, int value, int min, int max) {
+    if (value < min || value > max)
+        throw PlanError("22023", std::string("argument \"") + argument + "\" must be between " + std::to_string(min) +
+                                     " and " + std::to_string(max),
+                        "The value given was " + std::to_string(value) + ".", "");
+}
+
+}  // namespace
+
+CallOptions check_call_arguments(const CallArguments &a) {
+    CallOptions o;
+    o.object = one_of("object", a.object ? a.object : "", {"event", "user", "device", "group"});
+    std::string object = o.object;
+    o.target = object == "event"  ? Target::kEvents
+               : object == "user" ? Target::kUser
+               : object == "device" ? Target::kDevice
+                                    : Target::kGroup;
+    bool events = o.target == Target::kEvents;
+    const char *natural = events ? "append" : "update_or_create";
+    o.behaviour = a.behaviour ? one_of("behaviour", a.behaviour, {"append", "update_or_create"}) : natural;
+    if (std::string(o.behaviour) != natural)
+        throw PlanError("22023", "behaviour \"" + std::string(o.behaviour) + "\" is not supported for object \"" + object + "\"",
+                        "", "Supported: update_or_create for user, device and group; append for event.");
+    o.api = one_of("api", a.api ? a.api : "httpapi", {"httpapi", "batch"});
+    bool batch = std::string(o.api) == "batch";
+    if (batch && !events)
+        throw PlanError("22023", "api \"batch\" applies to events only",
+                        "Users, devices and groups are sent to /identify and /groupidentify.",
+                        "Leave api out (or use httpapi) for object \"" + object + "\".");
+    o.nulls = one_of("nulls", a.nulls ? a.nulls : "skip", {"skip", "unset"});
+    o.nulls_unset = std::string(o.nulls) == "unset";
+    if (o.nulls_unset && events)
+        throw PlanError("22023", "nulls \"unset\" applies to users, devices and groups only",
+                        "Events have no properties to remove; NULL columns are left out.", "");
+    if (a.properties_event) {
+        if (o.target != Target::kUser && o.target != Target::kDevice)
+            throw PlanError("22023", "properties_event applies to user and device syncs only", "",
+                            "Leave properties_event out for object \"" + object + "\".");
+        if (!*a.properties_event)
+            throw PlanError("22023", "argument \"properties_event\" must not be empty", "",
+                            "Give an event type such as 'Properties Updated', or NULL for none.");
+        o.properties_event = a.properties_event;
+    }
+    o.endpoint = events ? (batch ? &kBatchEndpoint : &kHttpApiEndpoint)
+                        : (o.target == Target::kGroup ? &kGroupIdentifyEndpoint : &kIdentifyEndpoint);
+    if (a.batch_size != kNotGiven) check_range("batch_size", a.batch_size, 1, o.endpoint->max_records);
+    o.batch_size = a.batch_size;
+    o.max_records = a.batch_size != kNotGiven ? a.batch_size : o.endpoint->max_records;
+    check_range("min_id_length", a.min_id_length, 1, 1000);
+    o.min_id_length = a.min_id_length;
+    return o;
+}
+
+}  // namespace amplitude_sync

@@ -1,0 +1,721 @@
+// Saved syncs: create_sync, alter_sync, drop_sync, resync, run_sync and
+// preview_sync. A sync's source is a view owned by the sync's owner
+// (amplitude_sync.sync_<id>_source); every statement that executes it
+// runs as that owner, read-only (role_scope.hpp), whoever calls; every
+// write to the extension's tables runs as the extension's owner.
+#include <cstring>
+
+#include "call_options.hpp"
+#include "cxx_guard.hpp"
+
+#include "connection.hpp"
+#include "pg_headers.hpp"
+#include "role_scope.hpp"
+#include "run_log.hpp"
+#include "send_run.hpp"
+#include "source_query.hpp"
+
+using namespace amplitude_sync;
+
+namespace {
+
+// A saved sync as stored, visible to the current role.
+struct SavedSync {
+    int sync_id;
+    Oid owner;  // its source view's owner
+    const char *name;
+    const char *server;
+    const char *object;
+    const char *behaviour;
+    const char *source;
+    Oid source_view;
+    const char *search_path;
+    const char *operations;
+    const char *nulls;
+    const char *properties_event;  // or NULL
+    int batch_size;                // kNotGiven: the endpoint's maximum
+    int min_id_length;
+};
+
+const char *text_arg(FunctionCallInfo fcinfo, int arg, const char *name) {
+    if (PG_ARGISNULL(arg))
+        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+                        errmsg("argument \"%s\" must not be null", name)));
+    return text_to_cstring(PG_GETARG_TEXT_PP(arg));
+}
+
+const char *optional_text_arg(FunctionCallInfo fcinfo, int arg) {
+    return PG_ARGISNULL(arg) ? nullptr : text_to_cstring(PG_GETARG_TEXT_PP(arg));
+}
+
+const char *copied_value(HeapTuple tuple, TupleDesc desc, int column) {
+    char *value = SPI_getvalue(tuple, desc, column);
+    if (!value) return nullptr;
+    size_t len = strlen(value) + 1;
+    char *copy = static_cast<char *>(SPI_palloc(len));
+    memcpy(copy, value, len);
+    return copy;
+}
+
+// SPI connected. Finds the sync named name that the current role may manage
+// (a member of its owner's role); raises 42704 otherwise, as for a sync that
+// does not exist.
+void load_saved_sync(const char *name, SavedSync *sync) {
+    Oid caller = GetUserId();
+    RoleScope scope;
+    enter_extension_scope(&scope);
+    Oid argtypes[1] = {TEXTOID};
+    Datum args[1] = {CStringGetTextDatum(name)};
+    int rc = SPI_execute_with_args(
+        "SELECT s.sync_id, c.relowner, s.name, s.server::pg_catalog.text, s.object, s.behaviour, s.source, "
+        "s.source_view::pg_catalog.oid, s.search_path, s.operations::pg_catalog.text, s.nulls, s.properties_event, "
+        "s.batch_size, s.min_id_length "
+        "FROM amplitude_sync.syncs s JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.source_view "
+        "WHERE s.name OPERATOR(pg_catalog.=) $1",
+        1, argtypes, args, nullptr, true, 1);
+    leave_role_scope(&scope);
+    if (rc != SPI_OK_SELECT) elog(ERROR, "amplitude_sync: could not read sync \"%s\"", name);
+    bool isnull = true;
+    Oid owner = InvalidOid;
+    if (SPI_processed == 1) owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+    if (SPI_processed != 1 || !is_member_of_role(caller, owner))
+        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT), errmsg("sync \"%s\" does not exist", name),
+                        errhint("Syncs of roles you are not a member of are not visible; see amplitude_sync.syncs.")));
+    HeapTuple tuple = SPI_tuptable->vals[0];
+    TupleDesc desc = SPI_tuptable->tupdesc;
+    sync->sync_id = DatumGetInt32(SPI_getbinval(tuple, desc, 1, &isnull));
+    sync->owner = owner;
+    sync->name = copied_value(tuple, desc, 3);
+    sync->server = copied_value(tuple, desc, 4);
+    sync->object = copied_value(tuple, desc, 5);
+    sync->behaviour = copied_value(tuple, desc, 6);
+    sync->source = copied_value(tuple, desc, 7);
+    sync->source_view = DatumGetObjectId(SPI_getbinval(tuple, desc, 8, &isnull));
+    sync->search_path = copied_value(tuple, desc, 9);
+    sync->operations = copied_value(tuple, desc, 10);
+    sync->nulls = copied_value(tuple, desc, 11);
+    sync->properties_event = copied_value(tuple, desc, 12);
+    Datum batch = SPI_getbinval(tuple, desc, 13, &isnull);
+    sync->batch_size = isnull ? kNotGiven : DatumGetInt32(batch);
+    sync->min_id_length = DatumGetInt32(SPI_getbinval(tuple, desc, 14, &isnull));
+}
+
+CallArguments sync_arguments(const SavedSync *sync) {
+    CallArguments a;
+    a.object = sync->object;
+    a.behaviour = sync->behaviour;
+    a.nulls = sync->nulls;
+    a.properties_event = sync->properties_event;
+    a.batch_size = sync->batch_size;
+    a.min_id_length = sync->min_id_length;
+    return a;
+}
+
+// The expression that names a record of the sync's object in its source.
+const char *record_key_expression(Target target) {
+    switch (target) {
+        case Target::kUser: return "src.user_id::pg_catalog.text";
+        case Target::kDevice: return "src.device_id::pg_catalog.text";
+        case Target::kGroup:
+            return "src.group_type::pg_catalog.text OPERATOR(pg_catalog.||) pg_catalog.chr(31) "
+                   "OPERATOR(pg_catalog.||) src.group_value::pg_catalog.text";
+        case Target::kEvents: return "src.insert_id::pg_catalog.text";
+    }
+    return "";
+}
+
+const char *qualified_relation_name(Oid relation) {
+    return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relation)), get_rel_name(relation));
+}
+
+// The spec of a run (or preview, or check) of a sync: its checked options,
+// its source read in the owner's scope. with_state: the query also returns
+// the stored fingerprint and the record key (run and preview).
+void sync_spec(const SavedSync *sync, const char *api, bool with_state, SendSpec *spec) {
+    *spec = SendSpec{};
+    CallArguments arguments = sync_arguments(sync);
+    arguments.api = api;
+    AMP_CXX(spec->options = check_call_arguments(arguments));
+    spec->function_name = "run_sync";
+    spec->operations_json = sync->operations;
+    spec->run_as = sync->owner;
+    spec->source_search_path = sync->search_path;
+    spec->sync_name = sync->name;
+    const char *view = qualified_relation_name(sync->source_view);
+    if (!with_state) {
+        spec->query = psprintf("SELECT * FROM %s", view);
+        return;
+    }
+    spec->sync_id = sync->sync_id;
+    const char *key = record_key_expression(spec->options.target);
+    spec->query = psprintf(
+        "SELECT src.*, st.fingerprint AS \"amplitude_sync.fingerprint\", %s AS \"amplitude_sync.record_key\" "
+        "FROM %s src LEFT JOIN amplitude_sync.sync_state st "
+        "ON st.sync_id OPERATOR(pg_catalog.=) %d AND st.record_key OPERATOR(pg_catalog.=) %s",
+        key, view, sync->sync_id, key);
+}
+
+// The api a sync is stored with.
+const char *stored_api(int sync_id) {
+    RoleScope scope;
+    enter_extension_scope(&scope);
+    Oid argtypes[1] = {INT4OID};
+    Datum args[1] = {Int32GetDatum(sync_id)};
+    if (SPI_execute_with_args("SELECT api FROM amplitude_sync.syncs WHERE sync_id OPERATOR(pg_catalog.=) $1", 1,
+                              argtypes, args, nullptr, true, 1) != SPI_OK_SELECT ||
+        SPI_processed != 1)
+        elog(ERROR, "amplitude_sync: sync %d vanished", sync_id);
+    const char *api = copied_value(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+    leave_role_scope(&scope);
+    return api;
+}
+
+void execute_as_extension(const char *sql) {
+    RoleScope scope;
+    enter_extension_scope(&scope);
+    if (SPI_execute(sql, false, 0) < 0) elog(ERROR, "amplitude_sync: could not run: %s", sql);
+    leave_role_scope(&scope);
+}
+
+// Makes the view that holds a sync's source, owned by owner: the source is
+// a relation name (read whole, its columns as they are now) or a checked
+// read-only query, resolved with the current search_path. Returns its oid.
+Oid create_source_view(const char *view_name, const char *sync_name, const char *source, Oid owner) {
+    Oid relation = source_relation(source);
+    const char *query = OidIsValid(relation) ? psprintf("SELECT * FROM %s", qualified_relation_name(relation))
+                                             : checked_source_query(source);
+    // Planned first as the owner, read-only: errors name the source, not
+    // the view, and the owner's rights are checked before anything is made.
+    RoleScope scope;
+    enter_role_scope(&scope, owner, namespace_search_path, true);
+    if (!SPI_prepare(query, 0, nullptr)) elog(ERROR, "amplitude_sync: could not prepare the source");
+    leave_role_scope(&scope);
+    // CREATE VIEW only parses the query (no function runs), as the
+    // extension's owner because only it may create in this schema; names
+    // resolve under the caller's search_path, as the caller wrote them.
+    enter_role_scope(&scope, extension_owner(), namespace_search_path, false);
+    if (SPI_execute(psprintf("CREATE VIEW amplitude_sync.%s AS\n%s\n", quote_identifier(view_name), query), false,
+                    0) != SPI_OK_UTILITY)
+        elog(ERROR, "amplitude_sync: could not create the source view");
+    leave_role_scope(&scope);
+    execute_as_extension(psprintf("ALTER VIEW amplitude_sync.%s OWNER TO %s", quote_identifier(view_name),
+                                  quote_identifier(GetUserNameFromId(owner, false))));
+    execute_as_extension(psprintf("COMMENT ON VIEW amplitude_sync.%s IS %s", quote_identifier(view_name),
+                                  quote_literal_cstr(psprintf("The source of sync \"%s\".", sync_name))));
+    CommandCounterIncrement();
+    return get_relname_relid(view_name, get_namespace_oid("amplitude_sync", false));
+}
+
+// The connection a sync uses, as its owner: USAGE on the server and the
+// user mapping are the owner's, whoever runs the sync.
+void load_owner_connection(const SavedSync *sync, AmpConnection *conn) {
+    RoleScope scope;
+    enter_role_scope(&scope, sync->owner, AMP_PINNED_SEARCH_PATH, false);
+    load_connection(sync->server, conn);
+    leave_role_scope(&scope);
+}
+
+// Checks a sync as it would run: its options, its server and mapping (as
+// its owner), and its source's columns (in the owner's scope).
+void check_sync(const SavedSync *sync, const char *api) {
+    AmpConnection conn;
+    load_owner_connection(sync, &conn);
+    SendSpec spec;
+    sync_spec(sync, api, false, &spec);
+    check_source_columns(&spec);
+}
+
+Datum sync_row(FunctionCallInfo fcinfo, int sync_id) {
+    RoleScope scope;
+    enter_extension_scope(&scope);
+    Oid argtypes[1] = {INT4OID};
+    Datum args[1] = {Int32GetDatum(sync_id)};
+    if (SPI_execute_with_args("SELECT s FROM amplitude_sync.syncs s WHERE s.sync_id OPERATOR(pg_catalog.=) $1", 1,
+                              argtypes, args, nullptr, false, 1) != SPI_OK_SELECT ||
+        SPI_processed != 1)
+        elog(ERROR, "amplitude_sync: sync %d vanished", sync_id);
+    bool isnull;
+    Datum row = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+    leave_role_scope(&scope);
+    (void)fcinfo;
+    return SPI_datumTransfer(row, false, -1);
+}
+
+void check_name_free(const char *name) {
+    RoleScope scope;
+    enter_extension_scope(&scope);
+    Oid argtypes[1] = {TEXTOID};
+    Datum args[1] = {CStringGetTextDatum(name)};
+    if (SPI_execute_with_args("SELECT FROM amplitude_sync.syncs WHERE name OPERATOR(pg_catalog.=) $1", 1, argtypes,
+                              args, nullptr, true, 1) != SPI_OK_SELECT)
+        elog(ERROR, "amplitude_sync: could not read the syncs");
+    leave_role_scope(&scope);
+    if (SPI_processed > 0)
+        ereport(ERROR, (errcode(ERRCODE_DUPLICATE_OBJECT), errmsg("sync \"%s\" already exists", name),
+                        errhint("Use amplitude_sync.alter_sync() to change it, or choose another name.")));
+}
+
+void check_sync_name(const char *name) {
+    if (!*name)
+        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("a sync's name must not be empty")));
+}
+
+// The overlap guard (see sync_claims in the install script). Returns the
+// advisory-lock key this session now holds for the run, or 0 when another
+// session is running the sync.
+int64 claim_sync_run(int sync_id) {
+    RoleScope scope;
+    enter_extension_scope(&scope);
+    Oid argtypes[3] = {INT4OID, OIDOID, OIDOID};
+    Datum args[3] = {Int32GetDatum(sync_id), 0, 0};
+    // The row lock serializes runs that start at the same time.
+    if (SPI_execute_with_args(
+            "SELECT c.pid, c.lock_key FROM amplitude_sync.syncs s LEFT JOIN amplitude_sync.sync_claims c "
+            "ON c.sync_id OPERATOR(pg_catalog.=) s.sync_id WHERE s.sync_id OPERATOR(pg_catalog.=) $1 "
+            "FOR NO KEY UPDATE OF s",
+            1, argtypes, args, nullptr, false, 1) != SPI_OK_SELECT ||
+        SPI_processed != 1)
+        elog(ERROR, "amplitude_sync: sync %d vanished", sync_id);
+    bool no_claim;
+    int32 pid = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &no_claim));
+    bool isnull;
+    int64 key = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+    if (!no_claim) {
+        // Running means: the claiming session still holds the claim's lock.
+        args[0] = Int32GetDatum(pid);
+        args[1] = ObjectIdGetDatum(static_cast<Oid>(static_cast<uint64>(key) >> 32));
+        args[2] = ObjectIdGetDatum(static_cast<Oid>(static_cast<uint64>(key) & 0xffffffffu));
+        Oid lock_types[3] = {INT4OID, OIDOID, OIDOID};
+        if (SPI_execute_with_args(
+                "SELECT FROM pg_catalog.pg_locks l WHERE l.locktype OPERATOR(pg_catalog.=) 'advisory' "
+                "AND l.pid OPERATOR(pg_catalog.=) $1 AND l.classid OPERATOR(pg_catalog.=) $2 "
+                "AND l.objid OPERATOR(pg_catalog.=) $3 AND l.objsubid OPERATOR(pg_catalog.=) 1 AND l.granted",
+                3, lock_types, args, nullptr, true, 1) != SPI_OK_SELECT)
+            elog(ERROR, "amplitude_sync: could not read pg_locks");
+        if (SPI_processed > 0) {
+            leave_role_scope(&scope);
+            return 0;
+        }
+    }
+    // A fresh random key nobody could have seen: no other role can hold it.
+    do {
+        if (!pg_strong_random(&key, sizeof key)) elog(ERROR, "amplitude_sync: no random numbers");
+        key &= INT64_MAX;
+    } while (key == 0 || !DatumGetBool(DirectFunctionCall1(pg_try_advisory_lock_int8, Int64GetDatum(key))));
+    Oid claim_types[3] = {INT4OID, INT4OID, INT8OID};
+    Datum claim[3] = {Int32GetDatum(sync_id), Int32GetDatum(MyProcPid), Int64GetDatum(key)};
+    if (SPI_execute_with_args("INSERT INTO amplitude_sync.sync_claims (sync_id, pid, lock_key) VALUES ($1, $2, $3) "
+                              "ON CONFLICT (sync_id) DO UPDATE SET pid = EXCLUDED.pid, lock_key = EXCLUDED.lock_key",
+                              3, claim_types, claim, nullptr, false, 0) != SPI_OK_INSERT)
+        elog(ERROR, "amplitude_sync: could not claim sync %d", sync_id);
+    leave_role_scope(&scope);
+    return key;
+}
+
+void release_sync_run(int64 key) {
+    if (key) DirectFunctionCall1(pg_advisory_unlock_int8, Int64GetDatum(key));
+}
+
+// Segments of a run that commits as it goes: each is a subtransaction, so
+// that an error rolls back only the unfinished segment and the run can
+// still record its failure, and commit.
+struct Segments {
+    RunSegments hooks;
+    MemoryContext context;   // the procedure's SPI context
+    ResourceOwner owner;     // the current transaction's resource owner
+    bool in_subtransaction;
+};
+
+void begin_segment(Segments *segments) {
+    segments->owner = CurrentResourceOwner;
+    BeginInternalSubTransaction(nullptr);
+    segments->in_subtransaction = true;
+    MemoryContextSwitchTo(segments->context);
+}
+
+void end_segment(Segments *segments) {
+    segments->in_subtransaction = false;
+    ReleaseCurrentSubTransaction();
+    MemoryContextSwitchTo(segments->context);
+    CurrentResourceOwner = segments->owner;
+}
+
+void commit_segment(RunSegments *hooks) {
+    Segments *segments = reinterpret_cast<Segments *>(hooks);
+    end_segment(segments);
+    SPI_commit();
+    MemoryContextSwitchTo(segments->context);
+    begin_segment(segments);
+}
+
+// The report of a run that did not start.
+Datum skipped_report(FunctionCallInfo fcinfo, int64 run_id) {
+    TupleDesc desc;
+    if (get_call_result_type(fcinfo, nullptr, &desc) != TYPEFUNC_COMPOSITE)
+        elog(ERROR, "amplitude_sync: return type must be a row type");
+    Datum values[10] = {Int64GetDatum(run_id), CStringGetTextDatum("skipped"), 0, 0, 0, 0, 0, 0, 0, 0};
+    bool nulls[10] = {false, false, true, true, true, true, true, true, true, true};
+    return HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls));
+}
+
+}  // namespace
+
+extern "C" {
+
+PG_FUNCTION_INFO_V1(amplitude_sync_create_sync);
+
+// create_sync(name, server, object, source, behaviour, operations, nulls,
+//             properties_event, api, batch_size, min_id_length) RETURNS syncs
+Datum amplitude_sync_create_sync(PG_FUNCTION_ARGS) {
+    SavedSync sync{};
+    sync.name = text_arg(fcinfo, 0, "name");
+    if (PG_ARGISNULL(1))
+        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("argument \"server\" must not be null")));
+    sync.server = NameStr(*PG_GETARG_NAME(1));
+    sync.object = text_arg(fcinfo, 2, "object");
+    sync.source = text_arg(fcinfo, 3, "source");
+    sync.behaviour = optional_text_arg(fcinfo, 4);
+    sync.operations = "{}";
+    if (!PG_ARGISNULL(5)) {
+        Jsonb *jb = PG_GETARG_JSONB_P(5);
+        sync.operations = JsonbToCString(nullptr, &jb->root, VARSIZE(jb));
+    }
+    sync.nulls = PG_ARGISNULL(6) ? "skip" : text_arg(fcinfo, 6, "nulls");
+    sync.properties_event = optional_text_arg(fcinfo, 7);
+    const char *api = PG_ARGISNULL(8) ? "httpapi" : text_arg(fcinfo, 8, "api");
+    sync.batch_size = PG_ARGISNULL(9) ? kNotGiven : PG_GETARG_INT32(9);
+    sync.min_id_length = PG_ARGISNULL(10) ? 5 : PG_GETARG_INT32(10);
+    sync.owner = GetUserId();
+    sync.search_path = pstrdup(namespace_search_path);
+    check_sync_name(sync.name);
+    CallArguments arguments = sync_arguments(&sync);
+    arguments.api = api;
+    CallOptions options;
+    AMP_CXX(options = check_call_arguments(arguments));
+
+    if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
+    check_name_free(sync.name);
+    RoleScope scope;
+    enter_extension_scope(&scope);
+    if (SPI_execute("SELECT pg_catalog.nextval('amplitude_sync.syncs_sync_id_seq')", false, 1) != SPI_OK_SELECT)
+        elog(ERROR, "amplitude_sync: could not number the sync");
+    bool isnull;
+    sync.sync_id = static_cast<int>(DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)));
+    leave_role_scope(&scope);
+    sync.source_view = create_source_view(psprintf("sync_%d_source", sync.sync_id), sync.name, sync.source, sync.owner);
+    check_sync(&sync, api);
+
+    enter_extension_scope(&scope);
+    Oid argtypes[14] = {INT4OID, TEXTOID, NAMEOID, TEXTOID, TEXTOID, TEXTOID, OIDOID,
+                        TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID, INT4OID};
+    Datum args[14] = {Int32GetDatum(sync.sync_id), CStringGetTextDatum(sync.name), PG_GETARG_DATUM(1),
+                      CStringGetTextDatum(options.object), CStringGetTextDatum(options.behaviour),
+                      CStringGetTextDatum(sync.source), ObjectIdGetDatum(sync.source_view),
+                      CStringGetTextDatum(sync.search_path), CStringGetTextDatum(sync.operations),
+                      CStringGetTextDatum(options.nulls),
+                      options.properties_event ? CStringGetTextDatum(options.properties_event) : (Datum)0,
+                      CStringGetTextDatum(options.api), Int32GetDatum(options.batch_size),
+                      Int32GetDatum(options.min_id_length)};
+    char nulls[15] = "              ";
+    if (!options.properties_event) nulls[10] = 'n';
+    if (options.batch_size == kNotGiven) nulls[12] = 'n';
+    if (SPI_execute_with_args(
+            "INSERT INTO amplitude_sync.syncs (sync_id, name, server, object, behaviour, source, source_view, "
+            "search_path, operations, nulls, properties_event, api, batch_size, min_id_length) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7::pg_catalog.regclass, $8, $9::pg_catalog.jsonb, $10, $11, $12, $13, $14)",
+            14, argtypes, args, nulls, false, 0) != SPI_OK_INSERT)
+        elog(ERROR, "amplitude_sync: could not save the sync");
+    leave_role_scope(&scope);
+    Datum row = sync_row(fcinfo, sync.sync_id);
+    SPI_finish();
+    PG_RETURN_DATUM(row);
+}
+
+PG_FUNCTION_INFO_V1(amplitude_sync_alter_sync);
+
+// alter_sync(name, server, source, operations, nulls, properties_event, api,
+//            batch_size, min_id_length, new_name) RETURNS syncs
+Datum amplitude_sync_alter_sync(PG_FUNCTION_ARGS) {
+    const char *name = text_arg(fcinfo, 0, "name");
+    if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
+    SavedSync sync;
+    load_saved_sync(name, &sync);
+    const char *api = stored_api(sync.sync_id);
+    if (!PG_ARGISNULL(1)) sync.server = pstrdup(NameStr(*PG_GETARG_NAME(1)));
+    const char *new_source = optional_text_arg(fcinfo, 2);
+    if (!PG_ARGISNULL(3)) {
+        Jsonb *jb = PG_GETARG_JSONB_P(3);
+        sync.operations = JsonbToCString(nullptr, &jb->root, VARSIZE(jb));
+    }
+    if (!PG_ARGISNULL(4)) sync.nulls = text_arg(fcinfo, 4, "nulls");
+    // properties_event => '' removes it.
+    if (!PG_ARGISNULL(5)) {
+        const char *event = text_arg(fcinfo, 5, "properties_event");
+        sync.properties_event = *event ? event : nullptr;
+    }
+    if (!PG_ARGISNULL(6)) api = text_arg(fcinfo, 6, "api");
+    if (!PG_ARGISNULL(7)) sync.batch_size = PG_GETARG_INT32(7);
+    if (!PG_ARGISNULL(8)) sync.min_id_length = PG_GETARG_INT32(8);
+    const char *new_name = optional_text_arg(fcinfo, 9);
+    if (new_name) {
+        check_sync_name(new_name);
+        if (strcmp(new_name, sync.name) != 0) check_name_free(new_name);
+        sync.name = new_name;
+    }
+    CallArguments arguments = sync_arguments(&sync);
+    arguments.api = api;
+    CallOptions options;
+    AMP_CXX(options = check_call_arguments(arguments));
+
+    Oid old_view = sync.source_view;
+    if (new_source) {
+        // The new view is made beside the old one, takes its place in the
+        // sync, and then its name; the old one is dropped.
+        sync.source = new_source;
+        sync.search_path = pstrdup(namespace_search_path);
+        sync.source_view = create_source_view(psprintf("sync_%d_source_new", sync.sync_id), sync.name, new_source,
+                                              sync.owner);
+    }
+    check_sync(&sync, api);
+
+    RoleScope scope;
+    enter_extension_scope(&scope);
+    Oid argtypes[13] = {INT4OID, TEXTOID, TEXTOID, TEXTOID, OIDOID, TEXTOID, TEXTOID,
+                        TEXTOID, TEXTOID, TEXTOID, INT4OID, INT4OID, TEXTOID};
+    Datum args[13] = {Int32GetDatum(sync.sync_id), CStringGetTextDatum(sync.name), CStringGetTextDatum(sync.server),
+                      CStringGetTextDatum(sync.source), ObjectIdGetDatum(sync.source_view),
+                      CStringGetTextDatum(sync.search_path), CStringGetTextDatum(sync.operations),
+                      CStringGetTextDatum(options.nulls),
+                      options.properties_event ? CStringGetTextDatum(options.properties_event) : (Datum)0,
+                      CStringGetTextDatum(options.api), Int32GetDatum(options.batch_size),
+                      Int32GetDatum(options.min_id_length), 0};
+    char nulls[14] = "            n";
+    if (!options.properties_event) nulls[8] = 'n';
+    if (options.batch_size == kNotGiven) nulls[10] = 'n';
+    if (SPI_execute_with_args(
+            "UPDATE amplitude_sync.syncs SET name = $2, server = $3::pg_catalog.name, source = $4, "
+            "source_view = $5::pg_catalog.regclass, search_path = $6, operations = $7::pg_catalog.jsonb, nulls = $8, "
+            "properties_event = $9, api = $10, batch_size = $11, min_id_length = $12, "
+            "updated_at = pg_catalog.now() WHERE sync_id OPERATOR(pg_catalog.=) $1",
+            13, argtypes, args, nulls, false, 0) != SPI_OK_UPDATE)
+        elog(ERROR, "amplitude_sync: could not change the sync");
+    leave_role_scope(&scope);
+    if (sync.source_view != old_view) {
+        execute_as_extension(psprintf("DROP VIEW %s", qualified_relation_name(old_view)));
+        execute_as_extension(psprintf("ALTER VIEW amplitude_sync.%s RENAME TO %s",
+                                      quote_identifier(psprintf("sync_%d_source_new", sync.sync_id)),
+                                      quote_identifier(psprintf("sync_%d_source", sync.sync_id))));
+    }
+    Datum row = sync_row(fcinfo, sync.sync_id);
+    SPI_finish();
+    PG_RETURN_DATUM(row);
+}
+
+PG_FUNCTION_INFO_V1(amplitude_sync_drop_sync);
+
+// drop_sync(name): the sync, its state and its source view; not its history.
+Datum amplitude_sync_drop_sync(PG_FUNCTION_ARGS) {
+    const char *name = text_arg(fcinfo, 0, "name");
+    if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
+    SavedSync sync;
+    load_saved_sync(name, &sync);
+    RoleScope scope;
+    enter_extension_scope(&scope);
+    Oid argtypes[1] = {INT4OID};
+    Datum args[1] = {Int32GetDatum(sync.sync_id)};
+    if (SPI_execute_with_args("DELETE FROM amplitude_sync.syncs WHERE sync_id OPERATOR(pg_catalog.=) $1", 1,
+                              argtypes, args, nullptr, false, 0) != SPI_OK_DELETE)
+        elog(ERROR, "amplitude_sync: could not drop the sync");
+    leave_role_scope(&scope);
+    execute_as_extension(psprintf("DROP VIEW %s", qualified_relation_name(sync.source_view)));
+    SPI_finish();
+    PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(amplitude_sync_resync);
+
+// resync(name, predicate): forget what Amplitude confirmed, for every record
+// or those whose source row matches predicate (read as the sync's owner).
+Datum amplitude_sync_resync(PG_FUNCTION_ARGS) {
+    const char *name = text_arg(fcinfo, 0, "name");
+    const char *predicate = optional_text_arg(fcinfo, 1);
+    if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
+    SavedSync sync;
+    load_saved_sync(name, &sync);
+    SendSpec spec;
+    sync_spec(&sync, stored_api(sync.sync_id), false, &spec);
+    if (!predicate && spec.options.target == Target::kEvents)
+        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                        errmsg("resync of append sync \"%s\" needs a predicate", sync.name),
+                        errdetail("Resending every event of an append sync would duplicate events older than "
+                                  "Amplitude's 7-day deduplication window."),
+                        errhint("Name the events to resend, for example: resync('%s', 'created_at > now() - "
+                                "interval ''1 day''').",
+                                sync.name)));
+    Datum keys = (Datum)0;
+    bool all = predicate == nullptr;
+    if (!all) {
+        // The keys of the matching rows, read like the source: as its owner,
+        // read-only; the predicate is checked to be part of one query.
+        const char *query = checked_source_query(
+            psprintf("SELECT pg_catalog.array_agg(%s) FROM %s src WHERE (%s\n)",
+                     record_key_expression(spec.options.target), qualified_relation_name(sync.source_view),
+                     predicate));
+        RoleScope scope;
+        enter_role_scope(&scope, sync.owner, sync.search_path, true);
+        if (SPI_execute(query, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+            elog(ERROR, "amplitude_sync: could not read the source");
+        leave_role_scope(&scope);
+        bool isnull;
+        keys = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+        if (isnull) {
+            SPI_finish();
+            PG_RETURN_INT64(0);
+        }
+    }
+    RoleScope scope;
+    enter_extension_scope(&scope);
+    Oid argtypes[2] = {INT4OID, TEXTARRAYOID};
+    Datum args[2] = {Int32GetDatum(sync.sync_id), keys};
+    int rc = all ? SPI_execute_with_args("DELETE FROM amplitude_sync.sync_state WHERE sync_id OPERATOR(pg_catalog.=) $1",
+                                         1, argtypes, args, nullptr, false, 0)
+                 : SPI_execute_with_args("DELETE FROM amplitude_sync.sync_state WHERE sync_id OPERATOR(pg_catalog.=) $1 "
+                                         "AND record_key OPERATOR(pg_catalog.=) ANY ($2)",
+                                         2, argtypes, args, nullptr, false, 0);
+    if (rc != SPI_OK_DELETE) elog(ERROR, "amplitude_sync: could not forget the sync's state");
+    int64 forgotten = static_cast<int64>(SPI_processed);
+    leave_role_scope(&scope);
+    SPI_finish();
+    PG_RETURN_INT64(forgotten);
+}
+
+PG_FUNCTION_INFO_V1(amplitude_sync_run_sync);
+
+// CALL run_sync(name text, INOUT ... the run report)
+Datum amplitude_sync_run_sync(PG_FUNCTION_ARGS) {
+    const char *name = text_arg(fcinfo, 0, "name");
+    // A run commits as it goes, so that what Amplitude confirmed is never
+    // rolled back behind its back: it cannot run inside a transaction block.
+    CallContext *call = fcinfo->context && IsA(fcinfo->context, CallContext)
+                            ? reinterpret_cast<CallContext *>(fcinfo->context)
+                            : nullptr;
+    if (!call || call->atomic)
+        ereport(ERROR, (errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+                        errmsg("run_sync cannot run inside a transaction block"),
+                        errdetail("A run commits what Amplitude confirmed as it goes; a rollback would make the "
+                                  "sync forget records Amplitude holds."),
+                        errhint("Run CALL amplitude_sync.run_sync('%s') on its own, outside BEGIN ... COMMIT "
+                                "and outside functions (psql: with AUTOCOMMIT on).",
+                                name)));
+    if (SPI_connect_ext(SPI_OPT_NONATOMIC) != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
+    SavedSync sync;
+    load_saved_sync(name, &sync);
+    const char *api = stored_api(sync.sync_id);
+    CallOptions options;
+    {
+        CallArguments arguments = sync_arguments(&sync);
+        arguments.api = api;
+        AMP_CXX(options = check_call_arguments(arguments));
+    }
+
+    // Two runs of one sync never overlap: a second one is recorded as
+    // skipped. The guard's lock is the session's (a run spans transactions).
+    RunLog log;
+    int64 key = claim_sync_run(sync.sync_id);
+    if (key == 0) {
+        run_log_start(&log, "run_sync", sync.server, options.endpoint->path, sync.sync_id, sync.name, "skipped",
+                      "the sync was already running in another session");
+        SPI_commit();
+        ereport(NOTICE, (errmsg("sync \"%s\" is already running in another session; this run is skipped",
+                                sync.name)));
+        Datum report = skipped_report(fcinfo, log.run_id);
+        SPI_finish();
+        PG_RETURN_DATUM(report);
+    }
+    run_log_start(&log, "run_sync", sync.server, options.endpoint->path, sync.sync_id, sync.name, "running",
+                  nullptr);
+    run_log_close_stale(sync.sync_id, log.run_id);
+    SPI_commit();
+
+    Segments segments{};
+    segments.hooks.commit = commit_segment;
+    segments.context = CurrentMemoryContext;
+    begin_segment(&segments);
+    volatile Datum result = 0;
+    PG_TRY();
+    {
+        AmpConnection conn;
+        load_owner_connection(&sync, &conn);
+        SendSpec spec;
+        sync_spec(&sync, api, true, &spec);
+        spec.log = &log;
+        spec.segments = &segments.hooks;
+        result = execute_send_run(fcinfo, &conn, &spec);
+        end_segment(&segments);
+    }
+    PG_CATCH();
+    {
+        // Record the failure (in a transaction of its own), then raise it.
+        MemoryContextSwitchTo(segments.context);
+        ErrorData *error = CopyErrorData();
+        FlushErrorState();
+        if (segments.in_subtransaction) {
+            segments.in_subtransaction = false;
+            RollbackAndReleaseCurrentSubTransaction();
+            MemoryContextSwitchTo(segments.context);
+            CurrentResourceOwner = segments.owner;
+        }
+        run_log_fail(&log, error->message);
+        SPI_commit();
+        release_sync_run(key);
+        ReThrowError(error);
+    }
+    PG_END_TRY();
+    release_sync_run(key);
+    Datum report = SPI_datumTransfer(result, false, -1);
+    SPI_finish();
+    PG_RETURN_DATUM(report);
+}
+
+PG_FUNCTION_INFO_V1(amplitude_sync_preview_sync);
+
+// preview_sync(name text, include_unchanged bool) RETURNS TABLE (...)
+Datum amplitude_sync_preview_sync(PG_FUNCTION_ARGS) {
+    const char *name = text_arg(fcinfo, 0, "name");
+    ReturnSetInfo *rsinfo = reinterpret_cast<ReturnSetInfo *>(fcinfo->resultinfo);
+    if (!rsinfo || !IsA(rsinfo, ReturnSetInfo) || !(rsinfo->allowedModes & SFRM_Materialize))
+        ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+                        errmsg("preview_sync must be called in the FROM clause")));
+    if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
+    SavedSync sync;
+    load_saved_sync(name, &sync);
+    AmpConnection conn;
+    load_owner_connection(&sync, &conn);
+    SendSpec spec;
+    sync_spec(&sync, stored_api(sync.sync_id), true, &spec);
+    spec.preview = true;
+    spec.include_unchanged = !PG_ARGISNULL(1) && PG_GETARG_BOOL(1);
+    spec.rsinfo = rsinfo;
+    execute_send_run(fcinfo, &conn, &spec);
+    SPI_finish();
+    return (Datum)0;
+}
+
+}  // extern "C"
+
+extern "C" {
+
+PG_FUNCTION_INFO_V1(amplitude_sync_check_source);
+
+// 1.0's _check_source, referenced by the 1.0 install script that upgrades
+// start from; 1.1 checks sources in create_sync and alter_sync.
+Datum amplitude_sync_check_source(PG_FUNCTION_ARGS) {
+    (void)fcinfo;
+    ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                    errmsg("extension \"amplitude_sync\" must be updated"),
+                    errdetail("The installed library is version 1.1; the database holds version 1.0."),
+                    errhint("Run ALTER EXTENSION amplitude_sync UPDATE.")));
+    PG_RETURN_VOID();
+}
+
+}  // extern "C"
