@@ -53,6 +53,12 @@ Decisions where the contract is uncertain (the mock chooses the stricter reading
       profile; user_properties are applied unless "$skip_user_properties_sync" is true.
     * /identify and /groupidentify refuse unknown form fields, repeated form fields and unknown keys
       in an identification; "paying" must be a string.
+    * Errors on /identify and /groupidentify are short plain text, never JSON, and never name the
+      refused identification (the first problem found, as "identification: ..."). A wrong or
+      repeated api_key is `invalid_api_key` (the key is never echoed); a missing or empty one is
+      `missing_field` (the doc names no text for it; the JSON endpoints call it missing_field);
+      a missing or malformed identification is `missing_event`. /2/httpapi and /batch answer
+      JSON: {"code":400,"error":"Invalid API key: <key>"}, "missing_field": "api_key", ...
     * Strings longer than 1024 characters are stored as sent (Amplitude truncates them; it does
       not refuse them).
     * Order on /2/httpapi and /batch: Content-Type, empty body, gzip/JSON, api_key, events, key
@@ -101,6 +107,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 DEFAULT_API_KEY = "mock-key-0123456789abcdef"
 
 EVENT_PATHS = ("/2/httpapi", "/batch")
+# The form endpoints' request-level refusals: short plain text, never JSON, never the key.
+FORM_INVALID_API_KEY = "invalid_api_key"
+FORM_MISSING_EVENT = "missing_event"      # identification missing or malformed
+FORM_MISSING_FIELD = "missing_field"      # api_key missing or empty
 IDENTIFY_PATH = "/identify"
 GROUPIDENTIFY_PATH = "/groupidentify"
 FORM_PATHS = (IDENTIFY_PATH, GROUPIDENTIFY_PATH)
@@ -583,9 +593,9 @@ def validate_events(events, min_id_length):
 # Identification validation (/identify, /groupidentify): problems are short text lines.
 # --------------------------------------------------------------------------------------------
 
-def identify_problems(index, ident):
+def identify_problems(ident):
     problems = []
-    where = f"identification {index}"
+    where = "identification"
     for key in sorted(set(ident) - KNOWN_IDENTIFY_KEYS):
         problems.append(f"{where}: unknown key {key}")
     present = [f for f in ID_FIELDS if ident.get(f) is not None]
@@ -608,9 +618,9 @@ def identify_problems(index, ident):
     return problems
 
 
-def groupidentify_problems(index, ident):
+def groupidentify_problems(ident):
     problems = []
-    where = f"identification {index}"
+    where = "identification"
     for key in sorted(set(ident) - KNOWN_GROUPIDENTIFY_KEYS):
         problems.append(f"{where}: unknown key {key}")
     for field in ("group_type", "group_value"):
@@ -751,13 +761,13 @@ def parse_form_request(path, content_type, content_encoding, raw, api_keys):
     api_keys_sent = fields.get("api_key", [])
     if len(api_keys_sent) == 1:
         req.api_key = api_keys_sent[0]
-    if len(api_keys_sent) != 1 or req.api_key == "":
-        return req.fail(400, "invalid api_key")
-    if req.api_key not in api_keys:
-        return req.fail(400, f"Invalid API key: {req.api_key}")
+    if not api_keys_sent or req.api_key == "":
+        return req.fail(400, FORM_MISSING_FIELD)
+    if len(api_keys_sent) != 1 or req.api_key not in api_keys:
+        return req.fail(400, FORM_INVALID_API_KEY)       # never echoes the key
     req.identifications = _parse_identification(fields.get("identification", []))
     if req.identifications is None:
-        return req.fail(400, "missing_event")
+        return req.fail(400, FORM_MISSING_EVENT)
     unknown = sorted(set(fields) - {"api_key", "identification"})
     if unknown:
         return req.fail(400, f"unknown form field: {unknown[0]}")
@@ -1304,16 +1314,18 @@ class MockState:
 
     def ingest_identifications(self, req):
         check = groupidentify_problems if req.path == GROUPIDENTIFY_PATH else identify_problems
-        problems = [p for i, ident in enumerate(req.identifications) for p in check(i, ident)]
+        # One short line that never names the identification (Amplitude's bodies don't):
+        # the first problem found.
+        problems = [p for ident in req.identifications for p in check(ident)]
         if problems:
-            return text_reply(400, "; ".join(problems))
+            return text_reply(400, problems[0])
         with self.lock:
             tx = ProfileTx(self)
-            for index, ident in enumerate(req.identifications):
+            for ident in req.identifications:
                 try:
                     apply_identification(tx, req.path, ident)
                 except PropertyError as exc:
-                    return text_reply(400, f"identification {index}: {exc}")
+                    return text_reply(400, f"identification: {exc}")
             tx.commit()
         return text_reply(200, "success")
 
@@ -1449,7 +1461,10 @@ class MockHandler(BaseHTTPRequestHandler):
         except BodyReadError as exc:
             self.close_connection = True     # the stream position is unknown now
             record = self.state.open_record(path, self.headers, 0, self.connection_id)
-            reply = json_reply(exc.status, {"code": exc.status, "error": str(exc)})
+            if path in FORM_PATHS:
+                reply = text_reply(exc.status, str(exc))
+            else:
+                reply = json_reply(exc.status, {"code": exc.status, "error": str(exc)})
             self.state.close_record(record, None, reply, None)
             return self._send(reply)
         record = self.state.open_record(path, self.headers, len(raw), self.connection_id)

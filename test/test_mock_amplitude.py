@@ -659,21 +659,28 @@ class ProfileTest(MockTestCase):
                  ({"user_id": self.UID, "event_type": "x"}, "unknown key event_type"),
                  ({"user_id": self.UID, "paying": True}, "paying must be a string"),
                  ({"user_id": self.UID, "groups": {"org": 1}}, "invalid groups"),
-                 ({"user_id": self.UID, "user_properties": []}, "user_properties")]
+                 ({"user_id": self.UID, "user_properties": []}, "user_properties must be an object")]
         for ident, message in cases:
             status, text = identify({"user_id": "user-0002"}, ident)
-            self.assertEqual(status, 400, ident)
-            self.assertIn("identification 1: " + message, text)
+            # One short line that never says which identification was refused.
+            self.assertEqual((status, text), (400, "identification: " + message), ident)
         self.assertEqual(lines("users"), [])
 
     def test_form_request_level_errors(self):
-        self.assertEqual(post_form("/identify", api_key=None, identification={"user_id": "u-1234"}),
-                         (400, "invalid api_key"))
-        self.assertEqual(post_form("/identify", api_key="wrong-key", identification={}),
-                         (400, "Invalid API key: wrong-key"))
-        for raw in (None, "", "{", "[]", "[1]", '"x"', '{"a":1,"a":2}'):
-            self.assertEqual(post_form("/identify", raw_identification=raw),
-                             (400, "missing_event"), raw)
+        for path in ("/identify", "/groupidentify"):
+            for key in (None, ""):
+                self.assertEqual(post_form(path, api_key=key, identification={"user_id": self.UID}),
+                                 (400, "missing_field"), (path, key))
+            # The key is checked before the identification, and never echoed.
+            self.assertEqual(post_form(path, api_key="wrong-key", identification={}),
+                             (400, "invalid_api_key"))
+            for raw in (None, "", "{", "[]", "[1]", '"x"', '{"a":1,"a":2}'):
+                self.assertEqual(post_form(path, raw_identification=raw),
+                                 (400, "missing_event"), (path, raw))
+        repeated = urllib.parse.urlencode([("api_key", KEY), ("api_key", KEY),
+                                           ("identification", "{}")]).encode()
+        self.assertEqual(post_raw("/identify", repeated, "application/x-www-form-urlencoded"),
+                         (400, b"invalid_api_key"))
         self.assertEqual(post_form("/identify", identification={"user_id": self.UID},
                                    event="x")[0], 400)
         body = urllib.parse.urlencode({"api_key": KEY, "identification": "{}"}).encode()
@@ -693,6 +700,51 @@ class ProfileTest(MockTestCase):
             {"group_type": "org", "group_value": "acme",
              "group_properties": {"plan": "pro", "seats": 3, "tags": ["x"]}},
             {"group_type": "org", "group_value": "beta", "group_properties": {"n": 1}}])
+
+    def test_form_errors_are_short_plain_text_event_errors_json(self):
+        # Amplitude's form endpoints answer errors in plain text, its event endpoints in JSON.
+        form = urllib.parse.urlencode({"api_key": "secret-wrong-key",
+                                       "identification": json.dumps({"user_id": self.UID})})
+        for path in ("/identify", "/groupidentify"):
+            for body, ctype in ((form.encode(), "application/x-www-form-urlencoded"),
+                                (b"api_key=" + KEY.encode(), "application/x-www-form-urlencoded"),
+                                (b"identification=%7B%7D", "application/x-www-form-urlencoded"),
+                                (form.encode(), "application/json")):
+                status, content_type, data = request("POST", path, body, {"Content-Type": ctype})
+                self.assertEqual(status, 400, (path, body))
+                self.assertTrue(content_type.startswith("text/plain"), (path, content_type))
+                text = data.decode()
+                self.assertLess(len(text), 100, text)
+                self.assertNotIn("\n", text)
+                self.assertNotIn("secret-wrong-key", text)
+                with self.assertRaises(ValueError, msg=text):
+                    json.loads(text)
+            # A body the server cannot read is plain text there too.
+            status, content_type, _ = request("POST", path, b"x", {
+                "Content-Type": "application/x-www-form-urlencoded", "Content-Length": "x1"})
+            self.assertEqual((status, content_type.split(";")[0]), (400, "text/plain"))
+        for path in ("/2/httpapi", "/batch"):
+            status, content_type, data = request("POST", path, json.dumps(
+                {"api_key": "secret-wrong-key", "events": [ev()]}).encode(),
+                {"Content-Type": "application/json"})
+            self.assertEqual((status, content_type), (400, "application/json"))
+            self.assertEqual(json.loads(data), {"code": 400,
+                                                "error": "Invalid API key: secret-wrong-key"})
+            status, content_type, data = request("POST", path, json.dumps(
+                {"events": [ev()]}).encode(), {"Content-Type": "application/json"})
+            self.assertEqual((status, content_type), (400, "application/json"))
+            self.assertEqual(json.loads(data)["missing_field"], "api_key")
+        self.assertEqual(lines("users"), [])
+
+    def test_refused_identification_is_not_named(self):
+        idents = [{"user_id": f"user-{i:04d}"} for i in range(5)] + [{"user_id": "null"}]
+        self.assertEqual(post_form("/identify", identification=idents),
+                         (400, "identification: invalid user_id"))
+        groups = [{"group_type": "org", "group_value": "acme", "group_properties": {}},
+                  {"group_type": "org", "group_value": "", "group_properties": {}}]
+        self.assertEqual(post_form("/groupidentify", identification=groups),
+                         (400, "identification: group_value must be a non-empty string"))
+        self.assertEqual((lines("users"), lines("groups")), ([], []))
 
     def test_groupidentify_refusals(self):
         for ident in ({"group_value": "acme", "group_properties": {}},

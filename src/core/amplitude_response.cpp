@@ -1,5 +1,8 @@
 #include "amplitude_response.hpp"
 
+#include <algorithm>
+#include <cctype>
+
 #include <nlohmann/json.hpp>
 
 namespace amplitude_sync {
@@ -42,7 +45,58 @@ std::string status_line(const HttpResponse &r, const std::string &api_key) {
     return "HTTP " + std::to_string(r.status) + (body.empty() ? "" : ": " + body);
 }
 
+bool contains_ignoring_case(const std::string &text, const std::string &lower_needle) {
+    auto it = std::search(text.begin(), text.end(), lower_needle.begin(), lower_needle.end(),
+                          [](char a, char b) { return std::tolower(static_cast<unsigned char>(a)) == b; });
+    return it != text.end();
+}
+
+// Letters and digits only, lower case: "Invalid API key", "invalid_api_key"
+// and "InvalidApiKey" all read "invalidapikey".
+std::string squeezed(const std::string &text) {
+    std::string out;
+    for (char c : text)
+        if (std::isalnum(static_cast<unsigned char>(c)))
+            out.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(c))));
+    return out;
+}
+
+// The verdict for a request-level refusal: one line, the key never quoted.
+ResponseVerdict refusal_verdict(const HttpResponse &r, StopReason stop, const std::string &api_key) {
+    ResponseVerdict v;
+    v.kind = ResponseKind::kFatal;
+    v.stop = stop;
+    if (stop == StopReason::kBadApiKey) {
+        // Amplitude may echo the key, even altered: never quote it.
+        v.error = "Invalid API key: [redacted]";
+        return v;
+    }
+    json body = json::parse(r.body, nullptr, /*allow_exceptions=*/false);
+    std::string error = body.is_object() ? redact(string_member(body, "error"), api_key) : "";
+    v.error = error.empty() ? status_line(r, api_key) : error;
+    if (body.is_object() && body.contains("missing_field"))
+        v.error += " (missing_field: " + redact(body["missing_field"].dump(), api_key) + ")";
+    return v;
+}
+
 }  // namespace
+
+StopReason request_refusal(const HttpResponse &r) {
+    // Only a client error can be a refusal; 413/414 and 429 have their own handling.
+    if (r.status < 400 || r.status > 499 || r.status == 413 || r.status == 414 || r.status == 429)
+        return StopReason::kNone;
+    json body = json::parse(r.body, nullptr, /*allow_exceptions=*/false);
+    std::string text = r.body;  // plain text, as the form endpoints answer
+    if (body.is_object())
+        text = string_member(body, "error");
+    else if (body.is_string())
+        text = body.get<std::string>();
+    if (squeezed(text).find("invalidapikey") != std::string::npos) return StopReason::kBadApiKey;
+    if ((body.is_object() && body.contains("missing_field")) || contains_ignoring_case(text, "missing_field") ||
+        contains_ignoring_case(text, "missing_event"))
+        return StopReason::kRefused;
+    return StopReason::kNone;
+}
 
 std::string redact(std::string text, const std::string &secret, size_t max_length) {
     if (!secret.empty()) {
@@ -69,6 +123,8 @@ ResponseVerdict classify_events_response(const HttpResponse &r, const std::strin
         v.error = r.timed_out ? "request timed out" : redact(r.transport_error, api_key);
         return v;
     }
+    StopReason refusal = request_refusal(r);
+    if (refusal != StopReason::kNone) return refusal_verdict(r, refusal, api_key);
     json body = json::parse(r.body, nullptr, /*allow_exceptions=*/false);
     bool is_json = body.is_object();
     std::string error = is_json ? redact(string_member(body, "error"), api_key) : "";
@@ -93,14 +149,6 @@ ResponseVerdict classify_events_response(const HttpResponse &r, const std::strin
                 return v;
             }
             v.error = error.empty() ? status_line(r, api_key) : error;
-            if (body.contains("missing_field") ||
-                string_member(body, "error").rfind("Invalid API key", 0) == 0) {
-                v.kind = ResponseKind::kFatal;
-                if (body.contains("missing_field"))
-                    v.error += " (missing_field: " +
-                               redact(body["missing_field"].dump(), api_key) + ")";
-                return v;
-            }
             for (const char *map : {"events_with_invalid_fields", "events_with_missing_fields",
                                     "events_with_invalid_id_lengths"})
                 collect_indices(body, map, v.error, v.refused);
@@ -142,10 +190,12 @@ ResponseVerdict classify_events_response(const HttpResponse &r, const std::strin
             return v;
         case 403:
             v.kind = ResponseKind::kFatal;
+            v.stop = StopReason::kRefused;
             v.error = "forbidden by Amplitude (HTTP 403): " + (error.empty() ? status_line(r, api_key) : error);
             return v;
         default:
             v.kind = r.status >= 500 ? ResponseKind::kRetry : ResponseKind::kFatal;
+            if (v.kind == ResponseKind::kFatal) v.stop = StopReason::kRefused;
             v.error = "unexpected answer: " + status_line(r, api_key);
             return v;
     }
@@ -158,6 +208,8 @@ ResponseVerdict classify_form_response(const HttpResponse &r, const std::string 
         v.error = r.timed_out ? "request timed out" : redact(r.transport_error, api_key);
         return v;
     }
+    StopReason refusal = request_refusal(r);
+    if (refusal != StopReason::kNone) return refusal_verdict(r, refusal, api_key);
     std::string body = redact(r.body, api_key, 200);
     for (char &c : body)
         if (c == '\n' || c == '\r') c = ' ';
@@ -169,16 +221,8 @@ ResponseVerdict classify_form_response(const HttpResponse &r, const std::string 
             v.kind = ResponseKind::kAccepted;
             return v;
         case 400:
-            if (r.body.find("Invalid API key") != std::string::npos ||
-                r.body.find("invalid api_key") != std::string::npos) {
-                v.kind = ResponseKind::kFatal;
-                v.error = "Invalid API key: " + redact(api_key, api_key);
-            } else if (r.body.find("missing_event") != std::string::npos) {
-                // The request itself was malformed: no record in it can succeed.
-                v.kind = ResponseKind::kFatal;
-            } else {
-                v.kind = ResponseKind::kRefusedWhole;
-            }
+            // No index: bisection finds the refused identification.
+            v.kind = ResponseKind::kRefusedWhole;
             return v;
         case 413:
         case 414:
@@ -191,10 +235,12 @@ ResponseVerdict classify_form_response(const HttpResponse &r, const std::string 
             return v;
         case 403:
             v.kind = ResponseKind::kFatal;
+            v.stop = StopReason::kRefused;
             v.error = "forbidden by Amplitude (" + v.error + ")";
             return v;
         default:
             v.kind = r.status >= 500 ? ResponseKind::kRetry : ResponseKind::kFatal;
+            if (v.kind == ResponseKind::kFatal) v.stop = StopReason::kRefused;
             return v;
     }
 }

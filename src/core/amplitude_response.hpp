@@ -33,8 +33,17 @@ enum class ResponseKind {
     kFatal,          // invalid key, missing field, 403, unexpected status: stop
 };
 
+// Why a run stopped at once (the glue raises 28000 for a bad key, 08004 for
+// the rest).
+enum class StopReason {
+    kNone,       // not stopped by Amplitude's refusal
+    kBadApiKey,  // the API key was refused
+    kRefused,    // the requests themselves were refused (missing field, 403, ...)
+};
+
 struct ResponseVerdict {
     ResponseKind kind = ResponseKind::kRetry;
+    StopReason stop = StopReason::kNone;  // set with kFatal
     std::string error;  // one line for run logs, API key already removed
     std::vector<RefusedIndex> refused;
     // kThrottled: what the 429 named. All empty: the whole project is throttled.
@@ -56,6 +65,13 @@ ResponseVerdict classify_events_response(const HttpResponse &response,
 // Classifies an answer to a form-encoded request (/identify,
 // /groupidentify): plain-text bodies, no per-record indices.
 ResponseVerdict classify_form_response(const HttpResponse &response, const std::string &api_key);
+
+// Request-level refusals, the same on every endpoint whatever the body's
+// format: the API key ("Invalid API key: ...", "invalid_api_key"; case and
+// separators ignored) or a missing part of the request ("missing_field" as a
+// JSON member or plain text, "missing_event"). kNone when the answer is
+// none of these. Both classifiers use it.
+StopReason request_refusal(const HttpResponse &response);
 
 // Replaces every occurrence of secret in text, and cuts text to max_length.
 std::string redact(std::string text, const std::string &secret, size_t max_length = 300);

@@ -214,7 +214,10 @@ void Delivery::finish_sending() {
     // Stopped or failed: answers still on the way are collected, nothing is retried.
     while (state_ != DeliveryState::kInterrupted && in_flight()) pump(50);
     if (state_ == DeliveryState::kStopped || state_ == DeliveryState::kFailed) {
-        for (Batch &b : queue_) give_up(std::move(b), Outcome::kNotSent, "", "not sent: " + error_);
+        for (Batch &b : queue_) {
+            if (b.split) release_held(*b.split, Outcome::kNotSent, "not sent: " + error_);
+            give_up(std::move(b), Outcome::kNotSent, "", "not sent: " + error_);
+        }
         queue_.clear();
         give_up(std::move(building_), Outcome::kNotSent, "", "not sent: " + error_);
         building_ = Batch{};
@@ -282,17 +285,46 @@ void Delivery::handle(Queue::iterator it, const HttpResponse &response) {
     auto at = queue_.erase(it);  // replacements go where the batch was
     batch.slot = -1;
     ResponseVerdict v = format_.classify(response);
+    // A half leaves its split with its first answer (a retry starts afresh).
+    std::shared_ptr<Split> family = std::move(batch.split);
 
     if (v.kind == ResponseKind::kAccepted) {
+        accepted_any_ = true;
         stats_.sent += batch.records.size();
         for (Record &r : batch.records)
             if (!r.state_key.empty()) confirmed_.push_back({std::move(r.state_key), r.fingerprint});
+        if (family) release_held(*family, Outcome::kRejected, family->held_reason);
         return;
     }
     if (state_ != DeliveryState::kRunning) {
         // The run is over: answers still arriving are not retried.
         give_up(std::move(batch), Outcome::kNotSent, "", "not sent: " + error_);
+        if (family) release_held(*family, Outcome::kNotSent, "not sent: " + error_);
         return;
+    }
+    if (family) {
+        // Safety net: both halves refused like their parent, and nothing of
+        // this run accepted yet (which would prove key and request shape
+        // good): the refusal is not about records, so bisecting on would
+        // only send about two requests per record.
+        bool alike = v.kind == ResponseKind::kRefusedWhole && v.error == family->refusal;
+        if (alike && ++family->refused_alike == 2 && !accepted_any_) {
+            std::string why = v.error + " (every part of a batch refused alike)";
+            stop(DeliveryState::kStopped, why, StopReason::kRefused);
+            give_up(std::move(batch), Outcome::kNotSent, "", "not sent: " + why);
+            release_held(*family, Outcome::kNotSent, "not sent: " + why);
+            return;
+        }
+        if (alike && family->refused_alike == 1 && !accepted_any_ && batch.records.size() == 1) {
+            // Rejected only if the sibling proves the refusal was about this record.
+            family->held_reason = "refused by Amplitude: " + v.error;
+            family->held = std::make_unique<Batch>(std::move(batch));
+            return;
+        }
+        if (v.kind == ResponseKind::kFatal)
+            release_held(*family, Outcome::kNotSent, "not sent: " + v.error);
+        else
+            release_held(*family, Outcome::kRejected, family->held_reason);
     }
     switch (v.kind) {
         case ResponseKind::kAccepted:
@@ -309,7 +341,7 @@ void Delivery::handle(Queue::iterator it, const HttpResponse &response) {
                         "refused by Amplitude: " + r.reason);
             }
             if (!any) {
-                split(at, std::move(batch));  // the indices made no sense: bisect
+                split(at, std::move(batch), v.error);  // the indices made no sense: bisect
                 return;
             }
             Batch rest;
@@ -325,7 +357,7 @@ void Delivery::handle(Queue::iterator it, const HttpResponse &response) {
             if (batch.records.size() == 1) {
                 give_up(std::move(batch), Outcome::kRejected, "", "refused by Amplitude: " + v.error);
             } else {
-                split(at, std::move(batch));
+                split(at, std::move(batch), v.error);
             }
             return;
         case ResponseKind::kTooLarge:
@@ -398,7 +430,8 @@ void Delivery::handle(Queue::iterator it, const HttpResponse &response) {
             return;
         case ResponseKind::kFatal:
             give_up(std::move(batch), Outcome::kNotSent, "", "not sent: " + v.error);
-            stop(DeliveryState::kStopped, v.error);
+            stop(DeliveryState::kStopped, v.error,
+                 v.stop == StopReason::kNone ? StopReason::kRefused : v.stop);
             return;
     }
 }
@@ -423,9 +456,14 @@ void Delivery::retry_later(Queue::iterator at, Batch &&batch, const std::string 
     requeue(at, std::move(batch));
 }
 
-void Delivery::split(Queue::iterator at, Batch &&batch) {
+void Delivery::split(Queue::iterator at, Batch &&batch, const std::string &refusal) {
     size_t half = batch.records.size() / 2;
     Batch first, second;
+    if (!refusal.empty()) {
+        first.split = std::make_shared<Split>();
+        first.split->refusal = refusal;
+        second.split = first.split;
+    }
     for (size_t i = 0; i < batch.records.size(); ++i) {
         Batch &target = i < half ? first : second;
         target.bytes += batch.records[i].wire_bytes;
@@ -448,10 +486,17 @@ void Delivery::give_up(Batch &&batch, Outcome outcome, const std::string &field,
     batch.records.clear();
 }
 
-void Delivery::stop(DeliveryState state, const std::string &error) {
+void Delivery::release_held(Split &split, Outcome outcome, const std::string &reason) {
+    if (!split.held) return;
+    std::unique_ptr<Batch> held = std::move(split.held);
+    give_up(std::move(*held), outcome, "", reason);
+}
+
+void Delivery::stop(DeliveryState state, const std::string &error, StopReason reason) {
     if (state_ != DeliveryState::kRunning) return;
     state_ = state;
     error_ = error;
+    if (state == DeliveryState::kStopped) stop_reason_ = reason;
 }
 
 }  // namespace amplitude_sync

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <list>
 #include <functional>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -98,7 +99,7 @@ struct DeliveryStats {
 enum class DeliveryState {
     kRunning,
     kInterrupted,  // should_stop said so: the caller raises the cancel
-    kStopped,      // Amplitude refused the configuration (key, 403): error()
+    kStopped,      // Amplitude refused the requests (key, 403, ...): error(), stop_reason()
     kFailed,       // retry budget spent: error()
 };
 
@@ -119,6 +120,8 @@ public:
     // Time spent building requests, moving them and waiting for answers.
     std::chrono::steady_clock::duration network_time() const { return network_time_; }
     const std::string &error() const { return error_; }
+    // kStopped: whether Amplitude refused the API key or the requests.
+    StopReason stop_reason() const { return stop_reason_; }
     const DeliveryStats &stats() const { return stats_; }
     // Rejections since the last call; the caller stores and clears them.
     std::vector<Rejection> &rejections() { return rejections_; }
@@ -128,6 +131,19 @@ public:
 
 private:
     using Clock = std::chrono::steady_clock;
+    struct Batch;
+    // The two halves of a batch refused whole. When both are refused with
+    // their parent's message before Amplitude accepted anything, the
+    // refusal does not depend on the records: the run stops instead of
+    // bisecting down to single records (2N requests for N records).
+    struct Split {
+        std::string refusal;   // the parent's message
+        int refused_alike = 0; // halves refused with it so far
+        // A single-record half refused alike while its sibling is pending:
+        // rejected or not sent depending on the sibling's answer.
+        std::unique_ptr<Batch> held;
+        std::string held_reason;
+    };
     struct Batch {
         std::vector<Record> records;
         size_t bytes = 0;  // sum of record sizes
@@ -138,6 +154,7 @@ private:
         Clock::time_point first_failure{};
         std::string body;  // while in flight
         std::vector<uint64_t> keys;  // hashes of the ordering keys, sorted
+        std::shared_ptr<Split> split;  // set on the halves of a batch refused whole
     };
     using Queue = std::list<Batch>;
 
@@ -153,10 +170,12 @@ private:
     // Puts batch (or what is left of it) back in the queue at position at.
     void requeue(Queue::iterator at, Batch &&batch);
     void retry_later(Queue::iterator at, Batch &&batch, const std::string &error);
-    void split(Queue::iterator at, Batch &&batch);
+    void split(Queue::iterator at, Batch &&batch, const std::string &refusal = "");
+    // Decides a held half once its sibling's fate is known.
+    void release_held(Split &split, Outcome outcome, const std::string &reason);
     void give_up(Batch &&batch, Outcome outcome, const std::string &field,
                  const std::string &reason);
-    void stop(DeliveryState state, const std::string &error);
+    void stop(DeliveryState state, const std::string &error, StopReason reason = StopReason::kNone);
     bool in_flight() const;
 
     const PayloadFormat &format_;
@@ -174,6 +193,8 @@ private:
     Clock::duration network_time_{};
     DeliveryState state_ = DeliveryState::kRunning;
     std::string error_;
+    StopReason stop_reason_ = StopReason::kNone;
+    bool accepted_any_ = false;  // Amplitude accepted a request of this run
     DeliveryStats stats_;
     std::vector<Rejection> rejections_;
     std::vector<ConfirmedRecord> confirmed_;

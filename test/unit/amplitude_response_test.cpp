@@ -144,6 +144,7 @@ TEST(ClassifyResponse, Http400FromAProxyIsRefusedWhole) {
 TEST(ClassifyResponse, InvalidApiKeyIsFatalAndRedacted) {
     ResponseVerdict v = Classify(400, R"({"code":400,"error":"Invalid API key: )" + kKey + R"("})");
     EXPECT_EQ(v.kind, ResponseKind::kFatal);
+    EXPECT_EQ(v.stop, StopReason::kBadApiKey);
     EXPECT_EQ(v.error, "Invalid API key: [redacted]");
     EXPECT_TRUE(v.refused.empty());
 }
@@ -153,6 +154,7 @@ TEST(ClassifyResponse, MissingFieldIsFatal) {
         400, R"({"code":400,"error":"Request missing required field","missing_field":"api_key",
                  "events_with_missing_fields":{"event_type":[0]}})");
     EXPECT_EQ(v.kind, ResponseKind::kFatal);
+    EXPECT_EQ(v.stop, StopReason::kRefused);
     EXPECT_EQ(v.error, "Request missing required field (missing_field: \"api_key\")");
     EXPECT_TRUE(v.refused.empty());
 }
@@ -327,6 +329,7 @@ TEST(ClassifyFormResponse, InvalidApiKeyIsFatalAndRedacted) {
                                            "error: invalid api_key " + kKey, R"({"error":"Invalid API key"})"}) {
         ResponseVerdict v = ClassifyForm(400, body);
         EXPECT_EQ(v.kind, ResponseKind::kFatal) << body;
+        EXPECT_EQ(v.stop, StopReason::kBadApiKey) << body;
         EXPECT_EQ(v.error, "Invalid API key: [redacted]") << body;
         EXPECT_EQ(v.error.find(kKey), std::string::npos);
     }
@@ -422,4 +425,112 @@ TEST(ClassifyFormResponse, KeyIsRedactedAndBodiesCutInErrors) {
     // The key at the cut is redacted before cutting: no part of it leaks.
     v = ClassifyForm(400, std::string(190, 'y') + kKey);
     EXPECT_EQ(v.error, "HTTP 400: " + std::string(190, 'y') + "[redacted]");
+}
+
+// ========================================================= request refusals
+// The same on every endpoint whatever the body's format: the key error
+// (JSON "Invalid API key: ...", plain "invalid_api_key") and missing parts of
+// the request (missing_field, missing_event) stop the run with a reason.
+
+namespace {
+
+using Classifier = ResponseVerdict (*)(const HttpResponse &, const std::string &);
+
+struct Endpoint {
+    const char *name;
+    Classifier classify;
+};
+
+const Endpoint kEndpoints[] = {{"events", classify_events_response}, {"form", classify_form_response}};
+
+ResponseVerdict ClassifyWith(const Endpoint &e, int status, const std::string &body) {
+    HttpResponse r;
+    r.status = status;
+    r.body = body;
+    return e.classify(r, kKey);
+}
+
+}  // namespace
+
+TEST(RequestRefusal, PlainTextInvalidApiKeyOnEveryEndpoint) {
+    for (const Endpoint &e : kEndpoints) {
+        for (const std::string &body : Strings{"invalid_api_key", "invalid_api_key\n", "INVALID_API_KEY",
+                                               "Invalid-Api-Key", "InvalidApiKey", R"("invalid_api_key")"}) {
+            ResponseVerdict v = ClassifyWith(e, 400, body);
+            EXPECT_EQ(v.kind, ResponseKind::kFatal) << e.name << " " << body;
+            EXPECT_EQ(v.stop, StopReason::kBadApiKey) << e.name << " " << body;
+            EXPECT_EQ(v.error, "Invalid API key: [redacted]") << e.name << " " << body;
+        }
+    }
+}
+
+TEST(RequestRefusal, JsonInvalidApiKeyOnEveryEndpointNeverQuotesTheKey) {
+    // Amplitude echoes the key; an altered echo (trimmed, cut) must not leak either.
+    for (const Endpoint &e : kEndpoints) {
+        for (const std::string &echoed : Strings{kKey, kKey.substr(0, 20), " " + kKey + " "}) {
+            ResponseVerdict v = ClassifyWith(e, 400, R"({"code":400,"error":"Invalid API key: )" + echoed + R"("})");
+            EXPECT_EQ(v.kind, ResponseKind::kFatal) << e.name;
+            EXPECT_EQ(v.stop, StopReason::kBadApiKey) << e.name;
+            EXPECT_EQ(v.error, "Invalid API key: [redacted]") << e.name;
+        }
+    }
+}
+
+TEST(RequestRefusal, KeyErrorUnderOtherClientStatusesIsStillTheKey) {
+    for (const Endpoint &e : kEndpoints) {
+        for (int status : {401, 403}) {
+            ResponseVerdict v = ClassifyWith(e, status, "invalid_api_key");
+            EXPECT_EQ(v.kind, ResponseKind::kFatal) << e.name << status;
+            EXPECT_EQ(v.stop, StopReason::kBadApiKey) << e.name << status;
+        }
+    }
+}
+
+TEST(RequestRefusal, MissingFieldInJsonOrPlainTextIsARefusal) {
+    for (const Endpoint &e : kEndpoints) {
+        ResponseVerdict v = ClassifyWith(
+            e, 400, R"({"code":400,"error":"Request missing required field","missing_field":"events"})");
+        EXPECT_EQ(v.kind, ResponseKind::kFatal) << e.name;
+        EXPECT_EQ(v.stop, StopReason::kRefused) << e.name;
+        EXPECT_EQ(v.error, "Request missing required field (missing_field: \"events\")") << e.name;
+
+        for (const std::string &body : Strings{"missing_field", "missing_event", "MISSING_FIELD: api_key"}) {
+            v = ClassifyWith(e, 400, body);
+            EXPECT_EQ(v.kind, ResponseKind::kFatal) << e.name << " " << body;
+            EXPECT_EQ(v.stop, StopReason::kRefused) << e.name << " " << body;
+            EXPECT_EQ(v.error, "HTTP 400: " + body) << e.name;
+        }
+    }
+}
+
+TEST(RequestRefusal, OtherFatalAnswersAreRefusals) {
+    for (const Endpoint &e : kEndpoints) {
+        for (int status : {301, 403, 404, 409}) {
+            ResponseVerdict v = ClassifyWith(e, status, "nope");
+            EXPECT_EQ(v.kind, ResponseKind::kFatal) << e.name << status;
+            EXPECT_EQ(v.stop, StopReason::kRefused) << e.name << status;
+        }
+    }
+}
+
+TEST(RequestRefusal, RecordLevelAndNonFatalAnswersCarryNoStopReason) {
+    for (const Endpoint &e : kEndpoints) {
+        for (auto [status, body] : std::vector<std::pair<int, std::string>>{
+                 {200, "success"},
+                 {400, R"({"code":400,"error":"Invalid field values on some events","events_with_invalid_fields":{"time":[0]}})"},
+                 {400, "invalid field values: user_id"},
+                 {400, "missing event"},
+                 {400, R"({"code":400,"error":"Request missing required field","events_with_missing_fields":{"event_type":[0]}})"},
+                 {413, "invalid_api_key"},
+                 {429, "invalid_api_key"},
+                 {503, "invalid_api_key"}}) {
+            ResponseVerdict v = ClassifyWith(e, status, body);
+            EXPECT_NE(v.kind, ResponseKind::kFatal) << e.name << " " << status << " " << body;
+            EXPECT_EQ(v.stop, StopReason::kNone) << e.name << " " << status << " " << body;
+            HttpResponse r;
+            r.status = status;
+            r.body = body;
+            EXPECT_EQ(request_refusal(r), StopReason::kNone) << status << " " << body;
+        }
+    }
 }

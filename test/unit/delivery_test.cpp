@@ -886,6 +886,7 @@ TEST(DeliveryFatal, ForbiddenStopsTheRun) {
 
     EXPECT_EQ(h.delivery.state(), DeliveryState::kStopped);
     EXPECT_EQ(h.delivery.error(), "forbidden by Amplitude (HTTP 403): Forbidden");
+    EXPECT_EQ(h.delivery.stop_reason(), StopReason::kRefused);
     EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2}}));
     EXPECT_EQ(h.RejectedRows(Outcome::kNotSent), (Rows{1, 2, 3, 4, 5, 6}));
     EXPECT_EQ(h.RejectionFor(4)->reason, "not sent: forbidden by Amplitude (HTTP 403): Forbidden");
@@ -900,6 +901,7 @@ TEST(DeliveryFatal, InvalidApiKeyStopsTheRunWithoutLeakingTheKey) {
     h.delivery.finish();
     EXPECT_EQ(h.delivery.state(), DeliveryState::kStopped);
     EXPECT_EQ(h.delivery.error(), "Invalid API key: [redacted]");
+    EXPECT_EQ(h.delivery.stop_reason(), StopReason::kBadApiKey);
     EXPECT_EQ(h.delivery.stats().not_sent, 2u);
     for (const Rejection &r : h.delivery.rejections()) EXPECT_EQ(r.reason.find(kApiKey), std::string::npos);
 }
@@ -1224,6 +1226,7 @@ TEST(DeliveryIdentify, MissingEventStopsTheRun) {
 
     EXPECT_EQ(h.delivery.state(), DeliveryState::kStopped);
     EXPECT_EQ(h.delivery.error(), "HTTP 400: missing_event");
+    EXPECT_EQ(h.delivery.stop_reason(), StopReason::kRefused);
     EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2}}));
     EXPECT_EQ(h.RejectedRows(Outcome::kNotSent), (Rows{1, 2, 3, 4, 5, 6}));
     EXPECT_EQ(h.RejectedRows(Outcome::kRejected), Rows{});
@@ -1241,6 +1244,7 @@ TEST(DeliveryIdentify, InvalidApiKeyStopsTheRunWithoutLeakingTheKey) {
     h.delivery.finish();
     EXPECT_EQ(h.delivery.state(), DeliveryState::kStopped);
     EXPECT_EQ(h.delivery.error(), "Invalid API key: [redacted]");
+    EXPECT_EQ(h.delivery.stop_reason(), StopReason::kBadApiKey);
     EXPECT_EQ(h.delivery.stats().not_sent, 2u);
     for (const Rejection &r : h.delivery.rejections())
         EXPECT_EQ(r.reason.find(kFormApiKey), std::string::npos) << r.reason;
@@ -1296,4 +1300,237 @@ TEST(DeliveryIdentify, EncodedRowsArriveAsTheEncoderWroteThem) {
     }
     EXPECT_EQ(h.transport.requests[0].keys, (std::vector<std::string>{"user-00001", "user-00002", "user-00003"}));
     EXPECT_EQ(h.delivery.stats().sent, 3u);
+}
+
+// ================================================== request-level refusals
+// A refusal that does not depend on the records stops the run at once: a
+// wrong key is one request whatever the row count, and bisection gives up
+// when both halves of a batch are refused like their parent before
+// Amplitude accepted anything. Before, 1,000 identifications with a wrong
+// key made 1,999 requests and ended "rejected" one by one.
+
+namespace {
+
+std::string UserOf(uint64_t n) {
+    std::string digits = std::to_string(n);
+    return "user-" + std::string(5 - std::min<size_t>(5, digits.size()), '0') + digits;
+}
+
+// Rows first..last, each of its own user (so halves of a batch can go at once).
+template <class H>
+void AddUsers(H &h, uint64_t first, uint64_t last) {
+    for (uint64_t n = first; n <= last; ++n)
+        h.delivery.add(H::kForm ? MakeIdentification(n, UserOf(n)) : MakeRecord(n, UserOf(n)));
+}
+
+template <class H>
+void ExpectAllAccountedFor(H &h, uint64_t rows) {
+    const DeliveryStats &s = h.delivery.stats();
+    EXPECT_EQ(s.sent + s.rejected + s.not_sent, rows);
+    EXPECT_EQ(h.delivery.rejections().size(), s.rejected + s.not_sent);
+}
+
+}  // namespace
+
+TEST(DeliveryRequestRefusals, WrongKeyOnAThousandIdentificationsIsOneRequest) {
+    FormHarness h(Always(Answer(400, "invalid_api_key")), Limits(1024));
+    AddUsers(h, 1, 1000);
+    h.delivery.finish();
+
+    EXPECT_EQ(h.delivery.stats().requests, 1u);
+    EXPECT_EQ(h.delivery.state(), DeliveryState::kStopped);
+    EXPECT_EQ(h.delivery.stop_reason(), StopReason::kBadApiKey);
+    EXPECT_EQ(h.delivery.error(), "Invalid API key: [redacted]");
+    EXPECT_EQ(h.delivery.stats().sent, 0u);
+    EXPECT_EQ(h.delivery.stats().rejected, 0u);
+    EXPECT_EQ(h.delivery.stats().not_sent, 1000u);
+    ExpectAllAccountedFor(h, 1000);
+    EXPECT_EQ(h.RejectionFor(1000)->reason, "not sent: Invalid API key: [redacted]");
+}
+
+TEST(DeliveryRequestRefusals, WrongKeyOnGroupIdentifyWithConcurrencyStopsAtOnce) {
+    FormHarness h(Always(Answer(400, "invalid_api_key")), Limits(1024), FastPolicy(), 4);
+    AddUsers(h, 1, 5000);
+    h.delivery.finish();
+    // The batches already in flight when the first answer arrives, no more.
+    EXPECT_LE(h.delivery.stats().requests, 4u);
+    EXPECT_EQ(h.delivery.stop_reason(), StopReason::kBadApiKey);
+    EXPECT_EQ(h.delivery.stats().not_sent, 5000u);
+    ExpectAllAccountedFor(h, 5000);
+}
+
+TEST(DeliveryRequestRefusals, PlainTextKeyErrorOnTheEventsEndpointToo) {
+    Harness h(Always(Answer(400, "invalid_api_key")));
+    AddUsers(h, 1, 1000);
+    h.delivery.finish();
+    EXPECT_EQ(h.delivery.stats().requests, 1u);
+    EXPECT_EQ(h.delivery.stop_reason(), StopReason::kBadApiKey);
+    EXPECT_EQ(h.delivery.stats().not_sent, 1000u);
+}
+
+TEST(DeliveryRequestRefusals, JsonKeyErrorOnTheFormEndpointToo) {
+    FormHarness h(Always(Answer(400, R"({"code":400,"error":"Invalid API key: )" + kFormApiKey + R"("})")),
+                  Limits(1024));
+    AddUsers(h, 1, 1000);
+    h.delivery.finish();
+    EXPECT_EQ(h.delivery.stats().requests, 1u);
+    EXPECT_EQ(h.delivery.stop_reason(), StopReason::kBadApiKey);
+    for (const Rejection &r : h.delivery.rejections())
+        EXPECT_EQ(r.reason.find(kFormApiKey), std::string::npos) << r.reason;
+}
+
+TEST(DeliveryRequestRefusals, MissingFieldIsARefusalNotABadKey) {
+    for (const std::string &body : {std::string("missing_field"),
+                                    std::string(R"({"code":400,"error":"Request missing required field","missing_field":"events"})")}) {
+        Harness h(Always(Answer(400, body)));
+        AddUsers(h, 1, 10);
+        h.delivery.finish();
+        EXPECT_EQ(h.delivery.stats().requests, 1u) << body;
+        EXPECT_EQ(h.delivery.state(), DeliveryState::kStopped) << body;
+        EXPECT_EQ(h.delivery.stop_reason(), StopReason::kRefused) << body;
+    }
+    FormHarness h(Always(Answer(400, "missing_event")));
+    AddUsers(h, 1, 10);
+    h.delivery.finish();
+    EXPECT_EQ(h.delivery.stop_reason(), StopReason::kRefused);
+}
+
+TEST(DeliveryRequestRefusals, OtherEndsOfARunCarryNoStopReason) {
+    Harness ok(Always(Ok()));
+    AddUsers(ok, 1, 3);
+    ok.delivery.finish();
+    EXPECT_EQ(ok.delivery.stop_reason(), StopReason::kNone);
+
+    Harness failed(Always(Answer(503, "")));  // retry budget spent
+    AddUsers(failed, 1, 3);
+    failed.delivery.finish();
+    EXPECT_EQ(failed.delivery.state(), DeliveryState::kFailed);
+    EXPECT_EQ(failed.delivery.stop_reason(), StopReason::kNone);
+
+    Harness forbidden(Always(Answer(403, R"({"code":403,"error":"Forbidden"})")));
+    AddUsers(forbidden, 1, 3);
+    forbidden.delivery.finish();
+    EXPECT_EQ(forbidden.delivery.stop_reason(), StopReason::kRefused);
+}
+
+// ------------------------------------------------ bisection's safety net
+
+// Regression: an unrecognised answer that refuses every request whatever it
+// carries used to be bisected down to single records (1,999 requests for
+// 1,000 rows, every row "rejected"). Now the run stops after a few requests
+// and reports every row not sent, none rejected.
+TEST(DeliveryBisection, RefusalAlikeForEveryPartStopsTheRunInAFewRequests) {
+    for (size_t concurrency : {1u, 4u}) {
+        for (bool one_user : {false, true}) {  // one user: the halves go one after the other
+            FormHarness h(Always(Answer(400, "Bad Request")), Limits(1024), FastPolicy(), concurrency);
+            if (one_user) h.AddRows(1, 1000); else AddUsers(h, 1, 1000);
+            h.delivery.finish();
+            SCOPED_TRACE("concurrency " + std::to_string(concurrency) + (one_user ? ", one user" : ""));
+
+            uint64_t requests = h.delivery.stats().requests;
+            EXPECT_NE(requests, 1999u);
+            EXPECT_LE(requests, 22u);  // at most one path down (log2 1000 = 10 levels) and a pair
+            EXPECT_EQ(h.delivery.state(), DeliveryState::kStopped);
+            EXPECT_EQ(h.delivery.stop_reason(), StopReason::kRefused);
+            EXPECT_EQ(h.delivery.error(), "HTTP 400: Bad Request (every part of a batch refused alike)");
+            EXPECT_EQ(h.delivery.stats().sent, 0u);
+            EXPECT_EQ(h.delivery.stats().rejected, 0u);  // nothing blamed on a record
+            EXPECT_EQ(h.delivery.stats().not_sent, 1000u);
+            ExpectAllAccountedFor(h, 1000);
+        }
+    }
+}
+
+TEST(DeliveryBisection, RefusalAlikeOnTheEventsEndpointStopsTheRunToo) {
+    Harness h(Always(Answer(400, R"({"code":400,"error":"Invalid JSON request body"})")), Limits(2000),
+              FastPolicy(), 4);
+    AddUsers(h, 1, 2000);
+    h.delivery.finish();
+    EXPECT_LE(h.delivery.stats().requests, 24u);
+    EXPECT_EQ(h.delivery.stop_reason(), StopReason::kRefused);
+    EXPECT_EQ(h.delivery.stats().not_sent, 2000u);
+}
+
+TEST(DeliveryBisection, OneBadRecordAmongAThousandIsIsolatedInAFewRequests) {
+    for (uint64_t bad : {1u, 637u, 1000u}) {
+        for (size_t concurrency : {1u, 4u}) {
+            FormHarness h([bad](const Request &r) {
+                return Contains(r.rows, bad) ? Answer(400, "invalid field values: user_id") : FormOk();
+            }, Limits(1024), FastPolicy(), concurrency);
+            AddUsers(h, 1, 1000);
+            h.delivery.finish();
+            SCOPED_TRACE("bad row " + std::to_string(bad) + ", concurrency " + std::to_string(concurrency));
+
+            EXPECT_EQ(h.delivery.state(), DeliveryState::kRunning);
+            EXPECT_EQ(h.delivery.stop_reason(), StopReason::kNone);
+            EXPECT_LE(h.delivery.stats().requests, 21u);  // two per level of 10, plus the first
+            EXPECT_EQ(h.RejectedRows(Outcome::kRejected), (Rows{bad}));
+            ASSERT_NE(h.RejectionFor(bad), nullptr);
+            EXPECT_EQ(h.RejectionFor(bad)->reason, "refused by Amplitude: HTTP 400: invalid field values: user_id");
+            EXPECT_EQ(h.delivery.stats().sent, 999u);
+            EXPECT_EQ(h.delivery.stats().not_sent, 0u);
+            ExpectAllAccountedFor(h, 1000);
+        }
+    }
+}
+
+TEST(DeliveryBisection, RecordsRefusedAlikeAfterAnAcceptanceAreEachIsolated) {
+    // Amplitude took the first batch: key and request shape are good, so two
+    // records refused with the same text are records, not the request.
+    FormHarness h([](const Request &r) {
+        return Contains(r.rows, 150) || Contains(r.rows, 160) ? Answer(400, "invalid field values: user_id")
+                                                              : FormOk();
+    }, Limits(100));
+    AddUsers(h, 1, 300);
+    h.delivery.finish();
+    EXPECT_EQ(h.delivery.state(), DeliveryState::kRunning);
+    EXPECT_EQ(h.RejectedRows(Outcome::kRejected), (Rows{150, 160}));
+    EXPECT_EQ(h.delivery.stats().sent, 298u);
+    EXPECT_LT(h.delivery.stats().requests, 2u * 300u);
+    ExpectAllAccountedFor(h, 300);
+}
+
+TEST(DeliveryBisection, RecordsRefusedAlikeBeforeAnyAcceptanceStopTheRun) {
+    // The price of the bound: before Amplitude accepted anything, two bad
+    // records in different halves look like a refusal of the request. The
+    // run stops loudly with Amplitude's text; nothing is blamed on a record.
+    FormHarness h([](const Request &r) {
+        return Contains(r.rows, 2) || Contains(r.rows, 7) ? Answer(400, "invalid field values: user_id")
+                                                          : FormOk();
+    }, Limits(1024), FastPolicy(), 4);
+    AddUsers(h, 1, 8);
+    h.delivery.finish();
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{Range(1, 8), Range(1, 4), Range(5, 8)}));
+    EXPECT_EQ(h.delivery.stop_reason(), StopReason::kRefused);
+    EXPECT_EQ(h.delivery.stats().rejected, 0u);
+    EXPECT_EQ(h.delivery.stats().not_sent, 8u);
+}
+
+TEST(DeliveryBisection, AHeldRecordIsRejectedWhenItsSiblingIsAccepted) {
+    // Rows 1 and 2 share a user, so {2} goes only after {1} was answered:
+    // {1} is refused like its parent with nothing accepted yet, waits for {2}.
+    FormHarness h([](const Request &r) {
+        return Contains(r.rows, 1) ? Answer(400, "invalid field values: user_id") : FormOk();
+    }, Limits(1024));
+    h.AddRows(1, 2);
+    h.delivery.finish();
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2}, {1}, {2}}));
+    EXPECT_EQ(h.RejectedRows(Outcome::kRejected), (Rows{1}));
+    EXPECT_EQ(h.delivery.stats().sent, 1u);
+    EXPECT_EQ(h.delivery.state(), DeliveryState::kRunning);
+}
+
+TEST(DeliveryBisection, AHeldRecordIsNotSentWhenItsSiblingStopsTheRun) {
+    FormHarness h([](const Request &r) {
+        if (r.rows == Rows{1, 2}) return Answer(400, "invalid field values: user_id");
+        if (r.rows == Rows{1}) return Answer(400, "invalid field values: user_id");
+        return Answer(400, "invalid_api_key");
+    }, Limits(1024));
+    h.AddRows(1, 2);
+    h.delivery.finish();
+    EXPECT_EQ(h.delivery.stop_reason(), StopReason::kBadApiKey);
+    EXPECT_EQ(h.RejectedRows(Outcome::kNotSent), (Rows{1, 2}));
+    EXPECT_EQ(h.RejectionFor(1)->reason, "not sent: Invalid API key: [redacted]");
+    EXPECT_EQ(h.delivery.stats().rejected, 0u);
+    ExpectAllAccountedFor(h, 2);
 }
