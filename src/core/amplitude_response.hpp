@@ -57,7 +57,8 @@ ResponseVerdict classify_events_response(const HttpResponse &response,
 // /groupidentify): plain-text bodies, no per-record indices.
 ResponseVerdict classify_form_response(const HttpResponse &response, const std::string &api_key);
 
-// Replaces every occurrence of secret in text, and cuts text to max_length.
+// Replaces every occurrence of secret in text, cuts text to max_length, and
+// escapes what is not valid UTF-8 (storable_text).
 std::string redact(std::string text, const std::string &secret, size_t max_length = 300);
 
 }  // namespace amplitude_sync

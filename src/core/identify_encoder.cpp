@@ -110,7 +110,9 @@ std::vector<ColumnPlan> plan_identify_columns(const std::vector<ColumnInput> &co
             if (it != std::end(kIdentifyFields)) spec = it;
         }
         if (spec) p.role = spec->role;
-        append_json_string(p.json_key, key);
+        // The name is written into every record and quoted in rejections.
+        if (!append_json_string(p.json_key, key))
+            throw PlanError("22021", "column name is not valid UTF-8", "", "");
         check_column_type(p, key);
         if (!seen.insert(key).second)
             throw PlanError("42701", "column \"" + col.name + "\" appears more than once",

@@ -384,6 +384,13 @@ TEST(IdentifyPlan, GroupKeysMustBeTextOrJson) {
         EXPECT_EQ(PlanFails({Col("group_type", c), Col("group_value", c)}, kGroup).sqlstate, "none");
 }
 
+// The name is quoted in every rejection of its column, which must be storable.
+TEST(IdentifyPlan, ColumnNameThatIsNotUtf8Is22021) {
+    PlanFailure f = PlanFails({Col("user_id", TC::kText), Col("pl\xe4n", TC::kText)}, kUser);
+    EXPECT_EQ(f.sqlstate, "22021");
+    EXPECT_EQ(f.message, "column name is not valid UTF-8");
+}
+
 // ================================================================ encoding
 
 TEST_F(IdentifyTest, UserRowPlainPropertiesAreSetAndFieldsGoTopLevel) {
