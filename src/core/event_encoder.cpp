@@ -219,10 +219,11 @@ void EventEncoder::put_value(size_t col, const Value &v) {
         return;
     }
     bool is_object = p.role == FieldRole::kObject || p.role == FieldRole::kEventProperties;
-    if (is_object && !json_is_object(std::string_view(v.text, v.text_len)))
-        return reject(col, "value must be a JSON object");
+    std::string_view json;
+    if (is_object && !json_value_text(v, json, reason)) return reject(col, reason);
+    if (is_object && !json_is_object(json)) return reject(col, "value must be a JSON object");
     if (p.role == FieldRole::kEventProperties) {
-        event_properties_json_.assign(v.text, v.text_len);
+        event_properties_json_.assign(json);
         if (json_max_depth(event_properties_json_) > kMaxPropertyDepth)
             return reject(col, "nesting deeper than Amplitude's limit of " +
                                    std::to_string(kMaxPropertyDepth) + " levels");

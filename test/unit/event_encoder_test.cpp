@@ -659,6 +659,35 @@ TEST_F(EncoderTest, RejectsInvalidUtf8) {
     EXPECT_EQ(e.rejection.reason, "column \"event_type\": text is not valid UTF-8");
 }
 
+// A SQL_ASCII database stores any bytes inside json; one such value would
+// make Amplitude refuse the whole request.
+TEST_F(EncoderTest, RejectsJsonThatIsNotValidUtf8InAKeyOrAValue) {
+    EventColumns columns = {Col("event_type", TC::kText), Col("user_id", TC::kText),
+                            Col("event_properties", TC::kJsonb), Col("user_properties", TC::kJson),
+                            Col("meta", TC::kJson)};
+    struct Case {
+        std::vector<Value> values;
+        const char *field;
+    } cases[] = {
+        {{Text("e"), Text("user-1"), Jsonb("{\"k\xff\": 1}"), Null(), Null()}, "event_properties"},
+        {{Text("e"), Text("user-1"), Jsonb("{\"k\": \"caf\xc3\"}"), Null(), Null()}, "event_properties"},
+        {{Text("e"), Text("user-1"), Null(), Json("{\"plan\": \"\xe9t\xe9\"}"), Null()}, "user_properties"},
+        {{Text("e"), Text("user-1"), Null(), Null(), Json("{\"a\xc0\xaf\": [1]}")}, "meta"},
+        {{Text("e"), Text("user-1"), Null(), Null(), Json("\"caf\xc3\"")}, "meta"},
+    };
+    for (const Case &c : cases) {
+        Encoded e = Encode(columns, c.values);
+        ASSERT_FALSE(e.ok) << c.field;
+        EXPECT_EQ(e.rejection.field, c.field);
+        EXPECT_EQ(e.rejection.reason, std::string("column \"") + c.field + "\": json is not valid UTF-8");
+        EXPECT_EQ(e.rejection.record.user_id, "user-1");
+        EXPECT_TRUE(e.rejection.record.json.empty());
+    }
+    EXPECT_EQ(EventJson(columns, {Text("e"), Text("user-1"), Jsonb("{\"caf\xc3\xa9\": 1}"), Null(), Null()}),
+              WithDerivedInsertId("{\"event_type\":\"e\",\"user_id\":\"user-1\",\"event_properties\":"
+                                  "{\"caf\xc3\xa9\":1}"));
+}
+
 TEST_F(EncoderTest, RejectsInfiniteTime) {
     EventColumns columns = {Col("event_type", TC::kText), Col("user_id", TC::kText),
                             Col("time", TC::kTimestampTz)};

@@ -734,6 +734,24 @@ TEST_F(IdentifyTest, InvalidUtf8RejectsTheRow) {
               "<rejected group_value: column \"group_value\": text is not valid UTF-8>");
 }
 
+// A SQL_ASCII database stores any bytes inside json; one such value would
+// make Amplitude refuse the whole request.
+TEST_F(IdentifyTest, JsonThatIsNotValidUtf8RejectsTheRow) {
+    Columns columns = {Col("user_id", TC::kText), Col("groups", TC::kJsonb),
+                       Col("user_properties", TC::kJsonb), Col("prefs", TC::kJson)};
+    EXPECT_EQ(IdJson(columns, {Text("user-00001"), Jsonb("{\"team\": \"caf\xc3\"}"), Null(), Null()}),
+              "<rejected groups: column \"groups\": json is not valid UTF-8>");
+    EXPECT_EQ(IdJson(columns, {Text("user-00001"), Null(), Jsonb("{\"k\xff\": 1}"), Null()}),
+              "<rejected user_properties: column \"user_properties\": json is not valid UTF-8>");
+    EXPECT_EQ(IdJson(columns, {Text("user-00001"), Null(), Jsonb("{\"$add\": {\"n\xfe\": 1}}"), Null()}),
+              "<rejected user_properties: column \"user_properties\": json is not valid UTF-8>");
+    EXPECT_EQ(IdJson(columns, {Text("user-00001"), Null(), Null(), Json("{\"theme\": \"d\xe9\"}")}),
+              "<rejected prefs: column \"prefs\": json is not valid UTF-8>");
+    EXPECT_EQ(IdJson({Col("group_type", TC::kText), Col("group_value", TC::kJsonb)},
+                     {Text("company"), Jsonb("\"acme\xff\"")}, kGroup),
+              "<rejected group_value: column \"group_value\": json is not valid UTF-8>");
+}
+
 TEST_F(IdentifyTest, NaNAndInfinityRejectTheRow) {
     Columns columns = {Col("user_id", TC::kText), Col("score", TC::kFloat), Col("ltv", TC::kNumeric),
                        Col("dma", TC::kFloat)};
