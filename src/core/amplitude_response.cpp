@@ -5,6 +5,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "json_text.hpp"
+
 namespace amplitude_sync {
 
 namespace {
@@ -113,7 +115,8 @@ std::string redact(std::string text, const std::string &secret, size_t max_lengt
         text.resize(cut);
         text += "...";
     }
-    return text;
+    // Errors are stored in the run log and raised: they must be valid text.
+    return storable_text(text);
 }
 
 ResponseVerdict classify_events_response(const HttpResponse &r, const std::string &api_key) {

@@ -73,7 +73,8 @@ ResponseVerdict classify_form_response(const HttpResponse &response, const std::
 // none of these. Both classifiers use it.
 StopReason request_refusal(const HttpResponse &response);
 
-// Replaces every occurrence of secret in text, and cuts text to max_length.
+// Replaces every occurrence of secret in text, cuts text to max_length, and
+// escapes what is not valid UTF-8 (storable_text).
 std::string redact(std::string text, const std::string &secret, size_t max_length = 300);
 
 }  // namespace amplitude_sync

@@ -184,6 +184,7 @@ void Delivery::collect(int timeout_ms) {
 void Delivery::index_keys(Batch &batch) { index_keys_of(batch.records, batch.keys); }
 
 void Delivery::reject(Rejection &&rejection) {
+    make_storable(rejection);
     (rejection.outcome == Outcome::kRejected ? stats_.rejected : stats_.not_sent)++;
     rejections_.push_back(std::move(rejection));
 }

@@ -67,6 +67,51 @@ const FieldSpec kEventFields[] = {
     {"$skip_user_properties_sync", "$skip_user_properties_sync", FieldRole::kBool},
 };
 
+// Integer time and session_id values carry no unit, and seconds or
+// microseconds sent as milliseconds land in 1970 or in the year 47,000. So an
+// integer must be epoch milliseconds from 1973-03-03T09:46:40Z (1e11) up to
+// 2100-01-01: the window read as seconds, microseconds or nanoseconds gives
+// ranges that overlap neither it nor each other (it spans a factor of 41, the
+// units differ by 1000), so a value in one of them names its likely unit.
+// The price: an event of 1970 to 1973 must come from a timestamp column.
+constexpr int64_t kMinPlausibleMillis = 100000000000;   // 1973-03-03T09:46:40Z
+constexpr int64_t kMaxPlausibleMillis = 4102444800000;  // 2100-01-01, excluded
+
+struct TimeUnit {
+    const char *name;
+    int64_t per_milli;  // units in a millisecond; 0 for seconds
+    const char *fix;
+};
+const TimeUnit kWrongUnits[] = {
+    {"seconds", 0, "multiply by 1000"},
+    {"microseconds", 1000, "divide by 1000"},
+    {"nanoseconds", 1000000, "divide by 1000000"},
+};
+
+// Why an integer time or session_id is not epoch milliseconds, if it is not.
+std::optional<std::string> integer_millis_problem(int64_t v, bool session_id) {
+    if (v < 0) {
+        // Amplitude refuses times before the Unix epoch (session_id -1 means none).
+        if (session_id && v == -1) return std::nullopt;
+        return std::string("Amplitude refuses times before 1970-01-01");
+    }
+    if (v >= kMinPlausibleMillis && v < kMaxPlausibleMillis) return std::nullopt;
+    for (const TimeUnit &u : kWrongUnits) {
+        bool in_window = u.per_milli == 0
+                             ? v >= kMinPlausibleMillis / 1000 && v < kMaxPlausibleMillis / 1000
+                             : v >= kMinPlausibleMillis * u.per_milli && v < kMaxPlausibleMillis * u.per_milli;
+        if (!in_window) continue;
+        int64_t unix_micros = u.per_milli == 0 ? v * 1000000 : v / u.per_milli * 1000;
+        std::string when;
+        append_iso_timestamp(when, unix_micros - kPgEpochToUnixMicros, true);
+        return std::to_string(v) + " looks like " + u.name + ", not epoch milliseconds (as " + u.name +
+               ": " + when.substr(1, when.size() - 2) + "); " + u.fix + " or send a timestamptz";
+    }
+    return std::to_string(v) +
+           " is not plausible epoch milliseconds (expected 1973-03-03T09:46:40Z to 2100-01-01T00:00:00Z" +
+           (session_id ? "; -1 means no session)" : ")");
+}
+
 const char *role_field_name(FieldRole role) {
     switch (role) {
         case FieldRole::kUserId: return "user_id";
@@ -206,23 +251,26 @@ void EventEncoder::put_value(size_t col, const Value &v) {
     if (p.role == FieldRole::kEpochMillis) {
         if (v.infinite) return reject(col, "infinite timestamps cannot be sent");
         int64_t ms = v.i;
-        if (v.category == TypeCategory::kDate) {
-            ms = (v.i * 86400 + kPgEpochToUnixMicros / 1000000) * 1000;
-        } else if (v.category != TypeCategory::kInteger) {
-            ms = pg_timestamp_to_unix_millis(v.i);
+        if (v.category == TypeCategory::kInteger) {
+            if (auto problem = integer_millis_problem(v.i, p.json_key == "\"session_id\""))
+                return reject(col, *problem);
+        } else {
+            ms = v.category == TypeCategory::kDate
+                     ? (v.i * 86400 + kPgEpochToUnixMicros / 1000000) * 1000
+                     : pg_timestamp_to_unix_millis(v.i);
+            // A timestamp's unit is known: only Amplitude's own floor applies.
+            if (ms < 0) return reject(col, "Amplitude refuses times before 1970-01-01");
         }
-        // Amplitude refuses times before the Unix epoch (session_id -1 means none).
-        if (ms < (p.json_key == "\"session_id\"" ? -1 : 0))
-            return reject(col, "Amplitude refuses times before 1970-01-01");
         begin_member(col, top_);
         append_json_int(top_, ms);
         return;
     }
     bool is_object = p.role == FieldRole::kObject || p.role == FieldRole::kEventProperties;
-    if (is_object && !json_is_object(std::string_view(v.text, v.text_len)))
-        return reject(col, "value must be a JSON object");
+    std::string_view json;
+    if (is_object && !json_value_text(v, json, reason)) return reject(col, reason);
+    if (is_object && !json_is_object(json)) return reject(col, "value must be a JSON object");
     if (p.role == FieldRole::kEventProperties) {
-        event_properties_json_.assign(v.text, v.text_len);
+        event_properties_json_.assign(json);
         if (json_max_depth(event_properties_json_) > kMaxPropertyDepth)
             return reject(col, "nesting deeper than Amplitude's limit of " +
                                    std::to_string(kMaxPropertyDepth) + " levels");

@@ -128,6 +128,7 @@ bool finish_encoding(const Record &record, bool rejected, const std::string &fie
     rejection.outcome = Outcome::kRejected;
     rejection.field = field;
     rejection.reason = reason;
+    make_storable(rejection);
     return false;
 }
 

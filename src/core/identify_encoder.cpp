@@ -110,7 +110,9 @@ std::vector<ColumnPlan> plan_identify_columns(const std::vector<ColumnInput> &co
             if (it != std::end(kIdentifyFields)) spec = it;
         }
         if (spec) p.role = spec->role;
-        append_json_string(p.json_key, key);
+        // The name is written into every record and quoted in rejections.
+        if (!append_json_string(p.json_key, key))
+            throw PlanError("22021", "column name is not valid UTF-8", "", "");
         check_column_type(p, key);
         if (!seen.insert(key).second)
             throw PlanError("42701", "column \"" + col.name + "\" appears more than once",
@@ -218,7 +220,8 @@ void IdentifyEncoder::put_value(size_t col, const Value &v) {
         case FieldRole::kGroupType:
         case FieldRole::kGroupValue:
             if (v.category == TypeCategory::kJson || v.category == TypeCategory::kJsonb) {
-                text = std::string_view(v.text, v.text_len);
+                if (!json_value_text(v, text, reason))
+                    return reject(p.column_name, "column \"" + p.column_name + "\": " + reason);
                 nlohmann::json parsed = nlohmann::json::parse(text, nullptr, false);
                 if (!parsed.is_string())
                     return reject(p.column_name, p.column_name + " must be a string");
@@ -227,7 +230,8 @@ void IdentifyEncoder::put_value(size_t col, const Value &v) {
             }
             return put_top_string(col, std::string_view(v.text, v.text_len));
         case FieldRole::kObject: {  // groups: membership
-            text = std::string_view(v.text, v.text_len);
+            if (!json_value_text(v, text, reason))
+                return reject(p.column_name, "column \"" + p.column_name + "\": " + reason);
             if (!json_is_object(text)) return reject(p.column_name, "column \"" + p.column_name + "\": value must be a JSON object");
             if (json_max_depth(text) > kMaxPropertyDepth)
                 return reject(p.column_name, "column \"" + p.column_name + "\": nesting deeper than Amplitude's limit of 40 levels");
@@ -237,7 +241,8 @@ void IdentifyEncoder::put_value(size_t col, const Value &v) {
             return;
         }
         case FieldRole::kUserProperties:
-            text = std::string_view(v.text, v.text_len);
+            if (!json_value_text(v, text, reason))
+                return reject(p.column_name, "column \"" + p.column_name + "\": " + reason);
             if (!json_is_object(text)) return reject(p.column_name, "column \"" + p.column_name + "\": value must be a JSON object");
             properties_column_.assign(text);
             return;

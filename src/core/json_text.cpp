@@ -142,6 +142,24 @@ bool is_valid_utf8(std::string_view s) {
     return true;
 }
 
+std::string storable_text(std::string_view s) {
+    std::string out;
+    out.reserve(s.size());
+    for (size_t i = 0; i < s.size();) {
+        size_t n = s[i] == '\0' ? 0 : utf8_sequence_length(s, i);
+        if (n == 0) {
+            unsigned char c = static_cast<unsigned char>(s[i++]);
+            out += "\\x";
+            out.push_back(kHex[c >> 4]);
+            out.push_back(kHex[c & 0xF]);
+            continue;
+        }
+        out.append(s, i, n);
+        i += n;
+    }
+    return out;
+}
+
 bool append_json_string(std::string &out, std::string_view s) {
     out.push_back('"');
     size_t run_start = 0;

@@ -20,6 +20,11 @@ bool append_json_string(std::string &out, std::string_view s);
 // True when s is well-formed UTF-8 (no overlongs, no surrogates).
 bool is_valid_utf8(std::string_view s);
 
+// s as text PostgreSQL can store in a text column whatever the source: each
+// byte that is not part of valid UTF-8, and NUL, becomes the four characters
+// \xNN. For messages that quote rows' values or Amplitude's answers.
+std::string storable_text(std::string_view s);
+
 void append_json_int(std::string &out, int64_t v);
 
 // Shortest text that reads back as the same double. Returns false for NaN and

@@ -53,4 +53,11 @@ struct Rejection {
     std::string reason;    // human-readable, never contains the API key
 };
 
+// Makes every text a rejection carries storable by the run log (which stores
+// them as text and the payload as json, and fails the run on invalid UTF-8
+// or NUL): texts are escaped with storable_text(), a payload that is not
+// valid UTF-8 is dropped and the reason says so. Every Rejection passes here
+// before it is shown or stored.
+void make_storable(Rejection &rejection);
+
 }  // namespace amplitude_sync

@@ -24,6 +24,13 @@ bool append_array_level(std::string &out, const Value &array, int level, size_t 
 
 }  // namespace
 
+bool json_value_text(const Value &v, std::string_view &text, std::string &reason) {
+    text = std::string_view(v.text, v.text_len);
+    if (is_valid_utf8(text)) return true;
+    reason = "json is not valid UTF-8";
+    return false;
+}
+
 bool append_value_json(std::string &out, const Value &v, std::string &reason) {
     if (v.is_null) {
         out.append("null");
@@ -45,9 +52,12 @@ bool append_value_json(std::string &out, const Value &v, std::string &reason) {
             reason = "NaN and infinite numbers cannot be sent as JSON";
             return false;
         case TypeCategory::kJson:
-        case TypeCategory::kJsonb:
-            out.append(v.text, v.text_len);
+        case TypeCategory::kJsonb: {
+            std::string_view text;
+            if (!json_value_text(v, text, reason)) return false;
+            out.append(text);
             return true;
+        }
         case TypeCategory::kTimestampTz:
         case TypeCategory::kTimestamp:
             if (v.infinite) {

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 namespace amplitude_sync {
 
@@ -44,5 +45,10 @@ struct Value {
 // and timestamps, nested JSON, arrays. Returns false with a reason when JSON
 // cannot represent it (NaN, infinity, invalid UTF-8).
 bool append_value_json(std::string &out, const Value &v, std::string &reason);
+
+// The text of a json/jsonb value, or false with a reason when it is not valid
+// UTF-8: a SQL_ASCII database stores any bytes in json, and one such value
+// makes Amplitude refuse the whole request ("Invalid JSON request body").
+bool json_value_text(const Value &v, std::string_view &text, std::string &reason);
 
 }  // namespace amplitude_sync

@@ -291,6 +291,17 @@ TEST(Redact, RedactsBeforeCuttingSoNoPartOfTheKeyLeaks) {
     EXPECT_EQ(out, std::string(295, 'a') + "[reda...");
 }
 
+// Errors are stored in sync_runs and raised: a proxy's Latin-1 page or a
+// NUL in a body must not make storing them fail.
+TEST(Redact, EscapesBytesThatAreNotValidUtf8) {
+    EXPECT_EQ(redact(std::string("caf\xe9 \0!", 7), "k"), "caf\\xe9 \\x00!");
+    EXPECT_EQ(Classify(502, "Bad gateway \xa0\xff").error, "HTTP 502: Bad gateway \\xa0\\xff");
+    HttpResponse r;
+    r.status = 500;
+    r.body = "r\xe9ponse";
+    EXPECT_EQ(classify_form_response(r, kKey).error, "HTTP 500: r\\xe9ponse");
+}
+
 // ====================================================== classify_form_response
 // /identify and /groupidentify answer in plain text and name no records.
 

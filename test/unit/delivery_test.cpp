@@ -464,6 +464,32 @@ TEST(DeliveryBatching, EncoderRejectionsAreCountedAndPassedOn) {
     EXPECT_EQ(h.delivery.rejections()[0].reason, "event_type is missing");
 }
 
+// The run log stores every rejection's texts: whatever our checks or
+// Amplitude's answers put in them must be storable (no invalid UTF-8, no NUL).
+TEST(DeliveryBatching, RejectionsAreMadeStorable) {
+    Harness h(Always(Ok()));
+    Rejection refused;
+    refused.record.row_number = 5;
+    refused.record.user_id = "ab\xff";
+    refused.reason = "user_id \"ab\xff\" is shorter than 5 characters";
+    h.delivery.reject(std::move(refused));
+    h.delivery.finish();
+    ASSERT_EQ(h.delivery.rejections().size(), 1u);
+    EXPECT_EQ(h.delivery.rejections()[0].reason, "user_id \"ab\\xff\" is shorter than 5 characters");
+    EXPECT_EQ(h.delivery.rejections()[0].record.user_id, "ab\\xff");
+}
+
+TEST(DeliveryRefusals, FieldNamedByAmplitudeWithANulIsStorable) {
+    Harness h(Script({Answer(400, R"({"code":400,"error":"Invalid field values on some events",
+                                       "events_with_invalid_fields":{"ti\u0000me":[0]}})")}));
+    h.AddRows(1, 2);
+    h.delivery.finish();
+    const Rejection *r = h.RejectionFor(1);
+    ASSERT_NE(r, nullptr);
+    EXPECT_EQ(r->field, "ti\\x00me");
+    EXPECT_EQ(r->reason, "refused by Amplitude: Invalid field values on some events (field \"ti\\x00me\")");
+}
+
 // =================================================== ordering, concurrency
 
 TEST(DeliveryOrdering, BatchesFillInQueryOrderWhateverTheKey) {
@@ -893,6 +919,14 @@ TEST(DeliveryFatal, ForbiddenStopsTheRun) {
     EXPECT_EQ(h.delivery.stats().not_sent, 6u);
     EXPECT_EQ(h.delivery.stats().requests, 1u);
     EXPECT_EQ(h.delivery.stats().retries, 0u);
+}
+
+TEST(DeliveryFatal, ABodyThatIsNotUtf8IsEscapedInTheErrorAndReasons) {
+    Harness h(Always(Answer(403, "acc\xe8s refus\xe9")), Limits(2));
+    h.AddRows(1, 3);
+    h.delivery.finish();
+    EXPECT_EQ(h.delivery.error(), "forbidden by Amplitude (HTTP 403): HTTP 403: acc\\xe8s refus\\xe9");
+    EXPECT_EQ(h.RejectionFor(3)->reason, "not sent: " + h.delivery.error());
 }
 
 TEST(DeliveryFatal, InvalidApiKeyStopsTheRunWithoutLeakingTheKey) {

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cmath>
+#include <cstdint>
 #include <deque>
 #include <string>
 #include <vector>
@@ -484,6 +485,94 @@ TEST_F(EncoderTest, RejectsIntegerTimesBelowTheirFloor) {
     EXPECT_EQ(e.rejection.field, "session_id");
 }
 
+// Integer times carry no unit: only epoch milliseconds from 1973-03-03T09:46:40Z
+// (1e11) up to 2100-01-01 (4102444800000, excluded) are sent.
+TEST_F(EncoderTest, IntegerTimesAtThePlausibleBoundsOfEpochMilliseconds) {
+    EventColumns columns = {Col("event_type", TC::kText), Col("user_id", TC::kText),
+                            Col("time", TC::kInteger), Col("session_id", TC::kInteger)};
+    const std::string head = R"({"event_type":"e","user_id":"user-1",)";
+    EXPECT_EQ(EventJson(columns, {Text("e"), Text("user-1"), Int(100000000000), Int(4102444799999)}),
+              WithDerivedInsertId(head + R"("time":100000000000,"session_id":4102444799999)"));
+    const std::string range = " is not plausible epoch milliseconds (expected 1973-03-03T09:46:40Z to "
+                              "2100-01-01T00:00:00Z)";
+    EXPECT_EQ(EventJson(columns, {Text("e"), Text("user-1"), Int(99999999999), Null()}),
+              "<rejected: column \"time\": 99999999999" + range + ">");
+    EXPECT_EQ(EventJson(columns, {Text("e"), Text("user-1"), Int(4102444800000), Null()}),
+              "<rejected: column \"time\": 4102444800000" + range + ">");
+    EXPECT_EQ(EventJson(columns, {Text("e"), Text("user-1"), Int(0), Null()}),
+              "<rejected: column \"time\": 0" + range + ">");
+    EXPECT_EQ(EventJson(columns, {Text("e"), Text("user-1"), Int(INT64_MAX), Null()}),
+              "<rejected: column \"time\": 9223372036854775807" + range + ">");
+}
+
+TEST_F(EncoderTest, IntegerTimeInSecondsIsRejectedAndSaysSo) {
+    EventColumns columns = {Col("event_type", TC::kText), Col("user_id", TC::kText), Col("time", TC::kInteger)};
+    Encoded e = Encode(columns, {Text("e"), Text("user-1"), Int(1714566600)});  // extract(epoch ...)::bigint
+    ASSERT_FALSE(e.ok);
+    EXPECT_EQ(e.rejection.field, "time");
+    EXPECT_EQ(e.rejection.reason,
+              "column \"time\": 1714566600 looks like seconds, not epoch milliseconds "
+              "(as seconds: 2024-05-01T12:30:00Z); multiply by 1000 or send a timestamptz");
+    // The seconds window is the milliseconds window divided by 1000.
+    auto reason = [&](int64_t v) { return EventJson(columns, {Text("e"), Text("user-1"), Int(v)}); };
+    EXPECT_NE(reason(100000000).find("100000000 looks like seconds"), std::string::npos);
+    EXPECT_NE(reason(4102444799).find("4102444799 looks like seconds"), std::string::npos);
+    EXPECT_NE(reason(99999999).find("99999999 is not plausible epoch milliseconds"), std::string::npos);
+    EXPECT_NE(reason(4102444800).find("4102444800 is not plausible epoch milliseconds"), std::string::npos);
+}
+
+TEST_F(EncoderTest, IntegerTimeInMicrosecondsOrNanosecondsIsRejectedAndSaysSo) {
+    EventColumns columns = {Col("event_type", TC::kText), Col("user_id", TC::kText), Col("time", TC::kInteger)};
+    auto reason = [&](int64_t v) { return EventJson(columns, {Text("e"), Text("user-1"), Int(v)}); };
+    EXPECT_EQ(reason(1714566600250000),
+              "<rejected: column \"time\": 1714566600250000 looks like microseconds, not epoch "
+              "milliseconds (as microseconds: 2024-05-01T12:30:00.250Z); divide by 1000 or send a "
+              "timestamptz>");
+    EXPECT_NE(reason(100000000000000).find("looks like microseconds"), std::string::npos);
+    EXPECT_NE(reason(4102444799999999).find("looks like microseconds"), std::string::npos);
+    EXPECT_NE(reason(99999999999999).find("is not plausible epoch milliseconds"), std::string::npos);
+    EXPECT_NE(reason(4102444800000000).find("is not plausible epoch milliseconds"), std::string::npos);
+    EXPECT_EQ(reason(1714566600250000000),
+              "<rejected: column \"time\": 1714566600250000000 looks like nanoseconds, not epoch "
+              "milliseconds (as nanoseconds: 2024-05-01T12:30:00.250Z); divide by 1000000 or send a "
+              "timestamptz>");
+    EXPECT_NE(reason(4102444800000000000).find("is not plausible epoch milliseconds"), std::string::npos);
+}
+
+// session_id is epoch milliseconds too, and -1 means "no session".
+TEST_F(EncoderTest, IntegerSessionIdFollowsTheSameRuleExceptMinusOne) {
+    EventColumns columns = {Col("event_type", TC::kText), Col("user_id", TC::kText),
+                            Col("session_id", TC::kInteger)};
+    EXPECT_EQ(EventJson(columns, {Text("e"), Text("user-1"), Int(-1)}),
+              WithDerivedInsertId(R"({"event_type":"e","user_id":"user-1","session_id":-1)"));
+    Encoded e = Encode(columns, {Text("e"), Text("user-1"), Int(1714566000)});
+    ASSERT_FALSE(e.ok);
+    EXPECT_EQ(e.rejection.field, "session_id");
+    EXPECT_EQ(e.rejection.reason,
+              "column \"session_id\": 1714566000 looks like seconds, not epoch milliseconds "
+              "(as seconds: 2024-05-01T12:20:00Z); multiply by 1000 or send a timestamptz");
+    EXPECT_EQ(EventJson(columns, {Text("e"), Text("user-1"), Int(3)}),
+              "<rejected: column \"session_id\": 3 is not plausible epoch milliseconds (expected "
+              "1973-03-03T09:46:40Z to 2100-01-01T00:00:00Z; -1 means no session)>");
+    EXPECT_EQ(EventJson(columns, {Text("e"), Text("user-1"), Int(-2)}),
+              "<rejected: column \"session_id\": Amplitude refuses times before 1970-01-01>");
+}
+
+// A timestamp's unit is known: 1970 to 1973 stays sendable from one.
+TEST_F(EncoderTest, TimestampsKeepOnlyThe1970Floor) {
+    EventColumns columns = {Col("event_type", TC::kText), Col("user_id", TC::kText),
+                            Col("time", TC::kTimestampTz), Col("session_id", TC::kTimestamp)};
+    int64_t epoch_plus_1s = -kPgEpochToUnixMicros + 1000000;
+    EXPECT_EQ(EventJson(columns, {Text("e"), Text("user-1"), Micros(TC::kTimestampTz, epoch_plus_1s),
+                                  Micros(TC::kTimestamp, epoch_plus_1s)}),
+              WithDerivedInsertId(R"({"event_type":"e","user_id":"user-1","time":1000,"session_id":1000)"));
+    // -1 ms from a timestamp is a time before 1970, not "no session".
+    Encoded e = Encode(columns, {Text("e"), Text("user-1"), Null(),
+                                 Micros(TC::kTimestamp, -kPgEpochToUnixMicros - 1000)});
+    ASSERT_FALSE(e.ok);
+    EXPECT_EQ(e.rejection.reason, "column \"session_id\": Amplitude refuses times before 1970-01-01");
+}
+
 TEST_F(EncoderTest, DerivedInsertIdIsStableAndFollowsContent) {
     EventColumns columns = {Col("event_type", TC::kText), Col("user_id", TC::kText), Col("n", TC::kInteger)};
     EventEncoder encoder(plan_event_columns(columns), 5);
@@ -657,6 +746,35 @@ TEST_F(EncoderTest, RejectsInvalidUtf8) {
     ASSERT_FALSE(e.ok);
     EXPECT_EQ(e.rejection.field, "event_type");
     EXPECT_EQ(e.rejection.reason, "column \"event_type\": text is not valid UTF-8");
+}
+
+// A SQL_ASCII database stores any bytes inside json; one such value would
+// make Amplitude refuse the whole request.
+TEST_F(EncoderTest, RejectsJsonThatIsNotValidUtf8InAKeyOrAValue) {
+    EventColumns columns = {Col("event_type", TC::kText), Col("user_id", TC::kText),
+                            Col("event_properties", TC::kJsonb), Col("user_properties", TC::kJson),
+                            Col("meta", TC::kJson)};
+    struct Case {
+        std::vector<Value> values;
+        const char *field;
+    } cases[] = {
+        {{Text("e"), Text("user-1"), Jsonb("{\"k\xff\": 1}"), Null(), Null()}, "event_properties"},
+        {{Text("e"), Text("user-1"), Jsonb("{\"k\": \"caf\xc3\"}"), Null(), Null()}, "event_properties"},
+        {{Text("e"), Text("user-1"), Null(), Json("{\"plan\": \"\xe9t\xe9\"}"), Null()}, "user_properties"},
+        {{Text("e"), Text("user-1"), Null(), Null(), Json("{\"a\xc0\xaf\": [1]}")}, "meta"},
+        {{Text("e"), Text("user-1"), Null(), Null(), Json("\"caf\xc3\"")}, "meta"},
+    };
+    for (const Case &c : cases) {
+        Encoded e = Encode(columns, c.values);
+        ASSERT_FALSE(e.ok) << c.field;
+        EXPECT_EQ(e.rejection.field, c.field);
+        EXPECT_EQ(e.rejection.reason, std::string("column \"") + c.field + "\": json is not valid UTF-8");
+        EXPECT_EQ(e.rejection.record.user_id, "user-1");
+        EXPECT_TRUE(e.rejection.record.json.empty());
+    }
+    EXPECT_EQ(EventJson(columns, {Text("e"), Text("user-1"), Jsonb("{\"caf\xc3\xa9\": 1}"), Null(), Null()}),
+              WithDerivedInsertId("{\"event_type\":\"e\",\"user_id\":\"user-1\",\"event_properties\":"
+                                  "{\"caf\xc3\xa9\":1}"));
 }
 
 TEST_F(EncoderTest, RejectsInfiniteTime) {

@@ -384,6 +384,13 @@ TEST(IdentifyPlan, GroupKeysMustBeTextOrJson) {
         EXPECT_EQ(PlanFails({Col("group_type", c), Col("group_value", c)}, kGroup).sqlstate, "none");
 }
 
+// The name is quoted in every rejection of its column, which must be storable.
+TEST(IdentifyPlan, ColumnNameThatIsNotUtf8Is22021) {
+    PlanFailure f = PlanFails({Col("user_id", TC::kText), Col("pl\xe4n", TC::kText)}, kUser);
+    EXPECT_EQ(f.sqlstate, "22021");
+    EXPECT_EQ(f.message, "column name is not valid UTF-8");
+}
+
 // ================================================================ encoding
 
 TEST_F(IdentifyTest, UserRowPlainPropertiesAreSetAndFieldsGoTopLevel) {
@@ -725,6 +732,24 @@ TEST_F(IdentifyTest, InvalidUtf8RejectsTheRow) {
     EXPECT_EQ(IdJson({Col("group_type", TC::kText), Col("group_value", TC::kText)},
                      {Text("company"), Text("acme\xC0\xAF")}, kGroup),
               "<rejected group_value: column \"group_value\": text is not valid UTF-8>");
+}
+
+// A SQL_ASCII database stores any bytes inside json; one such value would
+// make Amplitude refuse the whole request.
+TEST_F(IdentifyTest, JsonThatIsNotValidUtf8RejectsTheRow) {
+    Columns columns = {Col("user_id", TC::kText), Col("groups", TC::kJsonb),
+                       Col("user_properties", TC::kJsonb), Col("prefs", TC::kJson)};
+    EXPECT_EQ(IdJson(columns, {Text("user-00001"), Jsonb("{\"team\": \"caf\xc3\"}"), Null(), Null()}),
+              "<rejected groups: column \"groups\": json is not valid UTF-8>");
+    EXPECT_EQ(IdJson(columns, {Text("user-00001"), Null(), Jsonb("{\"k\xff\": 1}"), Null()}),
+              "<rejected user_properties: column \"user_properties\": json is not valid UTF-8>");
+    EXPECT_EQ(IdJson(columns, {Text("user-00001"), Null(), Jsonb("{\"$add\": {\"n\xfe\": 1}}"), Null()}),
+              "<rejected user_properties: column \"user_properties\": json is not valid UTF-8>");
+    EXPECT_EQ(IdJson(columns, {Text("user-00001"), Null(), Null(), Json("{\"theme\": \"d\xe9\"}")}),
+              "<rejected prefs: column \"prefs\": json is not valid UTF-8>");
+    EXPECT_EQ(IdJson({Col("group_type", TC::kText), Col("group_value", TC::kJsonb)},
+                     {Text("company"), Jsonb("\"acme\xff\"")}, kGroup),
+              "<rejected group_value: column \"group_value\": json is not valid UTF-8>");
 }
 
 TEST_F(IdentifyTest, NaNAndInfinityRejectTheRow) {

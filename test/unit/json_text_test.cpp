@@ -117,6 +117,29 @@ TEST(Utf8, RejectsOverlongsSurrogatesTruncationAndOutOfRange) {
 
 // ----------------------------------------------------------------- numbers
 
+TEST(StorableText, ValidTextIsUnchanged) {
+    EXPECT_EQ(storable_text(""), "");
+    EXPECT_EQ(storable_text("plain \\x41 \"quoted\""), "plain \\x41 \"quoted\"");
+    EXPECT_EQ(storable_text("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"), "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
+}
+
+TEST(StorableText, InvalidBytesAndNulBecomeHexEscapes) {
+    EXPECT_EQ(storable_text("caf\xc3"), "caf\\xc3");                   // cut sequence at the end
+    EXPECT_EQ(storable_text("a\xff\xfe" "b"), "a\\xff\\xfeb");
+    EXPECT_EQ(storable_text(std::string("a\0b", 3)), "a\\x00b");       // PostgreSQL text cannot hold NUL
+    EXPECT_EQ(storable_text("\xed\xa0\x80"), "\\xed\\xa0\\x80");       // a surrogate, byte by byte
+    EXPECT_EQ(storable_text("\xc0\xaf" "\xc3\xa9"), "\\xc0\\xaf\xc3\xa9");  // overlong, then a valid é
+    EXPECT_EQ(storable_text("\xe2\x82" "x"), "\\xe2\\x82x");            // sequence cut short mid-text
+}
+
+TEST(StorableText, ResultIsAlwaysValidUtf8WithoutNul) {
+    std::string every_byte;
+    for (int c = 0; c < 256; ++c) every_byte.push_back(static_cast<char>(c));
+    std::string out = storable_text(every_byte + every_byte);
+    EXPECT_TRUE(is_valid_utf8(out));
+    EXPECT_EQ(out.find('\0'), std::string::npos);
+}
+
 TEST(JsonInt, WritesFullInt64Range) {
     std::string out;
     append_json_int(out, 0);

@@ -121,6 +121,17 @@ TEST(ValueJson, JsonAndJsonbAreCopiedVerbatim) {
     EXPECT_EQ(Json(TextLike(TypeCategory::kJsonb, jsonb)), jsonb);
 }
 
+// A SQL_ASCII database stores any bytes inside json: they must not reach
+// Amplitude, which would refuse the whole request.
+TEST(ValueJson, RefusesJsonThatIsNotValidUtf8) {
+    std::string bad_value = "{\"a\": \"caf\xc3\"}";
+    std::string bad_key = "{\"k\xff\": 1}";
+    EXPECT_EQ(Json(TextLike(TypeCategory::kJson, bad_value)), "<refused: json is not valid UTF-8>");
+    EXPECT_EQ(Json(TextLike(TypeCategory::kJsonb, bad_key)), "<refused: json is not valid UTF-8>");
+    std::vector<Value> e = {TextLike(TypeCategory::kJsonb, bad_key)};
+    EXPECT_EQ(Json(Array(e, {1})), "<refused: json is not valid UTF-8>");
+}
+
 TEST(ValueJson, TimestampsAndDatesBecomeIsoStrings) {
     EXPECT_EQ(Json(Micros(TypeCategory::kTimestampTz, 767881800250000)),
               "\"2024-05-01T12:30:00.250Z\"");
