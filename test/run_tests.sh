@@ -16,6 +16,9 @@ harness_build_and_install || exit 1
 log "mock server tests"
 /usr/bin/python3 -m unittest test/test_mock_amplitude.py || failed=1
 
+log "the extension's SQL names pg_catalog's operators and functions"
+/usr/bin/python3 test/check_qualified_sql.py || failed=1
+
 log "C++ core unit tests"
 make -s unittest || failed=1
 

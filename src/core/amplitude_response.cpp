@@ -103,10 +103,31 @@ StopReason request_refusal(const HttpResponse &r) {
 std::string redact(std::string text, const std::string &secret, size_t max_length) {
     if (!secret.empty()) {
         static const std::string kMask = "[redacted]";
-        // Search on after the mask, which may itself contain the secret.
-        for (size_t pos = text.find(secret); pos != std::string::npos;
-             pos = text.find(secret, pos + kMask.size())) {
-            text.replace(pos, secret.size(), kMask);
+        // The key as sent may come back escaped: as JSON (\u00e9, \/) or
+        // URL-encoded (%C3%A9), the forms it travels in.
+        std::string json;
+        append_json_string(json, secret);
+        json = json.substr(1, json.size() - 2);
+        std::string ascii_json = json;
+        try {
+            ascii_json = nlohmann::json(secret).dump(-1, ' ', true);
+            ascii_json = ascii_json.substr(1, ascii_json.size() - 2);
+        } catch (const nlohmann::json::exception &) {
+            // Not UTF-8: no JSON encoder could have produced an escaped form.
+        }
+        std::string url;
+        append_url_encoded(url, secret);
+        // JSON may also escape the solidus.
+        std::string solidus = ascii_json;
+        for (size_t pos = solidus.find('/'); pos != std::string::npos; pos = solidus.find('/', pos + 2))
+            solidus.replace(pos, 1, "\\/");
+        std::vector<std::string> forms;
+        for (const std::string &form : {secret, json, ascii_json, solidus, url})
+            if (std::find(forms.begin(), forms.end(), form) == forms.end()) forms.push_back(form);
+        for (const std::string &form : forms) {
+            // Search on after the mask, which may itself contain the secret.
+            for (size_t pos = text.find(form); pos != std::string::npos; pos = text.find(form, pos + kMask.size()))
+                text.replace(pos, form.size(), kMask);
         }
     }
     if (text.size() > max_length) {

@@ -115,13 +115,20 @@ void check_option(DefElem *def, Oid catalog) {
                                 errhint("Use an integer from %d to %d.", spec->min, spec->max)));
             break;
         }
-        case OptionKind::kSecret:
-            if (value[0] == '\0' || strpbrk(value, " \t\r\n\"\\") != nullptr)
+        case OptionKind::kSecret: {
+            // Plain printable ASCII only: a key that Amplitude could echo
+            // back escaped (JSON, URL encoding) could escape redaction.
+            bool plain = value[0] != '\0';
+            for (const char *c = value; *c; ++c)
+                plain &= *c > ' ' && *c < 0x7f && *c != '"' && *c != '\\';
+            if (!plain)
                 // The value is never echoed: it is a secret.
                 ereport(ERROR, (errcode(ERRCODE_FDW_INVALID_ATTRIBUTE_VALUE),
                                 errmsg("invalid value for option \"api_key\""),
-                                errdetail("An Amplitude API key is not empty and has no spaces, quotes or backslashes.")));
+                                errdetail("An Amplitude API key is plain printable ASCII: not empty, without spaces, "
+                                          "quotes, backslashes or other characters.")));
             break;
+        }
     }
 }
 

@@ -89,6 +89,10 @@ struct SendRun {
         if (events && events->delivery.state() == DeliveryState::kInterrupted) s = DeliveryState::kInterrupted;
         return s;
     }
+    StopReason stop_reason() const {
+        return main->delivery.state() != DeliveryState::kRunning || !events ? main->delivery.stop_reason()
+                                                                              : events->delivery.stop_reason();
+    }
     const std::string &error() const {
         return main->delivery.state() != DeliveryState::kRunning || !events ? main->delivery.error()
                                                                               : events->delivery.error();
@@ -252,9 +256,8 @@ void put_preview_row(const SendSpec *spec, TupleDesc desc, Tuplestorestate *stor
 }
 
 // Raises the error for a run Amplitude refused to take at all (API key, 403).
-[[noreturn]] void raise_stopped_run(const AmpConnection *conn, const char *error, int64 rows_read,
+[[noreturn]] void raise_stopped_run(const AmpConnection *conn, const char *error, bool bad_key, int64 rows_read,
                                     uint64_t sent) {
-    bool bad_key = strstr(error, "Invalid API key") != nullptr;
     ereport(ERROR,
             (errcode(bad_key ? ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION
                              : ERRCODE_SQLSERVER_REJECTED_ESTABLISHMENT_OF_SQLCONNECTION),
@@ -542,7 +545,8 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
 
     const DeliveryStats *stats = &run->main->delivery.stats();
     if (run->state() == DeliveryState::kStopped)
-        raise_stopped_run(conn, run->error().c_str(), rows_read, stats->sent);
+        raise_stopped_run(conn, run->error().c_str(), run->stop_reason() == StopReason::kBadApiKey, rows_read,
+                          stats->sent);
 
     // Requests and retries count the synthetic events' too; sent, rejected,
     // not_sent and unchanged count rows, so they add up to rows_read.

@@ -35,7 +35,7 @@ char *checked_source_query(const char *query) {
         not_read_only(list_length(statements) == 0 ? "The query is empty." : "The query holds several statements.");
     RawStmt *raw = linitial_node(RawStmt, statements);
     if (!IsA(raw->stmt, SelectStmt))
-        not_read_only(psprintf("It is a %s statement.", GetCommandTagName(CreateCommandTag(raw->stmt))));
+        not_read_only(psprintf("Its command is %s.", GetCommandTagName(CreateCommandTag(raw->stmt))));
     SelectStmt *select = reinterpret_cast<SelectStmt *>(raw->stmt);
     if (select->intoClause) not_read_only("SELECT INTO creates a table.");
     // PostgreSQL allows data-modifying WITH only at the top level.
@@ -44,7 +44,7 @@ char *checked_source_query(const char *query) {
         foreach (cell, select->withClause->ctes) {
             CommonTableExpr *cte = lfirst_node(CommonTableExpr, cell);
             if (!IsA(cte->ctequery, SelectStmt))
-                not_read_only(psprintf("Its WITH query \"%s\" is a %s statement.", cte->ctename,
+                not_read_only(psprintf("Its WITH query \"%s\" runs %s.", cte->ctename,
                                        GetCommandTagName(CreateCommandTag(cte->ctequery))));
         }
     }

@@ -545,3 +545,13 @@ TEST(RequestRefusal, RecordLevelAndNonFatalAnswersCarryNoStopReason) {
         }
     }
 }
+
+// Regression (issue 9.7): a non-ASCII key came back JSON-escaped in
+// Amplitude's answer and was shown unredacted.
+TEST(Redact, EveryFormTheKeyTravelsIn) {
+    const std::string key = "bob-s\xc3\xa9" "cret/1";
+    EXPECT_EQ(redact("Invalid API key: bob-s\\u00e9cret\\/1", key), "Invalid API key: [redacted]");
+    EXPECT_EQ(redact("Invalid API key: bob-s\\u00e9cret/1", key), "Invalid API key: [redacted]");
+    EXPECT_EQ(redact("api_key=bob-s%C3%A9cret%2F1", key), "api_key=[redacted]");
+    EXPECT_EQ(redact("key bob-s\xc3\xa9" "cret/1 here", key), "key [redacted] here");
+}
