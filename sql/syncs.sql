@@ -4,6 +4,7 @@
 SELECT url AS mock_url FROM mock_config \gset
 -- Sync ids (and source view names) in this file's output do not depend on the files before.
 SELECT setval('amplitude_sync.syncs_sync_id_seq', 100) AS first_sync_id_after;
+SELECT setval('amplitude_sync.sync_runs_run_id_seq', 1000) AS first_run_id_after;
 SELECT mock_reset();
 -- Errors here are shown without the PL/pgSQL call stack.
 \set SHOW_CONTEXT never

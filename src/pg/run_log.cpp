@@ -173,17 +173,27 @@ void run_log_close_stale(int sync_id, int64 except_run_id) {
     leave_role_scope(&scope);
 }
 
-void run_log_fail(RunLog *log, const char *error) {
+void run_log_fail(RunLog *log, const char *error, const int64 *counts) {
     RoleScope scope;
     enter_extension_scope(&scope);
-    Oid argtypes[2] = {INT8OID, TEXTOID};
-    Datum args[2] = {Int64GetDatum(log->run_id), CStringGetTextDatum(error)};
-    // Counts are those last committed; what they leave unaccounted was not sent.
+    Oid argtypes[6] = {INT8OID, TEXTOID, INT8OID, INT8OID, INT8OID, INT8OID};
+    Datum args[6] = {Int64GetDatum(log->run_id), CStringGetTextDatum(error), 0, 0, 0, 0};
+    char nulls[7] = "      ";
+    for (int i = 0; i < 4; ++i) {
+        if (counts) args[2 + i] = Int64GetDatum(counts[i]);
+        else nulls[2 + i] = 'n';
+    }
+    // Counts as the run knew them (else those last recorded); what they
+    // leave unaccounted was not sent.
     if (SPI_execute_with_args(
             "UPDATE amplitude_sync.sync_runs SET status = 'failed', finished_at = pg_catalog.clock_timestamp(), "
-            "not_sent = rows_read OPERATOR(pg_catalog.-) sent OPERATOR(pg_catalog.-) rejected "
-            "OPERATOR(pg_catalog.-) unchanged, error = $2 WHERE run_id OPERATOR(pg_catalog.=) $1",
-            2, argtypes, args, nullptr, false, 0) != SPI_OK_UPDATE)
+            "rows_read = COALESCE($3, rows_read), sent = COALESCE($4, sent), rejected = COALESCE($5, rejected), "
+            "unchanged = COALESCE($6, unchanged), error = $2 WHERE run_id OPERATOR(pg_catalog.=) $1",
+            6, argtypes, args, nulls, false, 0) != SPI_OK_UPDATE ||
+        SPI_execute_with_args(
+            "UPDATE amplitude_sync.sync_runs SET not_sent = rows_read OPERATOR(pg_catalog.-) sent "
+            "OPERATOR(pg_catalog.-) rejected OPERATOR(pg_catalog.-) unchanged WHERE run_id OPERATOR(pg_catalog.=) $1",
+            1, argtypes, args, nullptr, false, 0) != SPI_OK_UPDATE)
         elog(ERROR, "amplitude_sync: could not record the run's failure");
     leave_role_scope(&scope);
 }

@@ -47,8 +47,9 @@ void run_log_progress(RunLog *log, int64 rows_read, int64 unchanged, const ampli
 // by the run holding the sync's guard, so such runs were interrupted.
 void run_log_close_stale(int sync_id, int64 except_run_id);
 
-// Marks the run failed with the error, keeping the counts last recorded.
-void run_log_fail(RunLog *log, const char *error);
+// Marks the run failed with the error and counts {rows_read, sent,
+// rejected, unchanged} (NULL: those last recorded); the rest is not_sent.
+void run_log_fail(RunLog *log, const char *error, const int64 *counts);
 
 // Remembers a saved sync's confirmed records (and empties the vector).
 void run_log_store_confirmed(int sync_id,

@@ -527,6 +527,9 @@ Datum amplitude_sync_drop_sync(PG_FUNCTION_ARGS) {
                               argtypes, args, nullptr, false, 0) != SPI_OK_DELETE)
         elog(ERROR, "amplitude_sync: could not drop the sync");
     leave_role_scope(&scope);
+    // Its runs still marked running were interrupted (a live one would fail
+    // at its next write and record that itself).
+    run_log_close_stale(sync.sync_id, 0);
     execute_as_extension(psprintf("DROP VIEW %s", qualified_relation_name(sync.source_view)));
     SPI_finish();
     PG_RETURN_VOID();
@@ -637,6 +640,8 @@ Datum amplitude_sync_run_sync(PG_FUNCTION_ARGS) {
     run_log_close_stale(sync.sync_id, log.run_id);
     SPI_commit();
 
+    RunCounts counts{};
+    volatile bool counted = false;  // set in PG_TRY, read in PG_CATCH
     Segments segments{};
     segments.hooks.commit = commit_segment;
     segments.context = CurrentMemoryContext;
@@ -650,6 +655,8 @@ Datum amplitude_sync_run_sync(PG_FUNCTION_ARGS) {
         sync_spec(&sync, api, true, &spec);
         spec.log = &log;
         spec.segments = &segments.hooks;
+        spec.counts = &counts;
+        counted = true;
         result = execute_send_run(fcinfo, &conn, &spec);
         end_segment(&segments);
     }
@@ -665,7 +672,8 @@ Datum amplitude_sync_run_sync(PG_FUNCTION_ARGS) {
             MemoryContextSwitchTo(segments.context);
             CurrentResourceOwner = segments.owner;
         }
-        run_log_fail(&log, error->message);
+        int64 known[4] = {counts.rows_read, counts.sent, counts.rejected, counts.unchanged};
+        run_log_fail(&log, error->message, counted ? known : nullptr);
         SPI_commit();
         release_sync_run(key);
         ReThrowError(error);

@@ -75,6 +75,7 @@ struct SendRun {
     Rejection rejection;
     // Saved syncs.
     bool incremental = false;
+    bool append = false;  // an event sync: confirmed events are never resent
     bool preview = false;
     std::string signature;  // settings that shape the payload, part of the fingerprint
     uint64_t unchanged = 0;
@@ -105,6 +106,7 @@ SendRun *make_send_run(const AmpConnection &conn, const SendSpec &spec,
     const CallOptions &options = spec.options;
     auto run = std::make_unique<SendRun>();
     run->incremental = spec.sync_id != 0;
+    run->append = options.target == Target::kEvents;
     run->preview = spec.preview;
     run->signature = std::string(options.endpoint->path) + '\x1f' +
                       (options.properties_event ? options.properties_event : "");
@@ -175,6 +177,13 @@ enum class RowAction { kRejected, kUnchanged, kCreate, kUpdate };
 // (or the rejection) stays in run->record / run->rejection for a preview.
 RowAction encode_and_queue(SendRun *run, uint64_t row_number, const Value *values,
                            const char *state_key, const unsigned char *stored_fingerprint) {
+    // An append sync sends an event once for its life: an insert_id that
+    // Amplitude confirmed is never sent again, whatever its row became
+    // (Amplitude would drop it within 7 days and duplicate it after).
+    if (run->incremental && run->append && stored_fingerprint) {
+        run->unchanged++;
+        return RowAction::kUnchanged;
+    }
     // Timed on one row in kTimingSample (clock reads are not free), scaled up.
     bool timed = row_number % kTimingSample == 0;
     auto started = timed ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
@@ -515,6 +524,11 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
         }
         if (table) SPI_freetuptable(table);
         if (!spec->preview) store_outcomes(log, run, spec);
+        if (spec->counts) {
+            const DeliveryStats &so_far = run->main->delivery.stats();
+            *spec->counts = {rows_read, static_cast<int64>(so_far.sent), static_cast<int64>(so_far.rejected),
+                             static_cast<int64>(run->unchanged)};
+        }
         // About once a second: publish the counts, keep what Amplitude confirmed.
         if (spec->segments && more && TimestampDifferenceExceeds(last_commit, GetCurrentTimestamp(), 1000)) {
             run_log_progress(log, rows_read, static_cast<int64>(run->unchanged), &run->main->delivery.stats());
@@ -537,6 +551,11 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
     }
 
     AMP_CXX(finish_run(run));
+    if (spec->counts) {
+        const DeliveryStats &so_far = run->main->delivery.stats();
+        *spec->counts = {rows_read, static_cast<int64>(so_far.sent), static_cast<int64>(so_far.rejected),
+                         static_cast<int64>(run->unchanged)};
+    }
     if (run->state() == DeliveryState::kInterrupted) {
         CHECK_FOR_INTERRUPTS();
         ereport(ERROR, (errcode(ERRCODE_QUERY_CANCELED), errmsg("canceling statement due to user request")));
@@ -590,6 +609,15 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
         ereport(WARNING, (errmsg("amplitude_sync run failed: %s", run->error().c_str()), errdetail("%s", detail),
                           errhint("%s", hint)));
     }
+
+    // A saved sync's run that rejected rows says so: its status alone
+    // ("succeeded": everything was accounted for) would hide them.
+    if (spec->sync_id && stats->rejected > 0)
+        ereport(WARNING, (errmsg("sync \"%s\" rejected %llu of %lld rows", spec->sync_name,
+                                 static_cast<unsigned long long>(stats->rejected), static_cast<long long>(rows_read)),
+                          errdetail("The reasons are in amplitude_sync.rejected_records, run %lld.",
+                                    static_cast<long long>(log->run_id)),
+                          errhint("Fix the rows, or the sync, and run it again: rows rejected are retried.")));
 
     Datum result[10] = {Int64GetDatum(log->run_id),
                         CStringGetTextDatum(failed ? "failed" : "succeeded"),

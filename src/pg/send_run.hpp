@@ -18,6 +18,14 @@ struct RunSegments {
     void (*commit)(RunSegments *segments);
 };
 
+// A run's counts as it goes, for the record of a run that fails.
+struct RunCounts {
+    int64 rows_read;
+    int64 sent;
+    int64 rejected;
+    int64 unchanged;
+};
+
 struct SendSpec {
     amplitude_sync::CallOptions options;  // checked arguments (call_options.hpp)
     const char *function_name;            // for the run history
@@ -34,6 +42,7 @@ struct SendSpec {
     const char *sync_name;
     RunLog *log;                  // run_sync starts the run record itself; NULL: the run does
     RunSegments *segments;        // commit as it goes, or NULL
+    RunCounts *counts;            // kept up to date after each batch, or NULL
     // preview_sync: encode and compare only; rows go to rsinfo, nothing is
     // sent or written.
     bool preview;
