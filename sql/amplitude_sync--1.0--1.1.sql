@@ -5,8 +5,10 @@
 
 -- Run history by sync id; skipped runs.
 ALTER TABLE amplitude_sync.sync_runs ADD COLUMN sync_id pg_catalog.int4;
+-- (1.0 linked runs by name: a run is the sync's if it ran as a member of its owner.)
 UPDATE amplitude_sync.sync_runs r SET sync_id = s.sync_id
-FROM amplitude_sync.syncs s WHERE s.name OPERATOR(pg_catalog.=) r.sync_name;
+FROM amplitude_sync.syncs s WHERE s.name OPERATOR(pg_catalog.=) r.sync_name
+  AND pg_catalog.pg_has_role(r.run_by::pg_catalog.oid, s.owner::pg_catalog.oid, 'MEMBER');
 ALTER TABLE amplitude_sync.sync_runs DROP CONSTRAINT sync_runs_status_check;
 ALTER TABLE amplitude_sync.sync_runs ADD CONSTRAINT sync_runs_status_check
     CHECK (status OPERATOR(pg_catalog.=) ANY (ARRAY['running', 'succeeded', 'failed', 'skipped']));
@@ -35,37 +37,43 @@ DROP POLICY own_runs ON amplitude_sync.sync_runs;
 DROP POLICY own_rejections ON amplitude_sync.rejected_records;
 ALTER TABLE amplitude_sync.syncs ADD COLUMN source_view pg_catalog.regclass,
                                  ADD COLUMN search_path pg_catalog.text;
+-- Each view is made as 1.1 makes them: the query checked (one read-only
+-- statement) and the view created by the sync's owner, never by this
+-- script's superuser (1.0 let owners rewrite source_query unchecked).
+CREATE FUNCTION amplitude_sync._upgrade_source_view(pg_catalog.int4, pg_catalog.text, pg_catalog.text, pg_catalog.oid)
+RETURNS pg_catalog.oid AS 'MODULE_PATHNAME', 'amplitude_sync_upgrade_source_view' LANGUAGE C STRICT;
 DO $$
 DECLARE
     s record;
     path pg_catalog.text;
-    view_name pg_catalog.text;
+    view pg_catalog.oid;
 BEGIN
     FOR s IN SELECT * FROM amplitude_sync.syncs ORDER BY sync_id LOOP
         -- 1.0 did not keep the path a source was checked under: the owner's
         -- schema and public, PostgreSQL's default.
-        path := pg_catalog.format('%I, public', s.owner::pg_catalog.text);
-        view_name := pg_catalog.format('sync_%s_source', s.sync_id);
+        path := pg_catalog.format('%I, public', pg_catalog.pg_get_userbyid(s.owner::pg_catalog.oid));
         PERFORM pg_catalog.set_config('search_path', path, true);
         BEGIN
-            EXECUTE pg_catalog.format(E'CREATE VIEW amplitude_sync.%I AS\n%s\n', view_name, s.source_query);
+            view := amplitude_sync._upgrade_source_view(s.sync_id, s.name, s.source_query, s.owner::pg_catalog.oid);
         EXCEPTION WHEN OTHERS THEN
-            RAISE EXCEPTION 'cannot update sync "%": its source does not resolve under search_path %', s.name, path
+            -- One bad source must not block the update: that sync goes
+            -- (its history stays), and the warning says what to re-create.
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+            RAISE WARNING 'sync "%" is dropped: its source does not make a 1.1 sync', s.name
                 USING DETAIL = SQLERRM,
-                      HINT = 'With amplitude_sync 1.0, give the sync a schema-qualified source (alter_sync) or drop it, then update again.';
+                      HINT = pg_catalog.format('Re-create it with create_sync; its source was: %s', s.source_query);
+            DELETE FROM amplitude_sync.syncs WHERE sync_id OPERATOR(pg_catalog.=) s.sync_id;
+            CONTINUE;
         END;
-        PERFORM pg_catalog.set_config('search_path', 'amplitude_sync, pg_temp', true);
-        -- Made by this script, the view would belong to the extension (and
-        -- go unseen by pg_dump); it belongs to the sync's owner instead.
-        EXECUTE pg_catalog.format('ALTER EXTENSION amplitude_sync DROP VIEW amplitude_sync.%I', view_name);
-        EXECUTE pg_catalog.format('ALTER VIEW amplitude_sync.%I OWNER TO %I', view_name, s.owner::pg_catalog.text);
-        EXECUTE pg_catalog.format('COMMENT ON VIEW amplitude_sync.%I IS %L', view_name,
-                                  pg_catalog.format('The source of sync "%s".', s.name));
-        UPDATE amplitude_sync.syncs SET source_view = pg_catalog.format('amplitude_sync.%I', view_name)::pg_catalog.regclass,
-                                        search_path = path
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+        -- Made during this script, the view would belong to the extension
+        -- (and go unseen by pg_dump); it belongs to the sync's owner.
+        EXECUTE pg_catalog.format('ALTER EXTENSION amplitude_sync DROP VIEW %s', view::pg_catalog.regclass);
+        UPDATE amplitude_sync.syncs SET source_view = view, search_path = path
         WHERE sync_id OPERATOR(pg_catalog.=) s.sync_id;
     END LOOP;
 END $$;
+DROP FUNCTION amplitude_sync._upgrade_source_view(pg_catalog.int4, pg_catalog.text, pg_catalog.text, pg_catalog.oid);
 ALTER TABLE amplitude_sync.syncs ALTER COLUMN source_view SET NOT NULL,
                                  ALTER COLUMN search_path SET NOT NULL,
                                  DROP COLUMN owner,
@@ -75,6 +83,7 @@ CREATE TABLE amplitude_sync.sync_claims (
     sync_id  pg_catalog.int4 PRIMARY KEY REFERENCES amplitude_sync.syncs (sync_id) ON DELETE CASCADE,
     pid      pg_catalog.int4 NOT NULL,
     lock_key pg_catalog.int8 NOT NULL,
+    backend_start pg_catalog.timestamptz NOT NULL,  -- pids are reused
     run_id   pg_catalog.int8
 );
 ALTER TABLE amplitude_sync.sync_claims ENABLE ROW LEVEL SECURITY;

@@ -192,11 +192,12 @@ CREATE TABLE amplitude_sync.sync_state (
 -- The overlap guard: the session running a sync holds a session-level
 -- advisory lock on a random key stored here. Nobody else can read the key
 -- before the run takes the lock, and a lock someone else holds on an old key
--- is told apart by its pid: no other role can block a sync.
+-- is told apart by its pid and backend start: no other role can block a sync.
 CREATE TABLE amplitude_sync.sync_claims (
     sync_id  pg_catalog.int4 PRIMARY KEY REFERENCES amplitude_sync.syncs (sync_id) ON DELETE CASCADE,
     pid      pg_catalog.int4 NOT NULL,
     lock_key pg_catalog.int8 NOT NULL,
+    backend_start pg_catalog.timestamptz NOT NULL,  -- pids are reused
     run_id   pg_catalog.int8
 );
 

@@ -153,6 +153,40 @@ CALL amplitude_sync.run_sync('hostile_whoami') \gset
 \echo status=:status sent=:sent unchanged=:unchanged
 RESET ROLE;
 SELECT rolsuper AS hostile_is_superuser FROM pg_roles WHERE rolname = 'regress_hostile';
+-- Settings a source changes stay in its run (no search_path handed back).
+SET ROLE regress_hostile;
+CREATE FUNCTION hostile.set_path(t text) RETURNS text LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    PERFORM set_config('search_path', 'hostile, pg_catalog', false);
+    PERFORM set_config('work_mem', '64kB', false);
+    RETURN t;
+END $$;
+SELECT name FROM amplitude_sync.create_sync('hostile_setter', 'amplitude_mock', 'user',
+    $$SELECT hostile.set_path(user_id) AS user_id FROM hostile.players$$);
+RESET ROLE;
+CALL amplitude_sync.run_sync('hostile_setter') \gset
+\echo status=:status sent=:sent
+SELECT count(*) AS previewed FROM amplitude_sync.preview_sync('hostile_setter', include_unchanged => true);
+SHOW search_path;
+SHOW work_mem;
+-- A domain's CHECK on a constant runs while the source is parsed: as its
+-- owner, like everything else of the source.
+SET ROLE regress_hostile;
+CREATE FUNCTION hostile.check_value(v int) RETURNS bool LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    IF current_user OPERATOR(pg_catalog.<>) 'regress_hostile' THEN
+        RAISE WARNING 'DOMAIN CHECK RAN AS %', current_user;
+        EXECUTE 'ALTER ROLE regress_hostile SUPERUSER';
+    END IF;
+    RETURN true;
+END $$;
+CREATE DOMAIN hostile.checked AS int CHECK (hostile.check_value(VALUE));
+SELECT name FROM amplitude_sync.create_sync('hostile_domain', 'amplitude_mock', 'user',
+    $$SELECT 'player-1' AS user_id WHERE '{1}'::hostile.checked[] IS NOT NULL$$);
+SELECT name FROM amplitude_sync.alter_sync('hostile_domain',
+    source => $$SELECT 'player-2' AS user_id WHERE '{2}'::hostile.checked[] IS NOT NULL$$);
+RESET ROLE;
+SELECT rolsuper AS hostile_is_superuser FROM pg_roles WHERE rolname = 'regress_hostile';
 -- The runs are the owner's to see, whoever ran them.
 SET ROLE regress_hostile;
 SELECT run_by, status, sent FROM amplitude_sync.sync_runs WHERE sync_name = 'hostile_whoami' ORDER BY run_id;

@@ -66,6 +66,9 @@ DO $$ BEGIN EXECUTE format('CREATE USER MAPPING FOR PUBLIC SERVER amplitude_mock
                            btrim(pg_read_file('amplitude_test_key'), E' \n')); END $$;
 CREATE ROLE regress_upgrade_owner;
 GRANT USAGE ON FOREIGN SERVER amplitude_mock TO regress_upgrade_owner;
+-- A role whose name needs quotes, who rewrote its 1.0 sync's source_query
+-- (1.0 let owners UPDATE it unchecked) into statements the update must not run.
+CREATE ROLE "Regress Upgrade Rogue";
 CREATE TABLE upgrade_customers AS SELECT 'upgrade-' || g AS user_id, 'free' AS plan FROM generate_series(1, 20) g;
 GRANT SELECT ON upgrade_customers TO regress_upgrade_owner;
 -- As 1.0 left them: two syncs (a table source and a query source), the
@@ -75,7 +78,9 @@ VALUES ('users', 'regress_upgrade_owner', 'amplitude_mock', 'user', 'update_or_c
         'upgrade_customers', 'SELECT * FROM upgrade_customers'),
        ('signups', 'regress_upgrade_owner', 'amplitude_mock', 'event', 'append',
         $$SELECT 'Signed Up' AS event_type, user_id, 'signup-' || user_id AS insert_id FROM upgrade_customers$$,
-        $$SELECT 'Signed Up' AS event_type, user_id, 'signup-' || user_id AS insert_id FROM upgrade_customers$$);
+        $$SELECT 'Signed Up' AS event_type, user_id, 'signup-' || user_id AS insert_id FROM upgrade_customers$$),
+       ('rogue', '"Regress Upgrade Rogue"', 'amplitude_mock', 'user', 'update_or_create', 'x',
+        $$SELECT 'rogue-1' AS user_id; ALTER ROLE "Regress Upgrade Rogue" SUPERUSER; SELECT 1$$);
 INSERT INTO amplitude_sync.sync_state (sync_id, record_key, fingerprint, sent_at)
 SELECT s.sync_id, k, f::uuid, now() FROM amplitude_sync.syncs s, (VALUES :state_rows) AS v(k, f) WHERE s.name = 'users';
 INSERT INTO amplitude_sync.sync_runs (sync_name, function_name, server_name, endpoint, run_by, started_at,
@@ -90,6 +95,7 @@ FROM amplitude_sync.sync_runs WHERE sync_name = 'users';
 
 ALTER EXTENSION amplitude_sync UPDATE TO '1.1';
 SELECT extversion FROM pg_extension WHERE extname = 'amplitude_sync';
+SELECT rolsuper AS rogue_is_superuser FROM pg_roles WHERE rolname = 'Regress Upgrade Rogue';
 
 -- The syncs, with their sources as views owned by their owner.
 SELECT s.name, s.source, s.source_view, pg_get_userbyid(c.relowner) AS owner, s.search_path
@@ -128,4 +134,4 @@ ORDER BY 1;
 DROP DATABASE regress_amp_upgrade;
 DROP FUNCTION catalog_lines();
 DROP TABLE upgrade_customers;
-DROP ROLE regress_upgrade_owner;
+DROP ROLE regress_upgrade_owner, "Regress Upgrade Rogue";

@@ -15,7 +15,10 @@ void enter_role_scope(RoleScope *scope, Oid role, const char *search_path, bool 
 }
 
 void leave_role_scope(const RoleScope *scope) {
-    AtEOXact_GUC(true, scope->guc_nest_level);
+    // false: even a plain SET made inside (a source calling set_config) is
+    // undone, as for VACUUM's and REFRESH MATERIALIZED VIEW's restricted
+    // operations; the caller's session keeps its own settings.
+    AtEOXact_GUC(false, scope->guc_nest_level);
     SetUserIdAndSecContext(scope->saved_user, scope->saved_context);
 }
 

@@ -57,6 +57,16 @@ const char *copied_value(HeapTuple tuple, TupleDesc desc, int column) {
     return copy;
 }
 
+// A member that may use the owner's rights (or become it) manages its syncs;
+// PostgreSQL 16's memberships WITH INHERIT FALSE, SET FALSE do not count.
+bool may_act_as(Oid member, Oid owner) {
+#if PG_VERSION_NUM >= 160000
+    return has_privs_of_role(member, owner) || member_can_set_role(member, owner);
+#else
+    return is_member_of_role(member, owner);
+#endif
+}
+
 // SPI connected. Finds the sync named name that the current role may manage
 // (a member of its owner's role); raises 42704 otherwise, as for a sync that
 // does not exist.
@@ -78,7 +88,7 @@ void load_saved_sync(const char *name, SavedSync *sync) {
     bool isnull = true;
     Oid owner = InvalidOid;
     if (SPI_processed == 1) owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-    if (SPI_processed != 1 || !is_member_of_role(caller, owner))
+    if (SPI_processed != 1 || !may_act_as(caller, owner))
         ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT), errmsg("sync \"%s\" does not exist", name),
                         errhint("Syncs of roles you are not a member of are not visible; see amplitude_sync.syncs.")));
     HeapTuple tuple = SPI_tuptable->vals[0];
@@ -177,6 +187,24 @@ void execute_as_extension(const char *sql) {
     leave_role_scope(&scope);
 }
 
+// How many objects of this database the role owns.
+int64 owned_objects(Oid role) {
+    RoleScope scope;
+    enter_extension_scope(&scope);
+    Oid argtypes[1] = {OIDOID};
+    Datum args[1] = {ObjectIdGetDatum(role)};
+    if (SPI_execute_with_args("SELECT pg_catalog.count(*) FROM pg_catalog.pg_shdepend d "
+                              "WHERE d.refobjid OPERATOR(pg_catalog.=) $1 AND d.deptype OPERATOR(pg_catalog.=) 'o' "
+                              "AND d.dbid OPERATOR(pg_catalog.=) (SELECT oid FROM pg_catalog.pg_database "
+                              "WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database())",
+                              1, argtypes, args, nullptr, false, 1) != SPI_OK_SELECT)
+        elog(ERROR, "amplitude_sync: could not read pg_shdepend");
+    bool isnull;
+    int64 owned = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+    leave_role_scope(&scope);
+    return owned;
+}
+
 // Makes the view that holds a sync's source, owned by owner: the source is
 // a relation name (read whole, its columns as they are now) or a checked
 // read-only query, resolved with the current search_path. Returns its oid.
@@ -190,20 +218,35 @@ Oid create_source_view(const char *view_name, const char *sync_name, const char 
     enter_role_scope(&scope, owner, namespace_search_path, true);
     if (!SPI_prepare(query, 0, nullptr)) elog(ERROR, "amplitude_sync: could not prepare the source");
     leave_role_scope(&scope);
-    // CREATE VIEW only parses the query (no function runs), as the
-    // extension's owner because only it may create in this schema; names
-    // resolve under the caller's search_path, as the caller wrote them.
-    enter_role_scope(&scope, extension_owner(), namespace_search_path, false);
+    // The owner creates the view: parsing it can run the owner's code (a
+    // domain's CHECK on a constant), which must never run as anyone else.
+    // It may create in the extension's schema for this one statement, and
+    // nothing but the view may come of it.
+    Oid schema = get_namespace_oid("amplitude_sync", false);
+#if PG_VERSION_NUM >= 160000
+    bool may_create = object_aclcheck(NamespaceRelationId, schema, owner, ACL_CREATE) == ACLCHECK_OK;
+#else
+    bool may_create = pg_namespace_aclcheck(schema, owner, ACL_CREATE) == ACLCHECK_OK;
+#endif
+    const char *role = quote_identifier(GetUserNameFromId(owner, false));
+    if (!may_create) execute_as_extension(psprintf("GRANT CREATE ON SCHEMA amplitude_sync TO %s", role));
+    int64 owned_before = owned_objects(owner);
+    enter_role_scope(&scope, owner, namespace_search_path, false);
     if (SPI_execute(psprintf("CREATE VIEW amplitude_sync.%s AS\n%s\n", quote_identifier(view_name), query), false,
                     0) != SPI_OK_UTILITY)
         elog(ERROR, "amplitude_sync: could not create the source view");
     leave_role_scope(&scope);
-    execute_as_extension(psprintf("ALTER VIEW amplitude_sync.%s OWNER TO %s", quote_identifier(view_name),
-                                  quote_identifier(GetUserNameFromId(owner, false))));
+    if (!may_create) execute_as_extension(psprintf("REVOKE CREATE ON SCHEMA amplitude_sync FROM %s", role));
+    // (A superuser's code runs as itself anyway; PostgreSQL records no
+    // ownership for the bootstrap superuser.)
+    if (!superuser_arg(owner) && owned_objects(owner) != owned_before + 1)
+        ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+                        errmsg("the source of sync \"%s\" created objects while it was parsed", sync_name),
+                        errdetail("Only its view may be made.")));
     execute_as_extension(psprintf("COMMENT ON VIEW amplitude_sync.%s IS %s", quote_identifier(view_name),
                                   quote_literal_cstr(psprintf("The source of sync \"%s\".", sync_name))));
     CommandCounterIncrement();
-    return get_relname_relid(view_name, get_namespace_oid("amplitude_sync", false));
+    return get_relname_relid(view_name, schema);
 }
 
 // The connection a sync uses, as its owner: USAGE on the server and the
@@ -270,7 +313,8 @@ int64 claim_sync_run(int sync_id) {
     Datum args[3] = {Int32GetDatum(sync_id), 0, 0};
     // The row lock serializes runs that start at the same time.
     if (SPI_execute_with_args(
-            "SELECT c.pid, c.lock_key FROM amplitude_sync.syncs s LEFT JOIN amplitude_sync.sync_claims c "
+            "SELECT c.pid, c.lock_key, c.backend_start FROM amplitude_sync.syncs s "
+            "LEFT JOIN amplitude_sync.sync_claims c "
             "ON c.sync_id OPERATOR(pg_catalog.=) s.sync_id WHERE s.sync_id OPERATOR(pg_catalog.=) $1 "
             "FOR NO KEY UPDATE OF s",
             1, argtypes, args, nullptr, false, 1) != SPI_OK_SELECT ||
@@ -280,17 +324,20 @@ int64 claim_sync_run(int sync_id) {
     int32 pid = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &no_claim));
     bool isnull;
     int64 key = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+    Datum started = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
     if (!no_claim) {
-        // Running means: the claiming session still holds the claim's lock.
-        args[0] = Int32GetDatum(pid);
-        args[1] = ObjectIdGetDatum(static_cast<Oid>(static_cast<uint64>(key) >> 32));
-        args[2] = ObjectIdGetDatum(static_cast<Oid>(static_cast<uint64>(key) & 0xffffffffu));
-        Oid lock_types[3] = {INT4OID, OIDOID, OIDOID};
+        // Running means: the claiming session (the same pid, started at the
+        // same time: pids are reused) still holds the claim's lock.
+        Datum lock_args[4] = {Int32GetDatum(pid), ObjectIdGetDatum(static_cast<Oid>(static_cast<uint64>(key) >> 32)),
+                              ObjectIdGetDatum(static_cast<Oid>(static_cast<uint64>(key) & 0xffffffffu)), started};
+        Oid lock_types[4] = {INT4OID, OIDOID, OIDOID, TIMESTAMPTZOID};
         if (SPI_execute_with_args(
-                "SELECT FROM pg_catalog.pg_locks l WHERE l.locktype OPERATOR(pg_catalog.=) 'advisory' "
+                "SELECT FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a "
+                "ON a.pid OPERATOR(pg_catalog.=) l.pid WHERE l.locktype OPERATOR(pg_catalog.=) 'advisory' "
                 "AND l.pid OPERATOR(pg_catalog.=) $1 AND l.classid OPERATOR(pg_catalog.=) $2 "
-                "AND l.objid OPERATOR(pg_catalog.=) $3 AND l.objsubid OPERATOR(pg_catalog.=) 1 AND l.granted",
-                3, lock_types, args, nullptr, true, 1) != SPI_OK_SELECT)
+                "AND l.objid OPERATOR(pg_catalog.=) $3 AND l.objsubid OPERATOR(pg_catalog.=) 1 AND l.granted "
+                "AND a.backend_start OPERATOR(pg_catalog.=) $4",
+                4, lock_types, lock_args, nullptr, true, 1) != SPI_OK_SELECT)
             elog(ERROR, "amplitude_sync: could not read pg_locks");
         if (SPI_processed > 0) {
             leave_role_scope(&scope);
@@ -302,11 +349,13 @@ int64 claim_sync_run(int sync_id) {
         if (!pg_strong_random(&key, sizeof key)) elog(ERROR, "amplitude_sync: no random numbers");
         key &= INT64_MAX;
     } while (key == 0 || !DatumGetBool(DirectFunctionCall1(pg_try_advisory_lock_int8, Int64GetDatum(key))));
-    Oid claim_types[3] = {INT4OID, INT4OID, INT8OID};
-    Datum claim[3] = {Int32GetDatum(sync_id), Int32GetDatum(MyProcPid), Int64GetDatum(key)};
-    if (SPI_execute_with_args("INSERT INTO amplitude_sync.sync_claims (sync_id, pid, lock_key) VALUES ($1, $2, $3) "
-                              "ON CONFLICT (sync_id) DO UPDATE SET pid = EXCLUDED.pid, lock_key = EXCLUDED.lock_key",
-                              3, claim_types, claim, nullptr, false, 0) != SPI_OK_INSERT)
+    Oid claim_types[4] = {INT4OID, INT4OID, INT8OID, TIMESTAMPTZOID};
+    Datum claim[4] = {Int32GetDatum(sync_id), Int32GetDatum(MyProcPid), Int64GetDatum(key),
+                      TimestampTzGetDatum(MyStartTimestamp)};
+    if (SPI_execute_with_args("INSERT INTO amplitude_sync.sync_claims (sync_id, pid, lock_key, backend_start) "
+                              "VALUES ($1, $2, $3, $4) ON CONFLICT (sync_id) DO UPDATE SET pid = EXCLUDED.pid, "
+                              "lock_key = EXCLUDED.lock_key, backend_start = EXCLUDED.backend_start",
+                              4, claim_types, claim, nullptr, false, 0) != SPI_OK_INSERT)
         elog(ERROR, "amplitude_sync: could not claim sync %d", sync_id);
     leave_role_scope(&scope);
     return key;
@@ -712,6 +761,23 @@ Datum amplitude_sync_preview_sync(PG_FUNCTION_ARGS) {
 }  // extern "C"
 
 extern "C" {
+
+PG_FUNCTION_INFO_V1(amplitude_sync_upgrade_source_view);
+
+// _upgrade_source_view(sync_id int, name text, source_query text, owner oid)
+// RETURNS regclass: 1.0 -> 1.1 makes each sync's view as 1.1 would (the
+// query checked, the view made by its owner). Only the update script calls
+// it; it is dropped there.
+Datum amplitude_sync_upgrade_source_view(PG_FUNCTION_ARGS) {
+    int sync_id = PG_GETARG_INT32(0);
+    const char *name = text_to_cstring(PG_GETARG_TEXT_PP(1));
+    const char *query = text_to_cstring(PG_GETARG_TEXT_PP(2));
+    Oid owner = PG_GETARG_OID(3);
+    if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
+    Oid view = create_source_view(psprintf("sync_%d_source", sync_id), name, query, owner);
+    SPI_finish();
+    PG_RETURN_OID(view);
+}
 
 PG_FUNCTION_INFO_V1(amplitude_sync_check_source);
 

@@ -376,7 +376,13 @@ void materialize_source(const SendSpec *spec, RowSource *source, MemoryContext c
     uint64 fetched;
     do {
         SPITupleTable *table = fetch_source_rows(spec, source, kFetchRowsMaterializing, &fetched);
-        for (uint64 r = 0; r < fetched; ++r) tuplestore_puttuple(source->store, table->vals[r]);
+        // Values stored out of line are fetched now: after the commit no
+        // snapshot would let them be read.
+        for (uint64 r = 0; r < fetched; ++r) {
+            HeapTuple flat = toast_flatten_tuple(table->vals[r], source->desc);
+            tuplestore_puttuple(source->store, flat);
+            heap_freetuple(flat);
+        }
         SPI_freetuptable(table);
     } while (fetched == static_cast<uint64>(kFetchRowsMaterializing));
     SPI_cursor_close(source->portal);
