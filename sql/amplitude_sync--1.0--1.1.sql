@@ -40,7 +40,8 @@ ALTER TABLE amplitude_sync.syncs ADD COLUMN source_view pg_catalog.regclass,
 -- Each view is made as 1.1 makes them: the query checked (one read-only
 -- statement) and the view created by the sync's owner, never by this
 -- script's superuser (1.0 let owners rewrite source_query unchecked).
-CREATE FUNCTION amplitude_sync._upgrade_source_view(pg_catalog.int4, pg_catalog.text, pg_catalog.text, pg_catalog.oid)
+CREATE FUNCTION amplitude_sync._upgrade_source_view(pg_catalog.int4, pg_catalog.text, pg_catalog.text, pg_catalog.oid,
+                                                    pg_catalog.name)
 RETURNS pg_catalog.oid AS 'MODULE_PATHNAME', 'amplitude_sync_upgrade_source_view' LANGUAGE C STRICT;
 DO $$
 DECLARE
@@ -54,7 +55,8 @@ BEGIN
         path := pg_catalog.format('%I, public', pg_catalog.pg_get_userbyid(s.owner::pg_catalog.oid));
         PERFORM pg_catalog.set_config('search_path', path, true);
         BEGIN
-            view := amplitude_sync._upgrade_source_view(s.sync_id, s.name, s.source_query, s.owner::pg_catalog.oid);
+            view := amplitude_sync._upgrade_source_view(s.sync_id, s.name, s.source_query, s.owner::pg_catalog.oid,
+                                                        s.server);
         EXCEPTION WHEN OTHERS THEN
             -- One bad source must not block the update: that sync goes
             -- (its history stays), and the warning says what to re-create.
@@ -73,7 +75,8 @@ BEGIN
         WHERE sync_id OPERATOR(pg_catalog.=) s.sync_id;
     END LOOP;
 END $$;
-DROP FUNCTION amplitude_sync._upgrade_source_view(pg_catalog.int4, pg_catalog.text, pg_catalog.text, pg_catalog.oid);
+DROP FUNCTION amplitude_sync._upgrade_source_view(pg_catalog.int4, pg_catalog.text, pg_catalog.text, pg_catalog.oid,
+                                                  pg_catalog.name);
 ALTER TABLE amplitude_sync.syncs ALTER COLUMN source_view SET NOT NULL,
                                  ALTER COLUMN search_path SET NOT NULL,
                                  DROP COLUMN owner,
@@ -222,3 +225,117 @@ END $$;
 REVOKE ALL ON FUNCTION amplitude_sync._drop_syncs_of_dropped_views() FROM PUBLIC;
 CREATE EVENT TRIGGER amplitude_sync_dropped_sources ON sql_drop
     EXECUTE FUNCTION amplitude_sync._drop_syncs_of_dropped_views();
+
+------------------------------------------------------------------------------
+-- Operating syncs: health at a glance, and self-documentation.
+------------------------------------------------------------------------------
+-- One row per sync the current role may see (security_invoker: row-level
+-- security applies to the caller, not to the view's owner).
+CREATE VIEW amplitude_sync.sync_health WITH (security_invoker = true) AS
+SELECT s.name AS sync,
+       pg_catalog.pg_get_userbyid(c.relowner) AS owner,
+       s.object,
+       COALESCE(f.srvname, s.server) AS server,
+       last.run_id AS last_run_id,
+       last.started_at AS last_run_at,
+       last.status AS last_status,
+       (SELECT pg_catalog.max(r.finished_at) FROM amplitude_sync.sync_runs r
+        WHERE r.sync_id OPERATOR(pg_catalog.=) s.sync_id AND r.status OPERATOR(pg_catalog.=) 'succeeded')
+           AS last_success_at,
+       (SELECT pg_catalog.count(*) FROM amplitude_sync.sync_runs r
+        WHERE r.sync_id OPERATOR(pg_catalog.=) s.sync_id AND r.status OPERATOR(pg_catalog.=) 'failed'
+          AND r.run_id OPERATOR(pg_catalog.>) COALESCE(
+              (SELECT pg_catalog.max(ok.run_id) FROM amplitude_sync.sync_runs ok
+               WHERE ok.sync_id OPERATOR(pg_catalog.=) s.sync_id AND ok.status OPERATOR(pg_catalog.=) 'succeeded'), 0))
+           AS consecutive_failures,
+       (SELECT COALESCE(pg_catalog.sum(r.sent), 0) FROM amplitude_sync.sync_runs r
+        WHERE r.sync_id OPERATOR(pg_catalog.=) s.sync_id
+          AND r.started_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) '24 hours'::pg_catalog.interval))
+           AS sent_24h,
+       (SELECT COALESCE(pg_catalog.sum(r.rejected), 0) FROM amplitude_sync.sync_runs r
+        WHERE r.sync_id OPERATOR(pg_catalog.=) s.sync_id
+          AND r.started_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) '24 hours'::pg_catalog.interval))
+           AS rejected_24h,
+       (SELECT r.error FROM amplitude_sync.sync_runs r
+        WHERE r.sync_id OPERATOR(pg_catalog.=) s.sync_id AND r.status OPERATOR(pg_catalog.=) 'failed'
+        ORDER BY r.run_id DESC LIMIT 1) AS last_error
+FROM amplitude_sync.syncs s
+JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.source_view::pg_catalog.oid
+LEFT JOIN pg_catalog.pg_depend d ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+     AND d.objid OPERATOR(pg_catalog.=) c.oid
+     AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_foreign_server'::pg_catalog.regclass
+LEFT JOIN pg_catalog.pg_foreign_server f ON f.oid OPERATOR(pg_catalog.=) d.refobjid
+LEFT JOIN LATERAL (SELECT r.run_id, r.started_at, r.status FROM amplitude_sync.sync_runs r
+                   WHERE r.sync_id OPERATOR(pg_catalog.=) s.sync_id ORDER BY r.run_id DESC LIMIT 1) last ON true;
+GRANT SELECT ON amplitude_sync.sync_health TO PUBLIC;
+COMMENT ON VIEW amplitude_sync.sync_health IS
+    'One row per sync you may see: its last run, last success, consecutive failures, the last 24 hours and the last error.';
+
+COMMENT ON FUNCTION amplitude_sync.fdw_validator(pg_catalog.text[], pg_catalog.oid) IS
+    'Checks the options of amplitude_sync servers (region, endpoint, timeouts, ...) and user mappings (api_key).';
+COMMENT ON FUNCTION amplitude_sync.schedule_sync(pg_catalog.text, pg_catalog.text) IS
+    'Schedules CALL amplitude_sync.run_sync(name) with pg_cron, as a job "amplitude_sync:<name>" of the current role.';
+COMMENT ON FUNCTION amplitude_sync.unschedule_sync(pg_catalog.text) IS
+    'Removes the pg_cron job that schedule_sync made.';
+COMMENT ON TYPE amplitude_sync.run_report IS
+    'What a run did: rows read, sent, rejected, not sent and unchanged (saved syncs), requests, retries, time.';
+COMMENT ON TABLE amplitude_sync.sync_state IS
+    'Per saved sync and record: the fingerprint of the payload Amplitude last confirmed.';
+COMMENT ON TABLE amplitude_sync.sync_claims IS
+    'The overlap guard of saved syncs: which session runs a sync, and its private lock key. Not readable by users.';
+
+COMMENT ON COLUMN amplitude_sync.sync_runs.run_id IS 'The run''s number (rejected_records.run_id).';
+COMMENT ON COLUMN amplitude_sync.sync_runs.sync_id IS 'The saved sync run (NULL for one-shot calls); kept when the sync is dropped.';
+COMMENT ON COLUMN amplitude_sync.sync_runs.sync_name IS 'The sync''s name when it ran.';
+COMMENT ON COLUMN amplitude_sync.sync_runs.function_name IS 'amplitude_send_events, amplitude_identify, amplitude_group_identify or run_sync.';
+COMMENT ON COLUMN amplitude_sync.sync_runs.server_name IS 'The foreign server (Amplitude project) it sent to.';
+COMMENT ON COLUMN amplitude_sync.sync_runs.endpoint IS 'Amplitude''s endpoint: /2/httpapi, /batch, /identify or /groupidentify.';
+COMMENT ON COLUMN amplitude_sync.sync_runs.run_by IS 'The role that called it.';
+COMMENT ON COLUMN amplitude_sync.sync_runs.started_at IS 'When it started.';
+COMMENT ON COLUMN amplitude_sync.sync_runs.finished_at IS 'When it ended (NULL while running).';
+COMMENT ON COLUMN amplitude_sync.sync_runs.status IS 'running, succeeded, failed (see error) or skipped (the sync was running elsewhere).';
+COMMENT ON COLUMN amplitude_sync.sync_runs.rows_read IS 'Rows read from the source; = sent + rejected + not_sent + unchanged.';
+COMMENT ON COLUMN amplitude_sync.sync_runs.sent IS 'Rows Amplitude accepted.';
+COMMENT ON COLUMN amplitude_sync.sync_runs.rejected IS 'Rows refused, by our checks or by Amplitude, with a reason in rejected_records.';
+COMMENT ON COLUMN amplitude_sync.sync_runs.not_sent IS 'Rows not delivered (retry budget, quota, the run stopped); a later run can send them.';
+COMMENT ON COLUMN amplitude_sync.sync_runs.unchanged IS 'Saved syncs: rows whose payload Amplitude already has (not sent again).';
+COMMENT ON COLUMN amplitude_sync.sync_runs.requests IS 'HTTP requests made.';
+COMMENT ON COLUMN amplitude_sync.sync_runs.retries IS 'Requests that carried records already tried.';
+COMMENT ON COLUMN amplitude_sync.sync_runs.bytes_sent IS 'Request body bytes sent.';
+COMMENT ON COLUMN amplitude_sync.sync_runs.read_seconds IS 'Time spent reading the source (sampled).';
+COMMENT ON COLUMN amplitude_sync.sync_runs.encode_seconds IS 'Time spent encoding JSON (sampled).';
+COMMENT ON COLUMN amplitude_sync.sync_runs.send_seconds IS 'Time spent building requests and waiting on Amplitude.';
+COMMENT ON COLUMN amplitude_sync.sync_runs.error IS 'Why the run failed or was skipped.';
+COMMENT ON COLUMN amplitude_sync.rejected_records.run_id IS 'The run (sync_runs.run_id).';
+COMMENT ON COLUMN amplitude_sync.rejected_records.row_number IS '1-based position of the row in what the run read.';
+COMMENT ON COLUMN amplitude_sync.rejected_records.outcome IS 'rejected (will not pass as it is) or not_sent (a re-run can send it).';
+COMMENT ON COLUMN amplitude_sync.rejected_records.field IS 'The offending column or Amplitude field.';
+COMMENT ON COLUMN amplitude_sync.rejected_records.reason IS 'Why, in words.';
+COMMENT ON COLUMN amplitude_sync.rejected_records.user_id IS 'The record''s user_id, if any.';
+COMMENT ON COLUMN amplitude_sync.rejected_records.device_id IS 'The record''s device_id, if any.';
+COMMENT ON COLUMN amplitude_sync.rejected_records.insert_id IS 'The event''s insert_id, if any.';
+COMMENT ON COLUMN amplitude_sync.rejected_records.event_type IS 'The event''s type, if any.';
+COMMENT ON COLUMN amplitude_sync.rejected_records.group_type IS 'The group''s type, if any.';
+COMMENT ON COLUMN amplitude_sync.rejected_records.group_value IS 'The group''s value, if any.';
+COMMENT ON COLUMN amplitude_sync.rejected_records.payload IS 'The record as it was (or would have been) sent, without the API key.';
+COMMENT ON COLUMN amplitude_sync.rejected_records.recorded_at IS 'When it was recorded.';
+COMMENT ON COLUMN amplitude_sync.syncs.sync_id IS 'The sync''s number (sync_runs.sync_id).';
+COMMENT ON COLUMN amplitude_sync.syncs.name IS 'The sync''s name, unique.';
+COMMENT ON COLUMN amplitude_sync.syncs.server IS 'The server when the sync was saved (it follows a rename: see sync_health.server).';
+COMMENT ON COLUMN amplitude_sync.syncs.object IS 'event, user, device or group.';
+COMMENT ON COLUMN amplitude_sync.syncs.behaviour IS 'append (events) or update_or_create (users, devices, groups).';
+COMMENT ON COLUMN amplitude_sync.syncs.source IS 'The source as given: a query, or a table or view name.';
+COMMENT ON COLUMN amplitude_sync.syncs.source_view IS 'The view holding the source, owned by the sync''s owner.';
+COMMENT ON COLUMN amplitude_sync.syncs.search_path IS 'The search_path the source was checked under; its functions run with it.';
+COMMENT ON COLUMN amplitude_sync.syncs.operations IS 'Identify operations per column ($set, $setOnce, ...).';
+COMMENT ON COLUMN amplitude_sync.syncs.nulls IS 'skip (leave NULL columns out) or unset (remove those properties).';
+COMMENT ON COLUMN amplitude_sync.syncs.properties_event IS 'Users and devices: the event type also sent to make updates visible at once, or NULL.';
+COMMENT ON COLUMN amplitude_sync.syncs.api IS 'Events: httpapi (/2/httpapi) or batch (/batch).';
+COMMENT ON COLUMN amplitude_sync.syncs.batch_size IS 'Records per request (NULL: the endpoint''s maximum).';
+COMMENT ON COLUMN amplitude_sync.syncs.min_id_length IS 'Shortest user_id/device_id accepted.';
+COMMENT ON COLUMN amplitude_sync.syncs.created_at IS 'When the sync was created.';
+COMMENT ON COLUMN amplitude_sync.syncs.updated_at IS 'When it was last changed.';
+COMMENT ON COLUMN amplitude_sync.sync_state.sync_id IS 'The sync.';
+COMMENT ON COLUMN amplitude_sync.sync_state.record_key IS 'user_id, device_id, group type and value, or insert_id.';
+COMMENT ON COLUMN amplitude_sync.sync_state.fingerprint IS '128-bit hash of the payload Amplitude confirmed (with the settings that shape it).';
+COMMENT ON COLUMN amplitude_sync.sync_state.sent_at IS 'When Amplitude confirmed it.';

@@ -29,8 +29,13 @@ WHERE sync_name = 'f_users' ORDER BY run_id DESC LIMIT 1;
 SELECT count(*) AS state FROM amplitude_sync.sync_state st JOIN amplitude_sync.syncs s USING (sync_id) WHERE s.name = 'f_users';
 
 -- Amplitude failing past the retry budget: the run raises (pg_cron sees a
--- failed job), after recording what was and was not sent.
+-- failed job), after recording what was and was not sent; listeners on
+-- amplitude_sync_failures hear of it.
 SELECT mock_reset();
+SELECT format('host=%s port=%s dbname=%s user=%s', current_setting('unix_socket_directories'),
+              current_setting('port'), current_database(), current_user) AS listener_conn \gset
+SELECT dblink_connect('listener', :'listener_conn');
+SELECT dblink_exec('listener', 'LISTEN amplitude_sync_failures');
 CREATE SERVER amplitude_flaky FOREIGN DATA WRAPPER amplitude_sync
     OPTIONS (endpoint :'mock_url', max_attempts '2', retry_backoff_ms '1');
 CALL create_test_mapping(current_user, 'amplitude_flaky');
@@ -41,6 +46,8 @@ SELECT status, rows_read, sent, rejected, not_sent, rows_read = sent + rejected 
        error LIKE '%503%' AS says_why
 FROM amplitude_sync.sync_runs WHERE sync_name = 'f_users' ORDER BY run_id DESC LIMIT 1;
 SELECT mock_call('DELETE', '/_mock/faults') IS NOT NULL AS cleared;
+SELECT notify_name, extra::jsonb - 'run_id' AS payload FROM dblink_get_notify('listener');
+SELECT dblink_disconnect('listener');
 
 -- A missing user mapping, and an error in the source: recorded, raised.
 SELECT name FROM amplitude_sync.alter_sync('f_users', server => 'amplitude_mock');
@@ -57,6 +64,27 @@ DROP USER MAPPING FOR regress_fowner SERVER amplitude_mock;
 CALL amplitude_sync.run_sync('f_owned');
 SELECT status, error, rows_read = sent + rejected + not_sent + unchanged AS adds_up
 FROM amplitude_sync.sync_runs WHERE sync_name = 'f_owned' ORDER BY run_id;
+
+-- Health at a glance, for the syncs one may see.
+SELECT sync, owner, object, server, last_status, consecutive_failures, last_success_at IS NULL AS never_succeeded,
+       sent_24h, rejected_24h, last_error FROM amplitude_sync.sync_health WHERE sync LIKE 'f\_%' ORDER BY sync;
+SET ROLE regress_fowner;
+SELECT sync, last_status, consecutive_failures FROM amplitude_sync.sync_health;
+RESET ROLE;
+
+-- A sync follows its server through a rename; dropping the server needs
+-- CASCADE, which drops the sync.
+CREATE SERVER amplitude_renamed FOREIGN DATA WRAPPER amplitude_sync OPTIONS (endpoint :'mock_url');
+CALL create_test_mapping(current_user, 'amplitude_renamed');
+SELECT name FROM amplitude_sync.create_sync('f_on_renamed', 'amplitude_mock', 'user', 'f_users');
+SELECT name FROM amplitude_sync.alter_sync('f_on_renamed', server => 'amplitude_renamed');
+ALTER SERVER amplitude_renamed RENAME TO amplitude_renamed2;
+CALL amplitude_sync.run_sync('f_on_renamed') \gset
+\echo status=:status sent=:sent
+SELECT sync, server FROM amplitude_sync.sync_health WHERE sync = 'f_on_renamed';
+DROP SERVER amplitude_renamed2;
+DROP SERVER amplitude_renamed2 CASCADE;
+SELECT count(*) AS left FROM amplitude_sync.syncs WHERE name = 'f_on_renamed';
 
 -- The same sync runs fine once Amplitude takes requests again.
 CALL amplitude_sync.run_sync('f_users') \gset

@@ -44,6 +44,8 @@ void run_log_start(RunLog *log, const char *function_name, const char *server_na
                    const char *endpoint, int sync_id, const char *sync_name, const char *status,
                    const char *error) {
     log->started_at = GetCurrentTimestamp();
+    log->sync_name = sync_name ? pstrdup(sync_name) : nullptr;
+    log->announced = false;
     Oid run_by = GetUserId();
 
     RoleScope scope;
@@ -173,6 +175,23 @@ void run_log_close_stale(int sync_id, int64 except_run_id) {
     leave_role_scope(&scope);
 }
 
+// NOTIFY amplitude_sync_failures, in the extension's scope (SPI connected).
+void notify_failure(RunLog *log, const char *error) {
+    if (log->announced) return;
+    log->announced = true;
+    Oid argtypes[3] = {TEXTOID, INT8OID, TEXTOID};
+    Datum args[3] = {log->sync_name ? CStringGetTextDatum(log->sync_name) : (Datum)0, Int64GetDatum(log->run_id),
+                     CStringGetTextDatum(error)};
+    char nulls[4] = "   ";
+    if (!log->sync_name) nulls[0] = 'n';
+    // A NOTIFY payload is at most 8000 bytes: the error is cut to fit.
+    if (SPI_execute_with_args(
+            "SELECT pg_catalog.pg_notify('amplitude_sync_failures', pg_catalog.json_build_object("
+            "'sync', $1, 'run_id', $2, 'error', pg_catalog.left($3, 2000))::pg_catalog.text)",
+            3, argtypes, args, nulls, false, 1) != SPI_OK_SELECT)
+        elog(ERROR, "amplitude_sync: could not announce the failed run");
+}
+
 void run_log_fail(RunLog *log, const char *error, const int64 *counts) {
     RoleScope scope;
     enter_extension_scope(&scope);
@@ -195,6 +214,7 @@ void run_log_fail(RunLog *log, const char *error, const int64 *counts) {
             "OPERATOR(pg_catalog.-) rejected OPERATOR(pg_catalog.-) unchanged WHERE run_id OPERATOR(pg_catalog.=) $1",
             1, argtypes, args, nullptr, false, 0) != SPI_OK_UPDATE)
         elog(ERROR, "amplitude_sync: could not record the run's failure");
+    notify_failure(log, error);
     leave_role_scope(&scope);
 }
 
@@ -228,6 +248,7 @@ void run_log_finish(RunLog *log, const char *status, int64 rows_read, int64 unch
         "send_seconds = $14 WHERE run_id OPERATOR(pg_catalog.=) $1",
         14, argtypes, args, nulls, false, 0);
     if (rc != SPI_OK_UPDATE) elog(ERROR, "amplitude_sync: could not record the run's end");
+    if (error) notify_failure(log, error);
     leave_role_scope(&scope);
 }
 

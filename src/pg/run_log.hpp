@@ -16,6 +16,8 @@ extern "C" int amplitude_sync_history_days;  // GUC amplitude_sync.history_days
 struct RunLog {
     int64 run_id;
     TimestampTz started_at;
+    const char *sync_name;  // NULL for one-shot calls
+    bool announced;         // its failure was NOTIFYed
 };
 
 // SPI must be connected. Inserts the run with a status: "running", or
@@ -46,6 +48,9 @@ void run_log_progress(RunLog *log, int64 rows_read, int64 unchanged, const ampli
 // Marks a sync's runs still "running" (but except_run_id) as failed: called
 // by the run holding the sync's guard, so such runs were interrupted.
 void run_log_close_stale(int sync_id, int64 except_run_id);
+
+// Failed runs are announced on NOTIFY channel amplitude_sync_failures
+// (payload: {"sync", "run_id", "error"}), delivered when they commit.
 
 // Marks the run failed with the error and counts {rows_read, sent,
 // rejected, unchanged} (NULL: those last recorded); the rest is not_sent.

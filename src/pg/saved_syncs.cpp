@@ -77,7 +77,12 @@ void load_saved_sync(const char *name, SavedSync *sync) {
     Oid argtypes[1] = {TEXTOID};
     Datum args[1] = {CStringGetTextDatum(name)};
     int rc = SPI_execute_with_args(
-        "SELECT s.sync_id, c.relowner, s.name, s.server::pg_catalog.text, s.object, s.behaviour, s.source, "
+        "SELECT s.sync_id, c.relowner, s.name, COALESCE((SELECT f.srvname::pg_catalog.text "
+        "FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_foreign_server f ON f.oid OPERATOR(pg_catalog.=) d.refobjid "
+        "WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass "
+        "AND d.objid OPERATOR(pg_catalog.=) s.source_view::pg_catalog.oid "
+        "AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_foreign_server'::pg_catalog.regclass), "
+        "s.server::pg_catalog.text), s.object, s.behaviour, s.source, "
         "s.source_view::pg_catalog.oid, s.search_path, s.operations::pg_catalog.text, s.nulls, s.properties_event, "
         "s.batch_size, s.min_id_length "
         "FROM amplitude_sync.syncs s JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.source_view "
@@ -247,6 +252,18 @@ Oid create_source_view(const char *view_name, const char *sync_name, const char 
                                   quote_literal_cstr(psprintf("The source of sync \"%s\".", sync_name))));
     CommandCounterIncrement();
     return get_relname_relid(view_name, schema);
+}
+
+// The sync depends on its server through its view: DROP SERVER needs
+// CASCADE (which drops the sync), and a renamed server is followed.
+void depend_on_server(Oid view, const char *server_name) {
+    ForeignServer *server = GetForeignServerByName(server_name, false);
+    deleteDependencyRecordsForClass(RelationRelationId, view, ForeignServerRelationId, DEPENDENCY_NORMAL);
+    ObjectAddress depender, referenced;
+    ObjectAddressSet(depender, RelationRelationId, view);
+    ObjectAddressSet(referenced, ForeignServerRelationId, server->serverid);
+    recordDependencyOn(&depender, &referenced, DEPENDENCY_NORMAL);
+    CommandCounterIncrement();
 }
 
 // The connection a sync uses, as its owner: USAGE on the server and the
@@ -453,6 +470,7 @@ Datum amplitude_sync_create_sync(PG_FUNCTION_ARGS) {
     leave_role_scope(&scope);
     sync.source_view = create_source_view(psprintf("sync_%d_source", sync.sync_id), sync.name, sync.source, sync.owner);
     check_sync(&sync, api);
+    depend_on_server(sync.source_view, sync.server);
 
     enter_extension_scope(&scope);
     Oid argtypes[14] = {INT4OID, TEXTOID, NAMEOID, TEXTOID, TEXTOID, TEXTOID, OIDOID,
@@ -526,6 +544,7 @@ Datum amplitude_sync_alter_sync(PG_FUNCTION_ARGS) {
                                               sync.owner);
     }
     check_sync(&sync, api);
+    depend_on_server(sync.source_view, sync.server);
 
     RoleScope scope;
     enter_extension_scope(&scope);
@@ -764,7 +783,8 @@ extern "C" {
 
 PG_FUNCTION_INFO_V1(amplitude_sync_upgrade_source_view);
 
-// _upgrade_source_view(sync_id int, name text, source_query text, owner oid)
+// _upgrade_source_view(sync_id int, name text, source_query text, owner oid,
+//                      server name)
 // RETURNS regclass: 1.0 -> 1.1 makes each sync's view as 1.1 would (the
 // query checked, the view made by its owner). Only the update script calls
 // it; it is dropped there.
@@ -775,6 +795,7 @@ Datum amplitude_sync_upgrade_source_view(PG_FUNCTION_ARGS) {
     Oid owner = PG_GETARG_OID(3);
     if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
     Oid view = create_source_view(psprintf("sync_%d_source", sync_id), name, query, owner);
+    depend_on_server(view, NameStr(*PG_GETARG_NAME(4)));
     SPI_finish();
     PG_RETURN_OID(view);
 }
