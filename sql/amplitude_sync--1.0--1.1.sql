@@ -14,6 +14,9 @@ ALTER TABLE amplitude_sync.sync_runs ADD CONSTRAINT sync_runs_status_check
     CHECK (status OPERATOR(pg_catalog.=) ANY (ARRAY['running', 'succeeded', 'failed', 'skipped']));
 CREATE INDEX ON amplitude_sync.sync_runs (sync_id, run_id);
 
+-- A rejection remembered until its row changes.
+ALTER TABLE amplitude_sync.sync_state ADD COLUMN rejected_reason pg_catalog.text;
+
 -- Functions replaced by C functions (or gone).
 DROP FUNCTION amplitude_sync.create_sync(pg_catalog.text, pg_catalog.name, pg_catalog.text, pg_catalog.text,
     pg_catalog.text, pg_catalog.jsonb, pg_catalog.text, pg_catalog.text, pg_catalog.text, pg_catalog.int4, pg_catalog.int4);
@@ -338,4 +341,5 @@ COMMENT ON COLUMN amplitude_sync.syncs.updated_at IS 'When it was last changed.'
 COMMENT ON COLUMN amplitude_sync.sync_state.sync_id IS 'The sync.';
 COMMENT ON COLUMN amplitude_sync.sync_state.record_key IS 'user_id, device_id, group type and value, or insert_id.';
 COMMENT ON COLUMN amplitude_sync.sync_state.fingerprint IS '128-bit hash of the payload Amplitude confirmed (with the settings that shape it).';
-COMMENT ON COLUMN amplitude_sync.sync_state.sent_at IS 'When Amplitude confirmed it.';
+COMMENT ON COLUMN amplitude_sync.sync_state.sent_at IS 'When Amplitude confirmed (or refused) it.';
+COMMENT ON COLUMN amplitude_sync.sync_state.rejected_reason IS 'Set when the record was rejected: it is not sent again until its row changes (resync forces it).';

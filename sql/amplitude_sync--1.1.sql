@@ -186,6 +186,7 @@ CREATE TABLE amplitude_sync.sync_state (
     record_key  pg_catalog.text NOT NULL,
     fingerprint pg_catalog.uuid NOT NULL,
     sent_at     pg_catalog.timestamptz NOT NULL,
+    rejected_reason pg_catalog.text,  -- set: rejected (not sent again while the row is unchanged)
     PRIMARY KEY (sync_id, record_key)
 );
 
@@ -487,4 +488,5 @@ COMMENT ON COLUMN amplitude_sync.syncs.updated_at IS 'When it was last changed.'
 COMMENT ON COLUMN amplitude_sync.sync_state.sync_id IS 'The sync.';
 COMMENT ON COLUMN amplitude_sync.sync_state.record_key IS 'user_id, device_id, group type and value, or insert_id.';
 COMMENT ON COLUMN amplitude_sync.sync_state.fingerprint IS '128-bit hash of the payload Amplitude confirmed (with the settings that shape it).';
-COMMENT ON COLUMN amplitude_sync.sync_state.sent_at IS 'When Amplitude confirmed it.';
+COMMENT ON COLUMN amplitude_sync.sync_state.sent_at IS 'When Amplitude confirmed (or refused) it.';
+COMMENT ON COLUMN amplitude_sync.sync_state.rejected_reason IS 'Set when the record was rejected: it is not sent again until its row changes (resync forces it).';

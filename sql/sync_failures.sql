@@ -90,8 +90,31 @@ SELECT count(*) AS left FROM amplitude_sync.syncs WHERE name = 'f_on_renamed';
 CALL amplitude_sync.run_sync('f_users') \gset
 \echo status=:status sent=:sent unchanged=:unchanged
 
--- A run that rejected rows says so.
+-- A run that rejected rows says so. A row rejected for its content (here:
+-- an id too short; below: refused by Amplitude) is remembered, not re-sent
+-- nor re-logged while it is unchanged; previewed as a reject with its
+-- reason; tried again once it changes, or after resync.
 INSERT INTO f_users VALUES ('f1', 'free');
+CALL amplitude_sync.run_sync('f_users') \gset
+\echo status=:status sent=:sent rejected=:rejected unchanged=:unchanged
+CALL amplitude_sync.run_sync('f_users') \gset
+\echo status=:status sent=:sent rejected=:rejected unchanged=:unchanged
+SELECT record_key, action, reason FROM amplitude_sync.preview_sync('f_users');
+UPDATE f_users SET plan = 'pro' WHERE user_id = 'f1';
+CALL amplitude_sync.run_sync('f_users') \gset
+\echo status=:status sent=:sent rejected=:rejected unchanged=:unchanged
+SELECT mock_reset();
+UPDATE f_users SET plan = 'gold' WHERE user_id = 'fuser-0042';
+SELECT mock_faults('[{"action": "invalid", "field": "user_id", "values": ["fuser-0042"], "times": -1}]');
+CALL amplitude_sync.run_sync('f_users') \gset
+\echo status=:status sent=:sent rejected=:rejected unchanged=:unchanged
+SELECT count(*) AS requests FROM mock_requests();
+CALL amplitude_sync.run_sync('f_users') \gset
+\echo status=:status sent=:sent rejected=:rejected unchanged=:unchanged
+SELECT count(*) AS requests FROM mock_requests();
+SELECT record_key, action, reason FROM amplitude_sync.preview_sync('f_users') ORDER BY 1;
+SELECT mock_call('DELETE', '/_mock/faults') IS NOT NULL AS cleared;
+SELECT amplitude_sync.resync('f_users', $$user_id = 'fuser-0042'$$) AS marked;
 CALL amplitude_sync.run_sync('f_users') \gset
 \echo status=:status sent=:sent rejected=:rejected unchanged=:unchanged
 DELETE FROM f_users WHERE user_id = 'f1';

@@ -64,13 +64,15 @@ CALL amplitude_sync.run_sync('users') \gset
 CALL amplitude_sync.run_sync('users') \gset
 \echo status=:status sent=:sent unchanged=:unchanged
 
--- A record Amplitude refuses is not remembered: the next run retries it.
+-- A record Amplitude refuses is not confirmed: it is remembered as refused
+-- while its row is unchanged, and a resync retries it.
 SELECT mock_reset();
 UPDATE customers SET score = score + 1000 WHERE user_id IN ('user-00007', 'user-00008');
 SELECT mock_faults('[{"action": "invalid", "field": "user_id", "values": ["user-00007"], "times": -1}]');
 CALL amplitude_sync.run_sync('users') \gset
 \echo status=:status sent=:sent rejected=:rejected unchanged=:unchanged
 SELECT mock_call('DELETE', '/_mock/faults') IS NOT NULL AS cleared;
+SELECT amplitude_sync.resync('users', $$user_id = 'user-00007'$$) AS marked;
 CALL amplitude_sync.run_sync('users') \gset
 \echo status=:status sent=:sent rejected=:rejected unchanged=:unchanged
 SELECT r->'identification'->0->>'user_id' AS resent FROM mock_requests() r ORDER BY (r->>'seq')::int DESC LIMIT 1;

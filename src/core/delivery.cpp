@@ -414,7 +414,8 @@ void Delivery::handle(Queue::iterator it, const HttpResponse &response) {
                 if (over_quota(r)) {
                     Batch lone;
                     lone.records.push_back(std::move(r));
-                    give_up(std::move(lone), Outcome::kRejected, "",
+                    // Not the record's fault, and over tomorrow: a later run sends it.
+                    give_up(std::move(lone), Outcome::kNotSent, "",
                             "daily quota exceeded: Amplitude refuses more events for this ID today");
                     continue;
                 }

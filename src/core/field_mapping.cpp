@@ -91,6 +91,16 @@ std::string quoted_for_message(std::string_view id) {
 
 bool is_string_role(FieldRole role) { return is_string_role_impl(role); }
 
+std::array<unsigned char, 16> row_fingerprint(const Value *values, size_t count, std::string_view signature) {
+    std::string row = "row";  // never a record's JSON
+    std::string reason;
+    for (size_t i = 0; i < count; ++i) {
+        row += '\x1e';
+        if (!append_value_json(row, values[i], reason)) row.append("invalid:").append(reason);
+    }
+    return record_fingerprint(row, signature);
+}
+
 std::array<unsigned char, 16> record_fingerprint(std::string_view json, std::string_view signature) {
     XXH3_state_t *state = XXH3_createState();
     if (!state) throw std::bad_alloc();

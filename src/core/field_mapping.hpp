@@ -80,6 +80,10 @@ std::string derive_insert_id(std::string_view event_json_without_insert_id);
 // and of the sync settings that shape what is sent (the signature).
 std::array<unsigned char, 16> record_fingerprint(std::string_view json, std::string_view signature);
 
+// The fingerprint of a row that could not be encoded: of its column values,
+// so that a saved sync remembers the rejection until the row changes.
+std::array<unsigned char, 16> row_fingerprint(const Value *values, size_t count, std::string_view signature);
+
 constexpr int kMaxPropertyDepth = 40;
 
 // Roles whose value Amplitude wants as a string (IDs, event_type, platform...).

@@ -279,12 +279,56 @@ void run_log_store_confirmed(int sync_id, std::vector<ConfirmedRecord> *confirme
         "FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.uuid[])) "
         "WITH ORDINALITY AS c(k, f, n) "
         "ORDER BY k USING OPERATOR(pg_catalog.<), n USING OPERATOR(pg_catalog.>) "
-        "ON CONFLICT (sync_id, record_key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, sent_at = EXCLUDED.sent_at",
+        "ON CONFLICT (sync_id, record_key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, sent_at = EXCLUDED.sent_at, "
+        "rejected_reason = NULL",
         3, argtypes, args, nullptr, false, 0);
     if (rc != SPI_OK_INSERT) elog(ERROR, "amplitude_sync: could not remember the confirmed records");
     leave_role_scope(&scope);
     leave_batch_memory(&memory);
     confirmed->clear();
+}
+
+void run_log_remember_rejections(int sync_id, const std::vector<Rejection> *rejections) {
+    int n = 0;
+    for (const Rejection &r : *rejections)
+        n += r.outcome == Outcome::kRejected && !r.record.state_key.empty();
+    if (n == 0) return;
+    BatchMemory memory;
+    enter_batch_memory(&memory);
+    Datum *keys = static_cast<Datum *>(palloc(sizeof(Datum) * n));
+    Datum *fingerprints = static_cast<Datum *>(palloc(sizeof(Datum) * n));
+    Datum *reasons = static_cast<Datum *>(palloc(sizeof(Datum) * n));
+    int i = 0;
+    for (const Rejection &r : *rejections) {
+        if (r.outcome != Outcome::kRejected || r.record.state_key.empty()) continue;
+        keys[i] = text_datum(r.record.state_key);
+        pg_uuid_t *uuid = static_cast<pg_uuid_t *>(palloc(sizeof(pg_uuid_t)));
+        memcpy(uuid->data, r.record.fingerprint.data(), UUID_LEN);
+        fingerprints[i] = UUIDPGetDatum(uuid);
+        reasons[i] = text_datum(r.reason);
+        ++i;
+    }
+    Oid argtypes[4] = {INT4OID, TEXTARRAYOID, UUIDARRAYOID, TEXTARRAYOID};
+    Datum args[4] = {Int32GetDatum(sync_id),
+                     PointerGetDatum(construct_array(keys, n, TEXTOID, -1, false, TYPALIGN_INT)),
+                     PointerGetDatum(construct_array(fingerprints, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR)),
+                     PointerGetDatum(construct_array(reasons, n, TEXTOID, -1, false, TYPALIGN_INT))};
+    RoleScope scope;
+    enter_extension_scope(&scope);
+    // The latest verdict on a key wins: the refused payload (or row) is
+    // remembered, and a changed one is sent again.
+    int rc = SPI_execute_with_args(
+        "INSERT INTO amplitude_sync.sync_state (sync_id, record_key, fingerprint, sent_at, rejected_reason) "
+        "SELECT DISTINCT ON (k) $1, k, f, pg_catalog.clock_timestamp(), r "
+        "FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.uuid[]), "
+        "pg_catalog.unnest($4::pg_catalog.text[])) WITH ORDINALITY AS c(k, f, r, n) "
+        "ORDER BY k USING OPERATOR(pg_catalog.<), n USING OPERATOR(pg_catalog.>) "
+        "ON CONFLICT (sync_id, record_key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, "
+        "sent_at = EXCLUDED.sent_at, rejected_reason = EXCLUDED.rejected_reason",
+        4, argtypes, args, nullptr, false, 0);
+    if (rc != SPI_OK_INSERT) elog(ERROR, "amplitude_sync: could not remember the rejected records");
+    leave_role_scope(&scope);
+    leave_batch_memory(&memory);
 }
 
 Datum run_log_elapsed(const RunLog *log) {

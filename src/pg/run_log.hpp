@@ -60,5 +60,9 @@ void run_log_fail(RunLog *log, const char *error, const int64 *counts);
 void run_log_store_confirmed(int sync_id,
                              std::vector<amplitude_sync::ConfirmedRecord> *confirmed);
 
+// Remembers, in a saved sync's state, the records rejected for a reason
+// only their row can change (the vector is left for run_log_store_rejections).
+void run_log_remember_rejections(int sync_id, const std::vector<amplitude_sync::Rejection> *rejections);
+
 // Microseconds since the run started, as an interval Datum.
 Datum run_log_elapsed(const RunLog *log);

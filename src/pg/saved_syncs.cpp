@@ -164,7 +164,8 @@ void sync_spec(const SavedSync *sync, const char *api, bool with_state, SendSpec
     spec->sync_id = sync->sync_id;
     const char *key = record_key_expression(spec->options.target);
     spec->query = psprintf(
-        "SELECT src.*, st.fingerprint AS \"amplitude_sync.fingerprint\", %s AS \"amplitude_sync.record_key\" "
+        "SELECT src.*, st.fingerprint AS \"amplitude_sync.fingerprint\", "
+        "st.rejected_reason AS \"amplitude_sync.rejected_reason\", %s AS \"amplitude_sync.record_key\" "
         "FROM %s src LEFT JOIN amplitude_sync.sync_state st "
         "ON st.sync_id OPERATOR(pg_catalog.=) %d AND st.record_key OPERATOR(pg_catalog.=) %s",
         key, view, sync->sync_id, key);
@@ -567,6 +568,11 @@ Datum amplitude_sync_alter_sync(PG_FUNCTION_ARGS) {
             "updated_at = pg_catalog.now() WHERE sync_id OPERATOR(pg_catalog.=) $1",
             13, argtypes, args, nulls, false, 0) != SPI_OK_UPDATE)
         elog(ERROR, "amplitude_sync: could not change the sync");
+    // A changed sync may take rows it rejected before: they are tried again.
+    if (SPI_execute_with_args("DELETE FROM amplitude_sync.sync_state WHERE sync_id OPERATOR(pg_catalog.=) $1 "
+                              "AND rejected_reason IS NOT NULL",
+                              1, argtypes, args, nullptr, false, 0) != SPI_OK_DELETE)
+        elog(ERROR, "amplitude_sync: could not forget the sync's rejections");
     leave_role_scope(&scope);
     if (sync.source_view != old_view) {
         execute_as_extension(psprintf("DROP VIEW %s", qualified_relation_name(old_view)));

@@ -170,17 +170,38 @@ void queue_properties_event(SendRun *run) {
 }
 
 // What became of a row of a saved sync (and of a previewed row).
-enum class RowAction { kRejected, kUnchanged, kCreate, kUpdate };
+// kStillRejected: rejected before for a reason only the row can change, and
+// unchanged since: not sent, not logged again (counted as unchanged).
+enum class RowAction { kRejected, kUnchanged, kCreate, kUpdate, kStillRejected };
+
+// What a saved sync's state holds for a row's key.
+struct StoredState {
+    const unsigned char *fingerprint;  // NULL: nothing stored
+    const char *rejected_reason;       // NULL: Amplitude confirmed it
+};
+
+bool same_fingerprint(const std::array<unsigned char, 16> &fingerprint, const StoredState &stored) {
+    return stored.fingerprint && std::equal(fingerprint.begin(), fingerprint.end(), stored.fingerprint);
+}
+
+// A rejection a saved sync remembers: keyed, with the fingerprint of what
+// was rejected (the payload, or the row when it could not be encoded).
+void remember_rejection(Rejection &rejection, const char *state_key, const std::array<unsigned char, 16> &fingerprint) {
+    if (!state_key || !*state_key) return;
+    rejection.record.state_key = state_key;
+    rejection.record.fingerprint = fingerprint;
+}
 
 // Encodes a row and, unless previewing, queues it. For saved syncs a row
-// whose payload Amplitude already confirmed is skipped. The encoded record
-// (or the rejection) stays in run->record / run->rejection for a preview.
-RowAction encode_and_queue(SendRun *run, uint64_t row_number, const Value *values,
-                           const char *state_key, const unsigned char *stored_fingerprint) {
+// whose payload Amplitude already confirmed is skipped, and so is a row
+// rejected before and unchanged since. The encoded record (or the
+// rejection) stays in run->record / run->rejection for a preview.
+RowAction encode_and_queue(SendRun *run, uint64_t row_number, const Value *values, size_t value_count,
+                           const char *state_key, const StoredState &stored) {
     // An append sync sends an event once for its life: an insert_id that
     // Amplitude confirmed is never sent again, whatever its row became
     // (Amplitude would drop it within 7 days and duplicate it after).
-    if (run->incremental && run->append && stored_fingerprint) {
+    if (run->incremental && run->append && stored.fingerprint && !stored.rejected_reason) {
         run->unchanged++;
         return RowAction::kUnchanged;
     }
@@ -190,15 +211,23 @@ RowAction encode_and_queue(SendRun *run, uint64_t row_number, const Value *value
     bool encoded = run->encoder->encode_row(row_number, values, run->record, run->rejection);
     if (timed) run->encode_time += (std::chrono::steady_clock::now() - started) * kTimingSample;
     if (!encoded) {
+        if (run->incremental) {
+            auto fingerprint = row_fingerprint(values, value_count, run->signature);
+            if (stored.rejected_reason && same_fingerprint(fingerprint, stored)) {
+                run->unchanged++;
+                return RowAction::kStillRejected;
+            }
+            remember_rejection(run->rejection, state_key, fingerprint);
+        }
         if (!run->preview) run->main->delivery.reject(std::move(run->rejection));
         return RowAction::kRejected;
     }
     RowAction action = RowAction::kCreate;
     if (run->incremental) {
         auto fingerprint = record_fingerprint(run->record.json, run->signature);
-        if (stored_fingerprint && std::equal(fingerprint.begin(), fingerprint.end(), stored_fingerprint)) {
+        if (same_fingerprint(fingerprint, stored)) {
             run->unchanged++;
-            return RowAction::kUnchanged;
+            return stored.rejected_reason ? RowAction::kStillRejected : RowAction::kUnchanged;
         }
         if (!state_key || !*state_key) {
             // Only happens for events: the ledger needs the insert_id column.
@@ -209,7 +238,8 @@ RowAction encode_and_queue(SendRun *run, uint64_t row_number, const Value *value
             if (!run->preview) run->main->delivery.reject(std::move(run->rejection));
             return RowAction::kRejected;
         }
-        action = stored_fingerprint ? RowAction::kUpdate : RowAction::kCreate;
+        action = stored.fingerprint && !stored.rejected_reason ? RowAction::kUpdate : RowAction::kCreate;
+        // Amplitude's verdict on this payload is remembered either way.
         run->record.state_key = state_key;
         run->record.fingerprint = fingerprint;
     }
@@ -234,6 +264,7 @@ std::vector<ColumnInput> column_inputs(TupleDesc desc, const ColumnReader *reade
 }
 
 void store_outcomes(RunLog *log, SendRun *run, const SendSpec *spec) {
+    if (spec->sync_id) run_log_remember_rejections(spec->sync_id, &run->main->delivery.rejections());
     run_log_store_rejections(log, &run->main->delivery.rejections());
     if (run->events) run_log_store_rejections(log, &run->events->delivery.rejections());
     if (spec->sync_id) run_log_store_confirmed(spec->sync_id, &run->main->delivery.confirmed());
@@ -245,22 +276,27 @@ const char *action_name(RowAction action) {
         case RowAction::kUnchanged: return "unchanged";
         case RowAction::kCreate: return "create";
         case RowAction::kUpdate: return "update";
+        case RowAction::kStillRejected: return "reject";
     }
     return "";
 }
 
 // One preview row: what the next run would do with this record.
 void put_preview_row(const SendSpec *spec, TupleDesc desc, Tuplestorestate *store, uint64 row_number,
-                     const char *record_key, RowAction action, const SendRun *run) {
+                     const char *record_key, RowAction action, const SendRun *run, const char *stored_reason) {
     const std::string *payload = action == RowAction::kRejected ? &run->rejection.record.json : &run->record.json;
+    // A row still rejected shows the reason it was rejected for.
+    const char *reason = action == RowAction::kRejected        ? run->rejection.reason.c_str()
+                         : action == RowAction::kStillRejected ? stored_reason
+                                                               : nullptr;
     Datum values[6];
-    bool nulls[6] = {false, record_key == nullptr, false, false, payload->empty(), action != RowAction::kRejected};
+    bool nulls[6] = {false, record_key == nullptr, false, false, payload->empty(), reason == nullptr};
     values[0] = Int64GetDatum(static_cast<int64>(row_number));
     values[1] = record_key ? CStringGetTextDatum(record_key) : (Datum)0;
     values[2] = CStringGetTextDatum(action_name(action));
     values[3] = CStringGetTextDatum(spec->options.endpoint->path);
     values[4] = payload->empty() ? (Datum)0 : PointerGetDatum(cstring_to_text_with_len(payload->data(), static_cast<int>(payload->size())));
-    values[5] = action == RowAction::kRejected ? CStringGetTextDatum(run->rejection.reason.c_str()) : (Datum)0;
+    values[5] = reason ? CStringGetTextDatum(reason) : (Datum)0;
     tuplestore_putvalues(store, desc, values, nulls);
 }
 
@@ -439,8 +475,9 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
     TupleDesc desc = source.desc;
     ColumnReader *readers = source.readers;
     int natts = desc->natts;
-    // A saved sync's query ends with the stored fingerprint and the record key.
-    int payload_natts = spec->sync_id ? natts - 2 : natts;
+    // A saved sync's query ends with the stored fingerprint, the stored
+    // rejection reason and the record key.
+    int payload_natts = spec->sync_id ? natts - 3 : natts;
 
     // The C++ run state, freed with this context on success and on error.
     MemoryContext run_context = AllocSetContextCreate(CurrentMemoryContext, "amplitude_sync run",
@@ -470,7 +507,7 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
     MemoryContext row_context = AllocSetContextCreate(run_context, "amplitude_sync row",
                                                       ALLOCSET_DEFAULT_SIZES);
     int64 rows_read = 0;
-    int64 counts[4] = {0, 0, 0, 0};  // by RowAction
+    int64 counts[5] = {0, 0, 0, 0, 0};  // by RowAction
     instr_time read_time;            // fetching rows and reading their values
     INSTR_TIME_SET_ZERO(read_time);
     bool more = true;
@@ -512,19 +549,21 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
             for (int i = 0; i < payload_natts; ++i)
                 read_column_value(&readers[i], datums[i], nulls[i], &values[i]);
             if (timed) add_elapsed(&read_time, read_started, kTimingSample);
-            const unsigned char *stored = nullptr;
+            StoredState stored = {nullptr, nullptr};
             const char *record_key = nullptr;
             if (spec->sync_id) {
-                if (!nulls[natts - 2]) stored = DatumGetUUIDP(datums[natts - 2])->data;
+                if (!nulls[natts - 3]) stored.fingerprint = DatumGetUUIDP(datums[natts - 3])->data;
+                if (!nulls[natts - 2]) stored.rejected_reason = TextDatumGetCString(datums[natts - 2]);
                 if (!nulls[natts - 1]) record_key = TextDatumGetCString(datums[natts - 1]);
             }
             ++rows_read;
             RowAction action = RowAction::kCreate;
-            AMP_CXX(action = encode_and_queue(run, static_cast<uint64_t>(rows_read), values, record_key, stored));
+            AMP_CXX(action = encode_and_queue(run, static_cast<uint64_t>(rows_read), values,
+                                              static_cast<size_t>(payload_natts), record_key, stored));
             counts[static_cast<int>(action)]++;
             if (spec->preview && (action != RowAction::kUnchanged || spec->include_unchanged))
                 put_preview_row(spec, result_desc, preview_store, static_cast<uint64>(rows_read), record_key,
-                                action, run);
+                                action, run, stored.rejected_reason);
             MemoryContextSwitchTo(outer);
             MemoryContextReset(row_context);
         }
@@ -550,7 +589,10 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
         ereport(NOTICE, (errmsg("sync \"%s\" would create %lld, update %lld and reject %lld records; "
                                 "%lld are unchanged",
                                 spec->sync_name, static_cast<long long>(counts[2]), static_cast<long long>(counts[3]),
-                                static_cast<long long>(counts[0]), static_cast<long long>(counts[1]))));
+                                static_cast<long long>(counts[0] + counts[4]), static_cast<long long>(counts[1])),
+                         counts[4] ? errdetail("%lld of the rejected are rows rejected before and unchanged since.",
+                                               static_cast<long long>(counts[4]))
+                                   : 0));
         MemoryContextDelete(run_context);
         if (own_spi) SPI_finish();
         return (Datum)0;
