@@ -33,7 +33,8 @@ Control API (never recorded as requests)
     GET    /_mock/bodies    JSON Lines: {"seq": n, "body": the request body text exactly as sent}
     GET    /_mock/users     JSON Lines: user profiles (device-only profiles have user_id null)
     GET    /_mock/groups    JSON Lines: group profiles
-    GET    /_mock/stats     {"requests": n, "events_stored": n, "duplicates_dropped": n}
+    GET    /_mock/stats     {"requests": n, "events_stored": n, "duplicates_dropped": n,
+                             "strings_truncated": n, "groups_trimmed": n}
     Every JSON Lines object is one compact line with sorted keys, so output is deterministic.
 
 Decisions where the contract is uncertain (the mock chooses the stricter reading)
@@ -44,13 +45,20 @@ Decisions where the contract is uncertain (the mock chooses the stricter reading
       event is an invalid value (omit the key instead).
     * time must be >= 0, session_id >= -1, all four integer fields within int64.
     * insert_id must be 1..128 characters; plan and ingestion_metadata only take their documented
-      string keys; groups map a non-empty type to a non-empty string or a list of 1..10 non-empty
-      strings, at most 5 types.
+      string keys; groups map a non-empty type to a non-empty string or a non-empty list of
+      non-empty strings. Beyond 5 group types or 10 values per type, Amplitude keeps the first ones
+      and ignores the rest (stats: groups_trimmed counts the events/identifications concerned).
+    * Reserved event types ("[Amplitude] Revenue", ...) are invalid event_type values.
     * Property operations: an unknown "$..." key is refused; the same property in two operations
       of one object is refused; $add on an existing non-number value is refused (400).
     * 400 bodies carry only the index maps that have entries.
     * Per-event profile effects: every stored event (except $groupidentify) creates/links the user
-      profile; user_properties are applied unless "$skip_user_properties_sync" is true.
+      profile; user_properties, operations included ($add on an event adds, like /identify), are
+      applied unless "$skip_user_properties_sync" is true.
+    * /identify: country, region, city and dma are one location group, and platform, os_name,
+      os_version, device_brand, device_manufacturer, device_model and carrier one device group:
+      an identification that sends a field of a group clears the fields of that group it leaves
+      out from the profile's "fields".
     * /identify and /groupidentify refuse unknown form fields, repeated form fields and unknown keys
       in an identification; "paying" must be a string.
     * Errors on /identify and /groupidentify are short plain text, never JSON, and never name the
@@ -59,8 +67,10 @@ Decisions where the contract is uncertain (the mock chooses the stricter reading
       `missing_field` (the doc names no text for it; the JSON endpoints call it missing_field);
       a missing or malformed identification is `missing_event`. /2/httpapi and /batch answer
       JSON: {"code":400,"error":"Invalid API key: <key>"}, "missing_field": "api_key", ...
-    * Strings longer than 1024 characters are stored as sent (Amplitude truncates them; it does
-      not refuse them).
+    * Strings longer than 1024 characters are accepted and stored truncated to 1024 characters
+      (stats: strings_truncated): string fields and strings anywhere in event_properties,
+      user_properties and group_properties. IDs, event_type, insert_id, group names and keys are
+      kept as sent.
     * Order on /2/httpapi and /batch: Content-Type, empty body, gzip/JSON, api_key, events, key
       validity, options, size (bytes as received, then event count), then the per-event checks,
       then silenced devices, then deduplication and profile updates (all or nothing).
@@ -121,8 +131,13 @@ MAX_IDENTIFICATIONS = 1024
 MAX_GROUP_PROPERTIES = 1024
 MAX_PROPERTY_DEPTH = 40          # the property object itself is depth 1
 MAX_INSERT_ID_LENGTH = 128
-MAX_GROUP_TYPES = 5
-MAX_GROUP_VALUES = 10
+MAX_GROUP_TYPES = 5              # kept per event; the rest is ignored
+MAX_GROUP_VALUES = 10            # kept per group type; the rest is ignored
+MAX_STRING_LENGTH = 1024         # longer strings are truncated
+RESERVED_EVENT_TYPES = frozenset({
+    "[Amplitude] Start Session", "[Amplitude] End Session", "[Amplitude] Revenue",
+    "[Amplitude] Revenue (Verified)", "[Amplitude] Revenue (Unverified)", "[Amplitude] Merged User",
+})
 DEFAULT_MIN_ID_LENGTH = 5
 EPS_THRESHOLD = {"/2/httpapi": 30, "/batch": 1000}
 DAILY_QUOTA_USER_COUNT = 500200  # the values Amplitude's example 429 reports
@@ -172,6 +187,11 @@ IDENTIFY_FIELDS = ("app_version", "platform", "os_name", "os_version", "device_b
                    "device_manufacturer", "device_model", "carrier", "country", "region", "city",
                    "dma", "language", "paying", "start_version")
 KNOWN_IDENTIFY_KEYS = frozenset(ID_FIELDS + ("user_properties", "groups") + IDENTIFY_FIELDS)
+# Identify fields Amplitude updates together: sending one resets the others left out.
+IDENTIFY_FIELD_GROUPS = (("country", "region", "city", "dma"),
+                         ("platform", "os_name", "os_version", "device_brand",
+                          "device_manufacturer", "device_model", "carrier"))
+PROPERTY_OBJECTS = ("event_properties", "user_properties", "group_properties")
 KNOWN_GROUPIDENTIFY_KEYS = frozenset({"group_type", "group_value", "group_properties"})
 
 # Order in which the operations of one user_properties object are applied. The doc lists
@@ -339,14 +359,14 @@ def _non_empty_string(value):
 
 
 def groups_ok(groups):
-    """groups: {group type: value or [values]} with the per-event limits of the doc."""
-    if not isinstance(groups, dict) or len(groups) > MAX_GROUP_TYPES:
+    """groups: {group type: value or [values]} (the limits trim, see kept_groups)."""
+    if not isinstance(groups, dict):
         return False
     for group_type, value in groups.items():
         if group_type == "":
             return False
         values = value if isinstance(value, list) else [value]
-        if not 1 <= len(values) <= MAX_GROUP_VALUES:
+        if not values:
             return False
         if not all(_non_empty_string(v) for v in values):
             return False
@@ -359,6 +379,44 @@ def group_pairs(groups):
         value = groups[group_type]
         for group_value in (value if isinstance(value, list) else [value]):
             yield group_type, group_value
+
+
+def kept_groups(groups, counts):
+    """What Amplitude keeps of a valid groups object: the first 5 types, 10 values each."""
+    kept = {}
+    for group_type, value in list(groups.items())[:MAX_GROUP_TYPES]:
+        kept[group_type] = value[:MAX_GROUP_VALUES] if isinstance(value, list) else value
+    if kept != groups:
+        counts["groups_trimmed"] += 1
+    return kept
+
+
+def _truncated(value, counts):
+    if isinstance(value, str):
+        if len(value) > MAX_STRING_LENGTH:
+            counts["strings_truncated"] += 1
+            return value[:MAX_STRING_LENGTH]
+        return value
+    if isinstance(value, list):
+        return [_truncated(v, counts) for v in value]
+    if isinstance(value, dict):
+        return {k: _truncated(v, counts) for k, v in value.items()}
+    return value
+
+
+def as_kept(item, string_fields, counts):
+    """A copy of a valid event or identification as Amplitude keeps it: long strings truncated,
+    groups beyond the limits dropped. counts gathers what changed."""
+    kept = dict(item)
+    for field in string_fields + PROPERTY_OBJECTS:
+        if field in kept:
+            kept[field] = _truncated(kept[field], counts)
+    if isinstance(kept.get("groups"), dict):
+        kept["groups"] = kept_groups(kept["groups"], counts)
+    return kept
+
+
+TRUNCATED_EVENT_FIELDS = tuple(f for f in EVENT_STRING_FIELDS if f != "insert_id")
 
 
 def string_map_ok(value, allowed_keys):
@@ -514,7 +572,8 @@ def _check_event_type(index, event, problems):
     event_type = event.get("event_type")
     if event_type is None:
         problems.add(problems.missing, "event_type", index)
-    elif not isinstance(event_type, str) or not event_type.strip():
+    elif (not isinstance(event_type, str) or not event_type.strip()
+          or event_type in RESERVED_EVENT_TYPES):
         problems.add(problems.invalid, "event_type", index)
 
 
@@ -1172,6 +1231,11 @@ def apply_identification(tx, path, ident):
     for field in IDENTIFY_FIELDS:
         if field in ident:
             profile["fields"][field] = ident[field]
+    for group in IDENTIFY_FIELD_GROUPS:
+        if any(field in ident for field in group):
+            for field in group:
+                if field not in ident:
+                    profile["fields"].pop(field, None)
 
 
 def dedup_key(event):
@@ -1208,6 +1272,7 @@ class MockState:
         self.groups = {}
         self.faults = []
         self.duplicates_dropped = 0
+        self.kept_counts = {"strings_truncated": 0, "groups_trimmed": 0}
 
     # -- request log --
 
@@ -1289,11 +1354,13 @@ class MockState:
         tx = ProfileTx(self)
         stored, duplicates, seen_now = [], 0, set()
         failures = EventProblems()
+        counts = dict.fromkeys(self.kept_counts, 0)
         for index, event in enumerate(req.events):
             key = dedup_key(event)
             if key is not None and (key in self.seen_insert_ids or key in seen_now):
                 duplicates += 1       # counted in events_ingested, silently not stored
                 continue
+            event = as_kept(event, TRUNCATED_EVENT_FIELDS, counts)
             try:
                 apply_event(tx, event)
             except PropertyError as exc:
@@ -1307,6 +1374,7 @@ class MockState:
         tx.commit()
         self.seen_insert_ids |= seen_now
         self.duplicates_dropped += duplicates
+        self._count_kept(counts)
         self.events.extend({**event, "$path": req.path, "$seq": seq} for event in stored)
         return json_reply(200, {"code": 200, "events_ingested": len(req.events),
                                 "payload_size_bytes": req.body_bytes,
@@ -1321,13 +1389,19 @@ class MockState:
             return text_reply(400, problems[0])
         with self.lock:
             tx = ProfileTx(self)
+            counts = dict.fromkeys(self.kept_counts, 0)
             for ident in req.identifications:
                 try:
-                    apply_identification(tx, req.path, ident)
+                    apply_identification(tx, req.path, as_kept(ident, IDENTIFY_FIELDS, counts))
                 except PropertyError as exc:
                     return text_reply(400, f"identification: {exc}")
             tx.commit()
+            self._count_kept(counts)
         return text_reply(200, "success")
+
+    def _count_kept(self, counts):
+        for name, n in counts.items():
+            self.kept_counts[name] += n
 
     def process(self, req, seq):
         if req.error is not None:
@@ -1358,7 +1432,7 @@ class MockState:
     def stats(self):
         with self.lock:
             return {"requests": len(self.requests), "events_stored": len(self.events),
-                    "duplicates_dropped": self.duplicates_dropped}
+                    "duplicates_dropped": self.duplicates_dropped, **self.kept_counts}
 
     def configure(self, config):
         if not isinstance(config, dict):

@@ -448,10 +448,9 @@ class EventValidationTest(MockTestCase):
         self.assertInvalid(ev(plan={"branch": "main", "other": "x"}), "plan")
         self.assertInvalid(ev(ingestion_metadata={"source_name": 1}), "ingestion_metadata")
 
-    def test_groups_shape_and_limits(self):
+    def test_groups_shape(self):
         self.assertAccepted([ev(groups={"org": "acme", "team": [f"t{i}" for i in range(10)]})])
-        for bad in ({"org": 5}, {"org": ""}, {"org": []}, {"": "x"},
-                    {"org": [f"t{i}" for i in range(11)]}, {f"type{i}": "x" for i in range(6)}):
+        for bad in ({"org": 5}, {"org": ""}, {"org": []}, {"": "x"}, {"org": ["a", 1]}):
             self.assertInvalid(ev(groups=bad), "groups")
 
     def test_nesting_depth(self):
@@ -529,7 +528,8 @@ class SilencedAndDedupTest(MockTestCase):
         self.assertEqual(resp["events_ingested"], 3)     # counted, but stored only once
         stored = [(e["device_id"], e["insert_id"]) for e in lines("events")]
         self.assertEqual(stored, [("device-1", "a"), ("device-2", "a"), ("device-1", "b")])
-        self.assertEqual(stats(), {"requests": 2, "events_stored": 3, "duplicates_dropped": 2})
+        self.assertEqual(stats(), {"requests": 2, "events_stored": 3, "duplicates_dropped": 2,
+                                   "strings_truncated": 0, "groups_trimmed": 0})
 
     def test_dedup_by_user_without_device(self):
         self.assertAccepted([ev(1, insert_id="a"), ev(2, insert_id="a"), ev(1, insert_id="a")])
@@ -793,6 +793,120 @@ class ProfileTest(MockTestCase):
 
 
 # ------------------------------------------------------------------------------------------
+# What Amplitude ends up holding (issue 11): grouped fields, operations on events, skipped
+# property syncs, reserved event types, truncation, group limits
+# ------------------------------------------------------------------------------------------
+
+class WhatAmplitudeHoldsTest(MockTestCase):
+    UID = "user-0001"
+    LOCATION = {"country": "FR", "region": "IDF", "city": "Paris", "dma": "none"}
+    DEVICE = {"platform": "iOS", "os_name": "ios", "os_version": "17", "device_brand": "Apple",
+              "device_manufacturer": "Apple", "device_model": "iPhone", "carrier": "Orange"}
+
+    def fields(self):
+        return user(self.UID)["fields"]
+
+    def test_a_location_field_alone_resets_the_rest_of_the_location(self):
+        self.assertEqual(identify({"user_id": self.UID, "language": "fr", "app_version": "1.0",
+                                   **self.LOCATION, **self.DEVICE}), (200, "success"))
+        self.assertEqual(self.fields(), {"language": "fr", "app_version": "1.0",
+                                         **self.LOCATION, **self.DEVICE})
+        self.assertEqual(identify({"user_id": self.UID, "country": "DE"}), (200, "success"))
+        # Region, city and DMA are gone; the device group and ungrouped fields stay.
+        self.assertEqual(self.fields(), {"language": "fr", "app_version": "1.0", "country": "DE",
+                                         **self.DEVICE})
+
+    def test_a_device_field_alone_resets_the_rest_of_the_device(self):
+        self.assertEqual(identify({"user_id": self.UID, **self.LOCATION, **self.DEVICE}),
+                         (200, "success"))
+        self.assertEqual(identify({"user_id": self.UID, "os_version": "18", "language": "de"}),
+                         (200, "success"))
+        self.assertEqual(self.fields(), {**self.LOCATION, "os_version": "18", "language": "de"})
+
+    def test_ungrouped_fields_and_properties_reset_nothing(self):
+        self.assertEqual(identify({"user_id": self.UID, **self.LOCATION}), (200, "success"))
+        self.assertEqual(identify({"user_id": self.UID, "language": "fr", "paying": "true",
+                                   "user_properties": {"country": "Spain"}}), (200, "success"))
+        profile = user(self.UID)
+        self.assertEqual(profile["fields"], {**self.LOCATION, "language": "fr", "paying": "true"})
+        # A user property called country is not the default Country field.
+        self.assertEqual(profile["user_properties"], {"country": "Spain"})
+
+    def test_operations_on_an_event_apply_on_top_of_identify(self):
+        # The same increment through /identify and on an event counts twice.
+        self.assertEqual(identify({"user_id": self.UID, "user_properties": {
+            "$add": {"logins": 1}, "$append": {"tags": "x"}}}), (200, "success"))
+        self.assertAccepted([ev(1, event_type="Properties Updated", user_properties={
+            "$add": {"logins": 1}, "$append": {"tags": "x"}, "$set": {"plan": "pro"}})])
+        self.assertEqual(user(self.UID)["user_properties"],
+                         {"logins": 2, "tags": ["x", "x"], "plan": "pro"})
+        # Only the idempotent part on the event: applied once.
+        self.assertEqual(control("POST", "reset")[0], 200)
+        self.assertEqual(identify({"user_id": self.UID, "user_properties": {
+            "$set": {"plan": "pro"}, "$add": {"logins": 1}}}), (200, "success"))
+        self.assertAccepted([ev(1, event_type="Properties Updated",
+                                user_properties={"$set": {"plan": "pro"}})])
+        self.assertEqual(user(self.UID)["user_properties"], {"logins": 1, "plan": "pro"})
+
+    def test_skip_user_properties_sync_leaves_the_profile_alone(self):
+        current = {"plan": "pro", "logins": 5}
+        self.assertEqual(identify({"user_id": self.UID, "user_properties": current}),
+                         (200, "success"))
+        backfill = {"$skip_user_properties_sync": True}
+        self.assertAccepted([ev(1, time=1600000000000, user_properties={"plan": "free"}, **backfill),
+                             ev(1, time=1600000000001, user_properties={"$add": {"logins": 1}},
+                                **backfill)], path="/batch")
+        self.assertEqual(user(self.UID)["user_properties"], current)
+        self.assertEqual(len(lines("events")), 2)        # the events themselves are kept
+        # Without it, the historical value overwrites the current one.
+        self.assertAccepted([ev(1, time=1600000000002, user_properties={"plan": "free"})],
+                            path="/batch")
+        self.assertEqual(user(self.UID)["user_properties"]["plan"], "free")
+
+    def test_reserved_event_types_are_refused(self):
+        for event_type in ("[Amplitude] Revenue", "[Amplitude] Revenue (Verified)",
+                           "[Amplitude] Revenue (Unverified)", "[Amplitude] Start Session",
+                           "[Amplitude] End Session", "[Amplitude] Merged User"):
+            self.assertRefused([ev(0), ev(1, event_type=event_type)],
+                               "events_with_invalid_fields", {"event_type": [1]})
+        self.assertAccepted([ev(0, event_type="Revenue"), ev(1, event_type="[amplitude] revenue")])
+
+    def test_long_strings_are_kept_truncated(self):
+        long, limit = "a" * 1025, "b" * 1024
+        self.assertAccepted([ev(1, event_properties={"bio": long, "ok": limit, "l": [long]},
+                                user_properties={"$set": {"bio": long}}, city=long)])
+        event = lines("events")[0]
+        self.assertEqual(event["event_properties"], {"bio": "a" * 1024, "ok": limit,
+                                                     "l": ["a" * 1024]})
+        self.assertEqual(event["city"], "a" * 1024)
+        self.assertEqual(user(self.UID)["user_properties"], {"bio": "a" * 1024})
+        self.assertEqual(identify({"user_id": self.UID, "country": long,
+                                   "user_properties": {"note": long}}), (200, "success"))
+        profile = user(self.UID)
+        self.assertEqual((profile["fields"]["country"], profile["user_properties"]["note"]),
+                         ("a" * 1024, "a" * 1024))
+        self.assertEqual(post_form("/groupidentify", identification={
+            "group_type": "org", "group_value": "acme", "group_properties": {"about": long}}),
+            (200, "success"))
+        self.assertEqual(lines("groups")[0]["group_properties"], {"about": "a" * 1024})
+        self.assertEqual(stats()["strings_truncated"], 7)
+        # The request log keeps what was sent.
+        self.assertEqual(lines("requests")[0]["events"][0]["city"], long)
+
+    def test_groups_beyond_the_limits_are_dropped(self):
+        many_types = {f"type{i}": "x" for i in range(7)}
+        many_values = {"team": [f"t{i}" for i in range(12)]}
+        self.assertAccepted([ev(1, groups=many_types), ev(2, groups=many_values),
+                             ev(3, groups={"org": "acme"})])
+        kept = [e["groups"] for e in lines("events")]
+        self.assertEqual(kept, [{f"type{i}": "x" for i in range(5)},
+                                {"team": [f"t{i}" for i in range(10)]}, {"org": "acme"}])
+        self.assertEqual(identify({"user_id": self.UID, "groups": many_values}), (200, "success"))
+        self.assertEqual(user(self.UID)["groups"], {"team": [f"t{i}" for i in range(10)]})
+        self.assertEqual(stats()["groups_trimmed"], 3)
+
+
+# ------------------------------------------------------------------------------------------
 # Fault script
 # ------------------------------------------------------------------------------------------
 
@@ -994,7 +1108,8 @@ class ControlTest(MockTestCase):
         self.assertEqual(send([ev()], key="brand-new-key")[0], 200)
         faults({"action": "status", "status": 503})
         control("POST", "reset")
-        self.assertEqual(stats(), {"requests": 0, "events_stored": 0, "duplicates_dropped": 0})
+        self.assertEqual(stats(), {"requests": 0, "events_stored": 0, "duplicates_dropped": 0,
+                                   "strings_truncated": 0, "groups_trimmed": 0})
         self.assertEqual(lines("faults"), [])
         self.assertEqual(send([ev()])[0], 200)           # command-line keys are back
         self.assertEqual(send([ev()], key="brand-new-key")[0], 400)

@@ -11,10 +11,11 @@ namespace amplitude_sync {
 // 2,000 events and < 1 MB per /2/httpapi request, 20 MB on /batch; 1,024
 // identifications per form request; throttled IDs wait 30 s on /2/httpapi
 // and 15 s elsewhere.
-const Endpoint kHttpApiEndpoint = {"/2/httpapi", 2000, 1000000 - 1, 30000, false};
-const Endpoint kBatchEndpoint = {"/batch", 2000, 20000000, 15000, false};
-const Endpoint kIdentifyEndpoint = {"/identify", 1024, 1000000 - 1, 15000, true};
-const Endpoint kGroupIdentifyEndpoint = {"/groupidentify", 1024, 1000000 - 1, 15000, true};
+const Endpoint kHttpApiEndpoint = {"/2/httpapi", 2000, 1000000 - 1, 30000, false, 0};
+const Endpoint kBatchEndpoint = {"/batch", 2000, 20000000, 15000, false, 0};
+const Endpoint kIdentifyEndpoint = {"/identify", 1024, 1000000 - 1, 15000, true, 0};
+// "At most 1024 identifications, 1024 properties and 1 MB per request."
+const Endpoint kGroupIdentifyEndpoint = {"/groupidentify", 1024, 1000000 - 1, 15000, true, 1024};
 
 namespace {
 
@@ -81,8 +82,17 @@ CallOptions check_call_arguments(const CallArguments &a) {
         if (!*a.properties_event)
             throw PlanError("22023", "argument \"properties_event\" must not be empty", "",
                             "Give an event type such as 'Properties Updated', or NULL for none.");
+        if (is_reserved_event_type(a.properties_event))
+            throw PlanError("22023", "properties_event " + quoted_for_message(a.properties_event) +
+                                         " is reserved for Amplitude, which refuses it", "",
+                            "Give an event type of your own such as 'Properties Updated'.");
         o.properties_event = a.properties_event;
     }
+    if (a.skip_user_properties_sync && !events)
+        throw PlanError("22023", "skip_user_properties_sync applies to events only",
+                        "Identifications are user property updates themselves.",
+                        "Leave skip_user_properties_sync out for object \"" + object + "\".");
+    o.skip_user_properties_sync = a.skip_user_properties_sync;
     o.endpoint = events ? (batch ? &kBatchEndpoint : &kHttpApiEndpoint)
                         : (o.target == Target::kGroup ? &kGroupIdentifyEndpoint : &kIdentifyEndpoint);
     if (a.batch_size != kNotGiven) check_range("batch_size", a.batch_size, 1, o.endpoint->max_records);

@@ -4,6 +4,7 @@
 // (SQLSTATE 22023) with a hint listing the supported values.
 #pragma once
 
+#include <cstddef>
 
 namespace amplitude_sync {
 
@@ -17,6 +18,7 @@ struct Endpoint {
     long max_bytes;          // per request body
     long throttle_pause_ms;  // how long throttled IDs wait after a 429
     bool form_encoded;       // api_key=..&identification=.. (plain-text errors) vs JSON
+    size_t max_properties;   // per request, summed over its records; 0: no limit
 };
 
 extern const Endpoint kHttpApiEndpoint;        // /2/httpapi
@@ -34,6 +36,7 @@ struct CallArguments {
     const char *api = nullptr;         // httpapi | batch (events only)
     const char *nulls = nullptr;       // skip | unset (identify)
     const char *properties_event = nullptr;
+    bool skip_user_properties_sync = false;  // events: leave users' properties alone (backfills)
     int batch_size = kNotGiven;        // not given: the endpoint's maximum
     int min_id_length = 5;
 };
@@ -48,6 +51,7 @@ struct CallOptions {
     const char *nulls = "skip";        // skip or unset
     bool nulls_unset = false;
     const char *properties_event = nullptr;  // the argument's text, or nullptr
+    bool skip_user_properties_sync = false;
     int batch_size = kNotGiven;  // as given
     int min_id_length = 5;
     const Endpoint *endpoint = &kHttpApiEndpoint;

@@ -107,10 +107,11 @@ Delivery::Delivery(const PayloadFormat &format, Transport &transport, std::strin
     slots_.assign(concurrency_, queue_.end());
 }
 
-bool Delivery::fits(const Batch &batch, size_t record_bytes) const {
+bool Delivery::fits(const Batch &batch, const Record &record) const {
     size_t separators = batch.records.size() * format_.separator_bytes();
     return batch.records.size() < max_records_ &&
-           format_.overhead_bytes() + batch.bytes + separators + record_bytes <= limits_.max_bytes;
+           format_.overhead_bytes() + batch.bytes + separators + record.wire_bytes <= limits_.max_bytes &&
+           (limits_.max_properties == 0 || batch.properties + record.property_count <= limits_.max_properties);
 }
 
 void Delivery::add(Record &&record) {
@@ -130,13 +131,14 @@ void Delivery::add(Record &&record) {
                     std::to_string(limits_.max_bytes) + " bytes)");
         return;
     }
-    if (!building_.records.empty() && !fits(building_, record.wire_bytes)) {
+    if (!building_.records.empty() && !fits(building_, record)) {
         auto started = Clock::now();
         seal();
         network_time_ += Clock::now() - started;
     }
     if (building_.records.empty()) building_.records.reserve(max_records_);
     building_.bytes += record.wire_bytes;
+    building_.properties += record.property_count;
     building_.records.push_back(std::move(record));
     if (building_.records.size() >= max_records_) {
         auto started = Clock::now();

@@ -76,6 +76,10 @@ private:
 struct DeliveryLimits {
     size_t max_records = 2000;       // 1024 for identify and group identify
     size_t max_bytes = 1000000 - 1;  // /2/httpapi: "< 1 MB"
+    // Sum of the records' property_count per request, 0 for none: 1024 for
+    // /groupidentify ("1024 properties per request"). A record over it alone
+    // is the encoder's to refuse.
+    size_t max_properties = 0;
 };
 
 struct RetryPolicy {
@@ -147,6 +151,7 @@ private:
     struct Batch {
         std::vector<Record> records;
         size_t bytes = 0;  // sum of record sizes
+        size_t properties = 0;  // sum of property counts, while the batch is built
         int attempts = 0;  // failed attempts (5xx, timeouts)
         bool tried = false;
         int slot = -1;     // transport slot while in flight
@@ -158,7 +163,7 @@ private:
     };
     using Queue = std::list<Batch>;
 
-    bool fits(const Batch &batch, size_t record_bytes) const;
+    bool fits(const Batch &batch, const Record &record) const;
     static void index_keys(Batch &batch);
     void seal();
     void finish_sending();

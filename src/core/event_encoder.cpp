@@ -122,7 +122,8 @@ const char *role_field_name(FieldRole role) {
 
 }  // namespace
 
-std::vector<ColumnPlan> plan_event_columns(const std::vector<ColumnInput> &columns) {
+std::vector<ColumnPlan> plan_event_columns(const std::vector<ColumnInput> &columns,
+                                           const EventOptions &options) {
     std::vector<ColumnPlan> plan;
     std::unordered_set<std::string> keys_seen, properties_seen;
     bool has_event_type = false, has_id = false;
@@ -158,6 +159,10 @@ std::vector<ColumnPlan> plan_event_columns(const std::vector<ColumnInput> &colum
                             "column only.",
                             "Give the columns distinct aliases in the query.");
         }
+        if (p.role == FieldRole::kBool && options.skip_user_properties_sync)
+            throw PlanError("42701", "column \"" + col.name + "\" conflicts with skip_user_properties_sync",
+                            "The argument already sets \"$skip_user_properties_sync\" on every event.",
+                            "Drop the column from the query, or the argument from the call.");
         has_event_type |= p.role == FieldRole::kEventType;
         has_id |= p.role == FieldRole::kUserId || p.role == FieldRole::kDeviceId;
         plan.push_back(std::move(p));
@@ -174,8 +179,8 @@ std::vector<ColumnPlan> plan_event_columns(const std::vector<ColumnInput> &colum
     return plan;
 }
 
-EventEncoder::EventEncoder(std::vector<ColumnPlan> plan, int min_id_length)
-    : plan_(std::move(plan)), min_id_length_(min_id_length) {}
+EventEncoder::EventEncoder(std::vector<ColumnPlan> plan, EventOptions options)
+    : plan_(std::move(plan)), options_(options) {}
 
 void EventEncoder::begin_row(uint64_t row_number) {
     row_number_ = row_number;
@@ -189,6 +194,7 @@ void EventEncoder::begin_row(uint64_t row_number) {
     identity_.event_type.clear();
     has_event_type_ = has_user_id_ = has_device_id_ = false;
     rejected_ = false;
+    silent_.begin_row();
 }
 
 void EventEncoder::reject(size_t col, const std::string &reason) {
@@ -274,6 +280,7 @@ void EventEncoder::put_value(size_t col, const Value &v) {
         if (json_max_depth(event_properties_json_) > kMaxPropertyDepth)
             return reject(col, "nesting deeper than Amplitude's limit of " +
                                    std::to_string(kMaxPropertyDepth) + " levels");
+        note_long_json(silent_, p.column_name, json);
         return;
     }
     // Numbers, booleans, objects and properties: the value's own JSON.
@@ -296,6 +303,11 @@ void EventEncoder::put_value(size_t col, const Value &v) {
                                    std::to_string(kMaxPropertyDepth) + " levels");
         }
     }
+    std::string_view written = std::string_view(target).substr(value_start);
+    if (p.json_key == "\"groups\"")
+        note_group_limits(silent_, p.column_name, written);
+    else
+        note_long_json(silent_, p.column_name, written);
 }
 
 void EventEncoder::put_string(size_t col, std::string_view text) {
@@ -308,6 +320,7 @@ void EventEncoder::put_string(size_t col, std::string_view text) {
         target.resize(mark);
         return reject(col, "text is not valid UTF-8");
     }
+    note_long_text(silent_, plan_[col].column_name, text);
     keep_identity(col, text);
 }
 
@@ -344,12 +357,20 @@ bool EventEncoder::finish_row(Record &record, Rejection &rejection) {
             if (out.size() > 1) out.push_back(',');
             out.append("\"insert_id\":\"").append(identity_.insert_id).push_back('"');
         }
+        if (options_.skip_user_properties_sync) {
+            if (out.size() > 1) out.push_back(',');
+            out.append("\"$skip_user_properties_sync\":true");
+        }
         out.push_back('}');
 
         if (!has_event_type_ || identity_.event_type.empty()) {
             rejected_ = true;
             reject_field_ = "event_type";
             reject_reason_ = has_event_type_ ? "event_type is empty" : "event_type is missing";
+        } else if (is_reserved_event_type(identity_.event_type)) {
+            rejected_ = true;
+            reject_field_ = "event_type";
+            reject_reason_ = reserved_event_type_reason(identity_.event_type);
         } else if (!has_user_id_ && !has_device_id_) {
             rejected_ = true;
             reject_field_ = "user_id";
@@ -360,7 +381,7 @@ bool EventEncoder::finish_row(Record &record, Rejection &rejection) {
                     role == FieldRole::kUserId ? identity_.user_id : identity_.device_id;
                 bool present = role == FieldRole::kUserId ? has_user_id_ : has_device_id_;
                 if (!present) continue;
-                if (auto problem = check_amplitude_id(id, min_id_length_)) {
+                if (auto problem = check_amplitude_id(id, options_.min_id_length)) {
                     rejected_ = true;
                     reject_field_ = role_field_name(role);
                     reject_reason_ = std::string(role_field_name(role)) + " " + *problem;
@@ -373,6 +394,7 @@ bool EventEncoder::finish_row(Record &record, Rejection &rejection) {
     record.device_id = identity_.device_id;
     record.insert_id = identity_.insert_id;
     record.event_type = identity_.event_type;
+    if (!rejected_) silent_.count_row();
     return finish_encoding(record, rejected_, reject_field_, reject_reason_, rejection);
 }
 

@@ -19,12 +19,23 @@
 
 namespace amplitude_sync {
 
-// Checks names and types and decides each column's role. Throws PlanError.
-std::vector<ColumnPlan> plan_event_columns(const std::vector<ColumnInput> &columns);
+struct EventOptions {
+    int min_id_length = 5;
+    // Every event carries "$skip_user_properties_sync": true, so historical
+    // events (a backfill on /batch) leave users' current properties alone.
+    // Not part of the derived insert_id: an event re-sent with or without it
+    // stays one event.
+    bool skip_user_properties_sync = false;
+};
+
+// Checks names and types and decides each column's role, given the options
+// (a skip_user_properties_sync column conflicts with the option). Throws PlanError.
+std::vector<ColumnPlan> plan_event_columns(const std::vector<ColumnInput> &columns,
+                                           const EventOptions &options = {});
 
 class EventEncoder final : public RowEncoder {
 public:
-    EventEncoder(std::vector<ColumnPlan> plan, int min_id_length);
+    EventEncoder(std::vector<ColumnPlan> plan, EventOptions options);
 
     const std::vector<ColumnPlan> &plan() const { return plan_; }
 
@@ -44,7 +55,7 @@ private:
     bool finish_row(Record &record, Rejection &rejection);
 
     std::vector<ColumnPlan> plan_;
-    int min_id_length_;
+    EventOptions options_;
 
     // Per-row state; buffers keep their capacity across rows.
     uint64_t row_number_ = 0;

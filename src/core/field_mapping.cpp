@@ -2,6 +2,8 @@
 
 #include <xxhash.h>
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <cctype>
 #include <new>
@@ -13,6 +15,13 @@ namespace {
 const char *const kRefusedIds[] = {
     "anonymous", "nil", "none", "null", "n/a", "na", "undefined", "unknown", "",
     "00000000-0000-0000-0000-000000000000", "{}", "lmy47d", "0", "-1",
+};
+
+// Reserved for Amplitude's use (HTTP V2 API reference, event_type).
+const char *const kReservedEventTypes[] = {
+    "[Amplitude] Start Session",     "[Amplitude] End Session",
+    "[Amplitude] Revenue",           "[Amplitude] Revenue (Verified)",
+    "[Amplitude] Revenue (Unverified)", "[Amplitude] Merged User",
 };
 
 bool is_string_role_impl(FieldRole r) {
@@ -65,13 +74,6 @@ const char *type_problem(FieldRole role, TypeCategory c) {
     return nullptr;
 }
 
-size_t utf8_length(std::string_view s) {
-    size_t n = 0;
-    for (char c : s)
-        if ((static_cast<unsigned char>(c) & 0xC0) != 0x80) ++n;
-    return n;
-}
-
 }  // namespace
 
 // An ID quoted for a message, cut short so a huge value cannot flood a log.
@@ -88,6 +90,61 @@ std::string quoted_for_message(std::string_view id) {
     return out + "\"";
 }
 
+
+bool is_reserved_event_type(std::string_view event_type) {
+    return std::find(std::begin(kReservedEventTypes), std::end(kReservedEventTypes), event_type) !=
+           std::end(kReservedEventTypes);
+}
+
+std::string reserved_event_type_reason(std::string_view event_type) {
+    return "event_type " + quoted_for_message(event_type) + " is reserved for Amplitude, which refuses it";
+}
+
+void SilentChanges::count_row() {
+    for (size_t k = 0; k < kSilentChangeKinds; ++k) {
+        if (!row_[k]) continue;
+        if (totals_[k].records++ == 0) totals_[k].column = *row_[k];
+    }
+    row_.fill(nullptr);
+}
+
+std::vector<std::string> SilentChanges::warnings() const {
+    static const char *const kWhat[kSilentChangeKinds] = {
+        "strings longer than 1,024 characters, which Amplitude truncates",
+        "more than 5 group types, of which Amplitude keeps the first 5",
+        "more than 10 values for a group type, of which Amplitude keeps the first 10",
+        "a NULL location or device field while another field of its group is sent, so "
+        "Amplitude resets it",
+    };
+    std::vector<std::string> out;
+    for (size_t k = 0; k < kSilentChangeKinds; ++k) {
+        if (!totals_[k].records) continue;
+        out.push_back(std::to_string(totals_[k].records) +
+                      (totals_[k].records == 1 ? " record carries " : " records carry ") + kWhat[k] +
+                      " (for example column \"" + totals_[k].column + "\")");
+    }
+    return out;
+}
+
+void note_long_text(SilentChanges &silent, const std::string &column, std::string_view text) {
+    if (text.size() > kMaxStringChars && utf8_char_count(text) > kMaxStringChars)
+        silent.note(SilentChange::kTruncatedString, column);
+}
+
+void note_long_json(SilentChanges &silent, const std::string &column, std::string_view json) {
+    if (json_has_string_longer_than(json, kMaxStringChars))
+        silent.note(SilentChange::kTruncatedString, column);
+}
+
+void note_group_limits(SilentChanges &silent, const std::string &column, std::string_view json) {
+    note_long_json(silent, column, json);
+    nlohmann::json groups = nlohmann::json::parse(json, nullptr, false);
+    if (!groups.is_object()) return;
+    if (groups.size() > kMaxGroupTypes) silent.note(SilentChange::kDroppedGroupTypes, column);
+    for (const auto &[type, values] : groups.items())
+        if (values.is_array() && values.size() > kMaxGroupValues)
+            silent.note(SilentChange::kDroppedGroupValues, column);
+}
 
 bool is_string_role(FieldRole role) { return is_string_role_impl(role); }
 
@@ -163,7 +220,7 @@ std::optional<std::string> check_amplitude_id(std::string_view id, int min_id_le
         if (lower == refused)
             return quoted_for_message(id) + " is a placeholder value that Amplitude refuses";
     }
-    if (utf8_length(id) < static_cast<size_t>(min_id_length))
+    if (utf8_char_count(id) < static_cast<size_t>(min_id_length))
         return quoted_for_message(id) + " is shorter than " + std::to_string(min_id_length) +
                " characters";
     return std::nullopt;

@@ -59,6 +59,49 @@ struct ColumnInput {
     TypeCategory category;
 };
 
+// Amplitude keeps what exceeds these limits only in part, without refusing it.
+constexpr size_t kMaxStringChars = 1024;  // longer strings are truncated
+constexpr size_t kMaxGroupTypes = 5;      // further group types are ignored
+constexpr size_t kMaxGroupValues = 10;    // further values of a group type are ignored
+
+// What Amplitude would change without refusing it.
+enum class SilentChange {
+    kTruncatedString,   // a string over kMaxStringChars characters
+    kDroppedGroupTypes, // groups with more than kMaxGroupTypes types
+    kDroppedGroupValues,// a group type with more than kMaxGroupValues values
+    kResetGroupedField, // identify: a grouped field NULL while another of its group is sent
+};
+constexpr size_t kSilentChangeKinds = 4;
+
+// Accepted records of a run that Amplitude will change, per kind, with the
+// first column seen doing it: the glue reports them and keeps them in the
+// run record. Counted when a row is encoded (a saved sync's unchanged rows
+// are encoded too, though not resent).
+class SilentChanges {
+public:
+    uint64_t records(SilentChange kind) const { return totals_[index(kind)].records; }
+    const std::string &example_column(SilentChange kind) const { return totals_[index(kind)].column; }
+    // One sentence per kind that occurred, for a WARNING: what, how many
+    // records, an example column.
+    std::vector<std::string> warnings() const;
+
+    // For the encoders: a row starts, a column of it is changed, the row is accepted.
+    void begin_row() { row_.fill(nullptr); }
+    void note(SilentChange kind, const std::string &column) {
+        if (!row_[index(kind)]) row_[index(kind)] = &column;
+    }
+    void count_row();
+
+private:
+    static size_t index(SilentChange kind) { return static_cast<size_t>(kind); }
+    struct Total {
+        uint64_t records = 0;
+        std::string column;
+    };
+    std::array<Total, kSilentChangeKinds> totals_;
+    std::array<const std::string *, kSilentChangeKinds> row_{};
+};
+
 // Turns one query row into one Amplitude record.
 class RowEncoder {
 public:
@@ -68,7 +111,26 @@ public:
     // identified).
     virtual bool encode_row(uint64_t row_number, const Value *values, Record &record,
                             Rejection &rejection) = 0;
+    // What Amplitude will change in the records accepted so far.
+    const SilentChanges &silent_changes() const { return silent_; }
+
+protected:
+    SilentChanges silent_;
 };
+
+// Notes, for the row being encoded, the silent changes a text value (an ID,
+// a string field, a property) or a JSON text (an object or array column)
+// undergoes.
+void note_long_text(SilentChanges &silent, const std::string &column, std::string_view text);
+void note_long_json(SilentChanges &silent, const std::string &column, std::string_view json);
+// A groups object (JSON text): more group types or values than Amplitude keeps.
+void note_group_limits(SilentChanges &silent, const std::string &column, std::string_view json);
+
+// Event types Amplitude keeps for itself and refuses from clients
+// ("[Amplitude] Revenue", ...), compared exactly.
+bool is_reserved_event_type(std::string_view event_type);
+// The reason such an event type is refused, for a rejection or an error.
+std::string reserved_event_type_reason(std::string_view event_type);
 
 // Amplitude's ID rules: returns the reason an ID would be refused, if any.
 std::optional<std::string> check_amplitude_id(std::string_view id, int min_id_length);

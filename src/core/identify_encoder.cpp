@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <iterator>
 #include <unordered_set>
 
 namespace amplitude_sync {
@@ -14,19 +15,47 @@ struct FieldSpec {
     FieldRole role;
 };
 
-// Identify-level fields of an identification (Identify API reference).
+// The keys and objects of an identification, selected by their names.
 const FieldSpec kIdentifyFields[] = {
-    {"user_id", FieldRole::kUserId},           {"device_id", FieldRole::kDeviceId},
-    {"groups", FieldRole::kObject},            {"user_properties", FieldRole::kUserProperties},
-    {"app_version", FieldRole::kString},       {"platform", FieldRole::kString},
-    {"os_name", FieldRole::kString},           {"os_version", FieldRole::kString},
-    {"device_brand", FieldRole::kString},      {"device_manufacturer", FieldRole::kString},
-    {"device_model", FieldRole::kString},      {"carrier", FieldRole::kString},
-    {"country", FieldRole::kString},           {"region", FieldRole::kString},
-    {"city", FieldRole::kString},              {"dma", FieldRole::kString},
-    {"language", FieldRole::kString},          {"paying", FieldRole::kString},
-    {"start_version", FieldRole::kString},
+    {"user_id", FieldRole::kUserId},
+    {"device_id", FieldRole::kDeviceId},
+    {"groups", FieldRole::kObject},
+    {"user_properties", FieldRole::kUserProperties},
 };
+
+// Amplitude's default fields of an identification (Identify API reference).
+// Only a column named with the prefix selects one: a model column that
+// happens to be called "country" is a user property, not a field that resets
+// the user's city, region and DMA.
+constexpr std::string_view kDefaultFieldPrefix = "amplitude_";
+const char *const kDefaultFields[] = {
+    "app_version",  "platform",     "os_name", "os_version", "device_brand",
+    "device_manufacturer", "device_model", "carrier", "country", "region",
+    "city",         "dma",          "language", "paying",   "start_version",
+};
+
+// Fields Amplitude updates as one: sending some resets the others that the
+// identification leaves out.
+struct FieldGroup {
+    const char *name;
+    std::vector<std::string_view> fields;
+};
+const FieldGroup kFieldGroups[] = {
+    {"location", {"country", "region", "city", "dma"}},
+    {"device", {"platform", "os_name", "os_version", "device_brand", "device_manufacturer",
+                "device_model", "carrier"}},
+};
+
+// The group index of a default field's JSON key ("\"country\""), or -1.
+int field_group_of(std::string_view json_key) {
+    if (json_key.size() < 2) return -1;
+    std::string_view field = json_key.substr(1, json_key.size() - 2);
+    for (size_t g = 0; g < std::size(kFieldGroups); ++g) {
+        const auto &fields = kFieldGroups[g].fields;
+        if (std::find(fields.begin(), fields.end(), field) != fields.end()) return static_cast<int>(g);
+    }
+    return -1;
+}
 
 const FieldSpec kGroupFields[] = {
     {"group_type", FieldRole::kGroupType},
@@ -64,7 +93,42 @@ bool is_number_category(TypeCategory c) {
     return c == TypeCategory::kInteger || c == TypeCategory::kFloat || c == TypeCategory::kNumeric;
 }
 
+std::string list_of(const std::vector<std::string> &names) {
+    std::string out;
+    for (size_t i = 0; i < names.size(); ++i)
+        out += (i == 0 ? "" : i + 1 == names.size() ? " and " : ", ") + names[i];
+    return out;
+}
+
 }  // namespace
+
+bool is_idempotent_operation(std::string_view op) {
+    return op == "$set" || op == "$setOnce" || op == "$unset";
+}
+
+std::vector<PlanWarning> identify_plan_warnings(const std::vector<ColumnPlan> &plan) {
+    std::vector<PlanWarning> out;
+    for (size_t g = 0; g < std::size(kFieldGroups); ++g) {
+        std::vector<std::string> sent, reset, reset_columns;
+        for (std::string_view field : kFieldGroups[g].fields) {
+            std::string key = "\"" + std::string(field) + "\"";
+            bool has = std::any_of(plan.begin(), plan.end(), [&](const ColumnPlan &p) {
+                return p.role == FieldRole::kString && p.json_key == key;
+            });
+            (has ? sent : reset).emplace_back(field);
+            if (!has) reset_columns.push_back(std::string(kDefaultFieldPrefix) + std::string(field));
+        }
+        if (sent.empty() || reset.empty()) continue;
+        out.push_back({std::string("Amplitude will reset the ") + kFieldGroups[g].name + " fields " +
+                           list_of(reset) + " of every identified " + "profile",
+                       "The query sends " + list_of(sent) + "; Amplitude updates the " +
+                           kFieldGroups[g].name + " fields as one group and resets those an "
+                           "identification leaves out.",
+                       "Add the columns " + list_of(reset_columns) + ", or leave out the " +
+                           kFieldGroups[g].name + " fields."});
+    }
+    return out;
+}
 
 std::vector<std::pair<std::string, std::string>> parse_operations(std::string_view text,
                                                                   ProfileObject object) {
@@ -110,11 +174,25 @@ std::vector<ColumnPlan> plan_identify_columns(const std::vector<ColumnInput> &co
             if (it != std::end(kIdentifyFields)) spec = it;
         }
         if (spec) p.role = spec->role;
+        if (!group && std::string_view(col.name).substr(0, kDefaultFieldPrefix.size()) == kDefaultFieldPrefix) {
+            // The prefix is Amplitude's: a misspelt field must not become a property.
+            key = col.name.substr(kDefaultFieldPrefix.size());
+            if (std::find(std::begin(kDefaultFields), std::end(kDefaultFields), key) == std::end(kDefaultFields)) {
+                std::vector<std::string> names;
+                for (const char *f : kDefaultFields) names.push_back(std::string(kDefaultFieldPrefix) + f);
+                throw PlanError("42703", "column \"" + col.name + "\" names no Amplitude field",
+                                "Columns named amplitude_... select Amplitude's fields of an identification: " +
+                                    joined(names) + ".",
+                                "Alias the column to another name to send it as a user property.");
+            }
+            p.role = FieldRole::kString;
+        }
         // The name is written into every record and quoted in rejections.
         if (!append_json_string(p.json_key, key))
             throw PlanError("22021", "column name is not valid UTF-8", "", "");
         check_column_type(p, key);
-        if (!seen.insert(key).second)
+        // A user property "country" and the default field "country" are different things.
+        if (!seen.insert((p.role == FieldRole::kProperty ? "property " : "field ") + key).second)
             throw PlanError("42701", "column \"" + col.name + "\" appears more than once",
                             "Each field and each property can come from one column only.",
                             "Give the columns distinct aliases in the query.");
@@ -135,6 +213,11 @@ std::vector<ColumnPlan> plan_identify_columns(const std::vector<ColumnInput> &co
         if (it->role != FieldRole::kProperty)
             throw PlanError("22023", "column \"" + column + "\" is not a property",
                             "It is one of Amplitude's identification fields; operations apply to properties.", "");
+        if (options.idempotent_only && !is_idempotent_operation(op))
+            throw PlanError("22023", "operation \"" + op + "\" for column \"" + column + "\" is not allowed in a saved sync",
+                            "A saved sync sends a row only when it changed, and again after a failed run, so " +
+                                op + " would be skipped or applied twice.",
+                            "Compute the value in the query and use $set, or send the operation with a one-shot call.");
         if (op == "$add" && !is_number_category(it->category))
             throw PlanError("42804", "column \"" + column + "\" uses $add, which needs a number",
                             "", "Cast the column to a numeric type in the query.");
@@ -164,7 +247,28 @@ std::vector<ColumnPlan> plan_identify_columns(const std::vector<ColumnInput> &co
 IdentifyEncoder::IdentifyEncoder(std::vector<ColumnPlan> plan, IdentifyOptions options)
     : plan_(std::move(plan)), options_(std::move(options)),
       operation_names_(operations_of(options_.object)),
-      by_operation_(operation_names_.size()) {}
+      by_operation_(operation_names_.size()) {
+    for (const ColumnPlan &p : plan_)
+        field_group_.push_back(p.role == FieldRole::kString ? field_group_of(p.json_key) : -1);
+}
+
+void IdentifyEncoder::note_grouped_field_resets(const Value *values) {
+    // A NULL default field is left out, so Amplitude resets it when another
+    // field of its group is sent.
+    for (size_t g = 0; g < std::size(kFieldGroups); ++g) {
+        const std::string *null_column = nullptr;
+        bool sent = false;
+        for (size_t col = 0; col < plan_.size(); ++col) {
+            if (field_group_[col] != static_cast<int>(g)) continue;
+            if (values[col].is_null) {
+                if (!null_column) null_column = &plan_[col].column_name;
+            } else {
+                sent = true;
+            }
+        }
+        if (sent && null_column) silent_.note(SilentChange::kResetGroupedField, *null_column);
+    }
+}
 
 void IdentifyEncoder::reject(const std::string &field, const std::string &reason) {
     if (rejected_) return;  // the first problem is the one reported
@@ -182,6 +286,7 @@ void IdentifyEncoder::put_top_string(size_t col, std::string_view text) {
         top_.resize(mark);
         return reject(p.column_name, "column \"" + p.column_name + "\": text is not valid UTF-8");
     }
+    note_long_text(silent_, p.column_name, text);
     switch (p.role) {
         case FieldRole::kUserId:
             identity_.user_id.assign(text);
@@ -238,6 +343,7 @@ void IdentifyEncoder::put_value(size_t col, const Value &v) {
             if (!top_.empty()) top_.push_back(',');
             top_.append(p.json_key).push_back(':');
             top_.append(text);
+            note_group_limits(silent_, p.column_name, text);
             return;
         }
         case FieldRole::kUserProperties:
@@ -245,6 +351,7 @@ void IdentifyEncoder::put_value(size_t col, const Value &v) {
                 return reject(p.column_name, "column \"" + p.column_name + "\": " + reason);
             if (!json_is_object(text)) return reject(p.column_name, "column \"" + p.column_name + "\": value must be a JSON object");
             properties_column_.assign(text);
+            note_long_json(silent_, p.column_name, text);
             return;
         case FieldRole::kProperty: {
             if (p.operation == "$unset") return put_property(col, p.operation, "\"-\"");
@@ -254,6 +361,7 @@ void IdentifyEncoder::put_value(size_t col, const Value &v) {
             // A property sits two levels down: properties object, operation.
             if (json_max_depth(scratch_) + 2 > kMaxPropertyDepth)
                 return reject(p.column_name, "column \"" + p.column_name + "\": nesting deeper than Amplitude's limit of 40 levels");
+            note_long_json(silent_, p.column_name, scratch_);
             return put_property(col, p.operation, scratch_);
         }
         default:
@@ -293,6 +401,11 @@ bool IdentifyEncoder::merge_properties_column() {
                                " (supported: " + joined(operation_names_) + ", each with an object)");
             return false;
         }
+        if (options_.idempotent_only && !is_idempotent_operation(name)) {
+            reject(column, std::string("column \"") + column + "\": operation " + name +
+                               " is not allowed in a saved sync (only $set, $setOnce and $unset are)");
+            return false;
+        }
         json_object_members(m.value, inner_members_);
         for (const JsonMember &inner : inner_members_) add(static_cast<size_t>(it - operation_names_.begin()), inner);
     }
@@ -328,9 +441,11 @@ bool IdentifyEncoder::encode_row(uint64_t row_number, const Value *values, Recor
     row_keys_.clear();
     properties_column_.clear();
     properties_.clear();
+    event_properties_.clear();
     identity_ = Record{};
     has_user_id_ = has_device_id_ = false;
     rejected_ = false;
+    silent_.begin_row();
 
     for (size_t col = 0; col < plan_.size() && !rejected_; ++col) {
         if (!values[col].is_null) {
@@ -350,11 +465,17 @@ bool IdentifyEncoder::encode_row(uint64_t row_number, const Value *values, Recor
         }
         for (size_t op = 0; op < by_operation_.size(); ++op) {
             if (by_operation_[op].empty()) continue;
-            properties_ += properties_.empty() ? "{" : ",";
-            append_json_string(properties_, operation_names_[op]);
-            properties_.append(":{").append(by_operation_[op]).push_back('}');
+            for (std::string *target : {&properties_, &event_properties_}) {
+                if (target == &event_properties_ && !is_idempotent_operation(operation_names_[op])) continue;
+                *target += target->empty() ? "{" : ",";
+                append_json_string(*target, operation_names_[op]);
+                target->append(":{").append(by_operation_[op]).push_back('}');
+            }
         }
-        if (!properties_.empty()) properties_.push_back('}');
+        for (std::string *target : {&properties_, &event_properties_})
+            if (!target->empty()) target->push_back('}');
+        record.property_count = count;
+        note_grouped_field_resets(values);
         std::string &out = record.json;
         out.push_back('{');
         out.append(top_);
@@ -370,6 +491,7 @@ bool IdentifyEncoder::encode_row(uint64_t row_number, const Value *values, Recor
     record.group_type = identity_.group_type;
     record.group_value = identity_.group_value;
     record.group_key = identity_.group_type + '\x1f' + identity_.group_value;
+    if (!rejected_) silent_.count_row();
     return finish_encoding(record, rejected_, reject_field_, reject_reason_, rejection);
 }
 

@@ -21,7 +21,29 @@ struct IdentifyOptions {
     std::vector<std::pair<std::string, std::string>> operations;
     bool nulls_unset = false;  // NULL columns become $unset instead of being left out
     int min_id_length = 5;
+    // Saved syncs: only operations that give the same profile however often
+    // they are applied (a row is resent only when it changed, or after a
+    // failed run): others are refused in operations (PlanError) and in a
+    // user_properties column (the row is rejected).
+    bool idempotent_only = false;
 };
+
+// $set, $setOnce and $unset: applying them twice gives what applying them
+// once does, unlike $add, $append, $prepend, $preInsert, $postInsert and $remove.
+bool is_idempotent_operation(std::string_view op);
+
+// A configuration the glue reports as a WARNING before any row is sent.
+struct PlanWarning {
+    std::string message, detail, hint;
+};
+
+// Warnings about a plan: Amplitude's default fields come from columns named
+// amplitude_<field> (amplitude_country, ...), and Amplitude updates the
+// location fields (country, region, city, dma) and the device fields
+// (platform, os_name, os_version, device_brand, device_manufacturer,
+// device_model, carrier) as groups: a query that sends part of a group
+// makes Amplitude reset the rest for every profile it identifies.
+std::vector<PlanWarning> identify_plan_warnings(const std::vector<ColumnPlan> &plan);
 
 // Reads the operations argument, a JSON object of column name -> operation.
 // Throws PlanError for anything else or for an operation the object lacks.
@@ -42,9 +64,11 @@ public:
     bool encode_row(uint64_t row_number, const Value *values, Record &record,
                     Rejection &rejection) override;
 
-    // After a successful encode_row: the properties object that was sent
-    // ({"$set":{...},...}), or empty when the row set no property.
-    const std::string &last_properties() const { return properties_; }
+    // After a successful encode_row: the user_properties for the properties
+    // event, which carries only the idempotent operations ($set, $setOnce,
+    // $unset) so that the others, sent to /identify, apply once; empty when
+    // none remains.
+    const std::string &last_properties() const { return event_properties_; }
 
 private:
     void put_value(size_t col, const Value &v);
@@ -53,10 +77,12 @@ private:
     bool merge_properties_column();
     void reject(const std::string &field, const std::string &reason);
     bool check_keys();
+    void note_grouped_field_resets(const Value *values);
 
     std::vector<ColumnPlan> plan_;
     IdentifyOptions options_;
     std::vector<std::string> operation_names_;  // in the order they are written
+    std::vector<int> field_group_;              // per column: its field group, or -1
 
     // Per-row state; buffers keep their capacity across rows.
     std::string top_;
@@ -64,6 +90,7 @@ private:
     std::vector<std::string> row_keys_;             // property keys set this row
     std::string properties_column_;                 // user_/group_properties jsonb, raw
     std::string properties_;
+    std::string event_properties_;                  // the idempotent part of properties_
     std::string scratch_;
     std::vector<JsonMember> members_, inner_members_;
     Record identity_;

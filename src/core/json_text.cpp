@@ -254,6 +254,33 @@ void append_iso_date(std::string &out, int32_t pg_days) {
     out.push_back('"');
 }
 
+size_t utf8_char_count(std::string_view s) {
+    size_t n = 0;
+    for (char c : s)
+        if ((static_cast<unsigned char>(c) & 0xC0) != 0x80) ++n;
+    return n;
+}
+
+bool json_has_string_longer_than(std::string_view json, size_t max_chars) {
+    if (json.size() <= max_chars + 2) return false;  // a character takes a byte at least
+    for (size_t i = 0; i < json.size(); ++i) {
+        if (json[i] != '"') continue;
+        size_t end = skip_string(json, i), chars = 0;
+        for (size_t k = i + 1; k + 1 < end; ++k) {
+            unsigned char c = static_cast<unsigned char>(json[k]);
+            if (c == '\\') {
+                k += json[k + 1] == 'u' ? 5 : 1;
+                ++chars;
+            } else if ((c & 0xC0) != 0x80) {
+                ++chars;
+            }
+        }
+        if (chars > max_chars) return true;
+        i = end - 1;
+    }
+    return false;
+}
+
 int json_max_depth(std::string_view json) {
     int depth = 0, max_depth = 0;
     for (size_t i = 0; i < json.size(); ++i) {

@@ -25,6 +25,14 @@ bool is_valid_utf8(std::string_view s);
 // \xNN. For messages that quote rows' values or Amplitude's answers.
 std::string storable_text(std::string_view s);
 
+// Characters (code points) in UTF-8 text: the bytes that start a character.
+size_t utf8_char_count(std::string_view s);
+
+// True when a string in the JSON text (key or value) holds more than
+// max_chars characters once unescaped (an escape counts as one). Cheap for
+// texts too short to hold one.
+bool json_has_string_longer_than(std::string_view json, size_t max_chars);
+
 void append_json_int(std::string &out, int64_t v);
 
 // Shortest text that reads back as the same double. Returns false for NaN and

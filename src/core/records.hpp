@@ -21,6 +21,7 @@ struct Record {
     std::string group_value;
     std::string group_key;    // group_type and group_value, the ordering key of a group
     size_t wire_bytes = 0;    // size in the request body (set by the delivery)
+    size_t property_count = 0;  // identifications: properties carried (a per-request limit)
     // Saved syncs: the record's key in the sync's state, and its payload's
     // fingerprint, remembered once Amplitude confirms the record.
     std::string state_key;

@@ -70,6 +70,22 @@ TEST(CallOptions, CombinationsAmplitudeCannotTake) {
     a = args("user");
     a.properties_event = "";
     EXPECT_NE(error_of(a).find("must not be empty"), std::string::npos);
+    a = args("user");
+    a.properties_event = "[Amplitude] Revenue";
+    EXPECT_NE(error_of(a).find("properties_event \"[Amplitude] Revenue\" is reserved for Amplitude"), std::string::npos);
+    a = args("user");
+    a.skip_user_properties_sync = true;
+    EXPECT_NE(error_of(a).find("skip_user_properties_sync applies to events only"), std::string::npos);
+    a = args("event");
+    a.api = "batch";
+    a.skip_user_properties_sync = true;
+    EXPECT_TRUE(check_call_arguments(a).skip_user_properties_sync);
+}
+
+TEST(CallOptions, GroupIdentifyCountsPropertiesPerRequest) {
+    EXPECT_EQ(kGroupIdentifyEndpoint.max_properties, 1024u);
+    for (const Endpoint *e : {&kHttpApiEndpoint, &kBatchEndpoint, &kIdentifyEndpoint})
+        EXPECT_EQ(e->max_properties, 0u) << e->path;
 }
 
 // Regression (issue 10.9): saved syncs stored min_id_length => -1 and

@@ -1569,3 +1569,33 @@ TEST(DeliveryBisection, AHeldRecordIsNotSentWhenItsSiblingStopsTheRun) {
     EXPECT_EQ(h.delivery.stats().rejected, 0u);
     ExpectAllAccountedFor(h, 2);
 }
+
+// Group Identify: at most 1024 group properties per request, counted over
+// the request's identifications.
+TEST(DeliveryBatching, PropertyLimitCountsOverTheRequest) {
+    DeliveryLimits limits = Limits(1024);
+    limits.max_properties = 1024;
+    FormHarness h(Always(FormOk()), limits);
+    auto add = [&](uint64_t n, size_t properties) {
+        Record r = MakeIdentification(n, "user-" + std::to_string(n));
+        r.property_count = properties;
+        h.delivery.add(std::move(r));
+    };
+    for (uint64_t n = 1; n <= 11; ++n) add(n, 200);  // 5 x 200 = 1000 fit, a sixth does not
+    add(12, 24);                                     // tops the last request up to exactly 1024
+    add(13, 1024);
+    add(14, 0);                                      // a record without properties still fits
+    h.delivery.finish();
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2, 3, 4, 5}, {6, 7, 8, 9, 10}, {11, 12}, {13, 14}}));
+    EXPECT_EQ(h.delivery.stats().sent, 14u);
+
+    // 0 means no such limit.
+    FormHarness unlimited(Always(FormOk()), Limits(1024));
+    for (uint64_t n = 1; n <= 11; ++n) {
+        Record r = MakeIdentification(n, "user-" + std::to_string(n));
+        r.property_count = 200;
+        unlimited.delivery.add(std::move(r));
+    }
+    unlimited.delivery.finish();
+    EXPECT_EQ(unlimited.RequestRows(), (std::vector<Rows>{Range(1, 11)}));
+}

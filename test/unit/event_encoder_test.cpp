@@ -44,7 +44,7 @@ protected:
     }
     static Encoded Encode(const std::vector<ColumnInput> &columns, const std::vector<Value> &values,
                           int min_id_length = 5) {
-        EventEncoder encoder(plan_event_columns(columns), min_id_length);
+        EventEncoder encoder(plan_event_columns(columns), EventOptions{min_id_length, false});
         return EncodeWith(encoder, values);
     }
     // The accepted event's JSON text ("<rejected: reason>" otherwise).
@@ -379,7 +379,7 @@ TEST_F(EncoderTest, PropertyColumnWinsOverSameKeyInEventProperties) {
 TEST_F(EncoderTest, NullPropertyColumnKeepsTheSameKeyFromEventProperties) {
     EventColumns columns = {Col("event_type", TC::kText), Col("user_id", TC::kText),
                             Col("color", TC::kText), Col("event_properties", TC::kJsonb)};
-    EventEncoder encoder(plan_event_columns(columns), 5);
+    EventEncoder encoder(plan_event_columns(columns), EventOptions{});
     const std::string props = R"({"color": "blue", "size": 2})";
 
     // NULL column: event_properties' own "color" stays.
@@ -575,10 +575,10 @@ TEST_F(EncoderTest, TimestampsKeepOnlyThe1970Floor) {
 
 TEST_F(EncoderTest, DerivedInsertIdIsStableAndFollowsContent) {
     EventColumns columns = {Col("event_type", TC::kText), Col("user_id", TC::kText), Col("n", TC::kInteger)};
-    EventEncoder encoder(plan_event_columns(columns), 5);
+    EventEncoder encoder(plan_event_columns(columns), EventOptions{});
     Encoded first = EncodeWith(encoder, {Text("e"), Text("user-1"), Int(1)}, 1);
     Encoded again = EncodeWith(encoder, {Text("e"), Text("user-1"), Int(1)}, 99);
-    EventEncoder other_encoder(plan_event_columns(columns), 5);
+    EventEncoder other_encoder(plan_event_columns(columns), EventOptions{});
     Encoded elsewhere = EncodeWith(other_encoder, {Text("e"), Text("user-1"), Int(1)}, 1);
     Encoded changed = EncodeWith(encoder, {Text("e"), Text("user-1"), Int(2)}, 1);
     ASSERT_TRUE(first.ok && again.ok && elsewhere.ok && changed.ok);
@@ -629,7 +629,7 @@ TEST_F(EncoderTest, EncoderReuseLeavesNothingFromThePreviousRow) {
     EventColumns columns = {Col("event_type", TC::kText), Col("user_id", TC::kText),
                             Col("color", TC::kText), Col("price", TC::kFloat),
                             Col("event_properties", TC::kJsonb)};
-    EventEncoder encoder(plan_event_columns(columns), 5);
+    EventEncoder encoder(plan_event_columns(columns), EventOptions{});
     Encoded bad = EncodeWith(encoder, {Text("e"), Text("user-1"), Text("red"), Float(std::nan("")),
                                        Jsonb(R"({"x": 1})")});
     ASSERT_FALSE(bad.ok);
@@ -844,4 +844,75 @@ TEST_F(EncoderTest, RejectsObjectFieldsThatAreNotObjects) {
     ASSERT_FALSE(e.ok);
     EXPECT_EQ(e.rejection.field, "event_properties");
     EXPECT_EQ(e.rejection.reason, "column \"event_properties\": value must be a JSON object");
+}
+
+// ==================================================== issue 11: what Amplitude holds
+
+TEST_F(EncoderTest, RejectsAmplitudesReservedEventTypes) {
+    for (const char *type : {"[Amplitude] Start Session", "[Amplitude] End Session", "[Amplitude] Revenue",
+                             "[Amplitude] Revenue (Verified)", "[Amplitude] Revenue (Unverified)",
+                             "[Amplitude] Merged User"}) {
+        Encoded e = Encode(kBasic, {Text(type), Text("user-00001")});
+        ASSERT_FALSE(e.ok) << type;
+        EXPECT_EQ(e.rejection.field, "event_type");
+        EXPECT_EQ(e.rejection.reason, "event_type \"" + std::string(type) + "\" is reserved for Amplitude, which refuses it");
+        EXPECT_EQ(e.rejection.record.user_id, "user-00001");
+        EXPECT_TRUE(is_reserved_event_type(type));
+    }
+    // Exact names only: an event of one's own that resembles them is fine.
+    for (const char *type : {"Revenue", "[Amplitude] revenue", "Amplitude Revenue", "$identify"}) {
+        EXPECT_TRUE(Encode(kBasic, {Text(type), Text("user-00001")}).ok) << type;
+        EXPECT_FALSE(is_reserved_event_type(type));
+    }
+}
+
+TEST_F(EncoderTest, SkipUserPropertiesSyncOptionMarksEveryEventAndKeepsItsInsertId) {
+    EventOptions skip;
+    skip.skip_user_properties_sync = true;
+    EventEncoder plain(plan_event_columns(kBasic), EventOptions{});
+    EventEncoder backfill(plan_event_columns(kBasic, skip), skip);
+    Encoded a = EncodeWith(plain, {Text("Signed Up"), Text("user-00001")});
+    Encoded b = EncodeWith(backfill, {Text("Signed Up"), Text("user-00001")});
+    ASSERT_TRUE(a.ok && b.ok);
+    EXPECT_EQ(b.record.json, a.record.json.substr(0, a.record.json.size() - 1) +
+                                 ",\"$skip_user_properties_sync\":true}");
+    EXPECT_EQ(b.record.insert_id, a.record.insert_id);  // the same event, with or without the flag
+}
+
+TEST(PlanColumns, SkipUserPropertiesSyncColumnConflictsWithTheOption) {
+    EventOptions skip;
+    skip.skip_user_properties_sync = true;
+    for (const char *name : {"skip_user_properties_sync", "$skip_user_properties_sync"}) {
+        PlanFailure f = FailureOf([&] {
+            plan_event_columns({Col("event_type", TC::kText), Col("user_id", TC::kText), Col(name, TC::kBool)}, skip);
+        });
+        EXPECT_EQ(f.sqlstate, "42701");
+        EXPECT_EQ(f.message, "column \"" + std::string(name) + "\" conflicts with skip_user_properties_sync");
+        EXPECT_EQ(f.hint, "Drop the column from the query, or the argument from the call.");
+    }
+}
+
+TEST_F(EncoderTest, SilentChangesAreCountedPerAcceptedEvent) {
+    std::vector<ColumnInput> columns = {Col("event_type", TC::kText), Col("user_id", TC::kText),
+                                        Col("note", TC::kText), Col("event_properties", TC::kJsonb),
+                                        Col("groups", TC::kJsonb), Col("country", TC::kText)};
+    EventEncoder encoder(plan_event_columns(columns), EventOptions{});
+    std::string long_text(1025, 'x');
+    std::string many_types = R"({"a":"1","b":"1","c":"1","d":"1","e":"1","f":"1"})";
+    EXPECT_TRUE(EncodeWith(encoder, {Text("Viewed"), Text("user-00001"), Text(std::string(1024, 'x')),
+                                     Null(), Jsonb(R"({"team":["1","2","3","4","5","6","7","8","9","10"]})"),
+                                     Text("FR")}).ok);
+    EXPECT_TRUE(encoder.silent_changes().warnings().empty());
+    EXPECT_TRUE(EncodeWith(encoder, {Text("Viewed"), Text("user-00001"), Null(),
+                                     Jsonb("{\"k\":\"" + long_text + "\"}"), Jsonb(many_types), Null()}).ok);
+    EXPECT_TRUE(EncodeWith(encoder, {Text("Viewed"), Text("user-00001"), Text(long_text), Null(), Null(),
+                                     Text(long_text)}).ok);
+    EXPECT_FALSE(EncodeWith(encoder, {Text("[Amplitude] Revenue"), Text("user-00001"), Text(long_text), Null(),
+                                      Jsonb(many_types), Null()}).ok);
+    const SilentChanges &s = encoder.silent_changes();
+    EXPECT_EQ(s.records(SilentChange::kTruncatedString), 2u);
+    EXPECT_EQ(s.example_column(SilentChange::kTruncatedString), "event_properties");
+    EXPECT_EQ(s.records(SilentChange::kDroppedGroupTypes), 1u);
+    EXPECT_EQ(s.records(SilentChange::kDroppedGroupValues), 0u);
+    EXPECT_EQ(s.records(SilentChange::kResetGroupedField), 0u);  // an event's own location
 }

@@ -182,7 +182,7 @@ TEST(IdentifyPlan, UserRolesKeysAndDefaultOperation) {
                             "city", "dma", "language", "paying", "start_version"};
     Columns columns = {Col("user_id", TC::kText), Col("device_id", TC::kOther),
                        Col("groups", TC::kJsonb), Col("user_properties", TC::kJson)};
-    for (const char *f : fields) columns.push_back(Col(f, TC::kText));
+    for (const char *f : fields) columns.push_back(Col(std::string("amplitude_") + f, TC::kText));
     columns.push_back(Col("plan", TC::kText));
     columns.push_back(Col("group_type", TC::kText));  // only a property for users
     columns.push_back(Col("say \"hi\"", TC::kInteger));
@@ -207,6 +207,7 @@ TEST(IdentifyPlan, UserRolesKeysAndDefaultOperation) {
     EXPECT_EQ(plan[p + 2].role, FieldRole::kProperty);
     EXPECT_EQ(plan[p + 2].json_key, R"("say \"hi\"")");
     EXPECT_EQ(plan[p + 2].category, TC::kInteger);
+    EXPECT_EQ(plan[4].column_name, "amplitude_app_version");
     EXPECT_EQ(plan[0].json_key, "\"user_id\"");
     EXPECT_EQ(plan[3].json_key, "\"user_properties\"");
 }
@@ -303,9 +304,9 @@ TEST(IdentifyPlan, OperationOnAnUnknownColumnIs42703) {
 }
 
 TEST(IdentifyPlan, OperationOnANonPropertyColumnIs22023) {
-    for (const char *column : {"user_id", "device_id", "platform", "groups", "user_properties"}) {
+    for (const char *column : {"user_id", "device_id", "amplitude_platform", "groups", "user_properties"}) {
         PlanFailure f = PlanFails({Col("user_id", TC::kText), Col("device_id", TC::kText),
-                                   Col("platform", TC::kText), Col("groups", TC::kJsonb),
+                                   Col("amplitude_platform", TC::kText), Col("groups", TC::kJsonb),
                                    Col("user_properties", TC::kJsonb)},
                                   Opts(ProfileObject::kUser, {{column, "$set"}}));
         EXPECT_EQ(f.sqlstate, "22023") << column;
@@ -364,8 +365,9 @@ TEST(IdentifyPlan, IdsMustBeScalars) {
     PlanFailure f = PlanFails({Col("user_id", TC::kJsonb)}, kUser);
     EXPECT_EQ(f.sqlstate, "42804");
     EXPECT_EQ(f.message, "column \"user_id\" must be a scalar (text, number, uuid, ...)");
-    EXPECT_EQ(PlanFails({Col("user_id", TC::kText), Col("platform", TC::kArray)}, kUser).sqlstate,
-              "42804");
+    PlanFailure field = PlanFails({Col("user_id", TC::kText), Col("amplitude_platform", TC::kArray)}, kUser);
+    EXPECT_EQ(field.sqlstate, "42804");
+    EXPECT_EQ(field.detail, "Column \"amplitude_platform\" maps to Amplitude's \"platform\" field.");
     EXPECT_EQ(PlanFails({Col("user_id", TC::kInteger)}, kUser).sqlstate, "none");
 }
 
@@ -396,8 +398,8 @@ TEST(IdentifyPlan, ColumnNameThatIsNotUtf8Is22021) {
 TEST_F(IdentifyTest, UserRowPlainPropertiesAreSetAndFieldsGoTopLevel) {
     Columns columns = {Col("user_id", TC::kText),     Col("plan", TC::kText),
                        Col("ltv", TC::kNumeric),      Col("tags", TC::kArray),
-                       Col("signed_up_at", TC::kTimestampTz), Col("country", TC::kText),
-                       Col("platform", TC::kText),    Col("groups", TC::kJsonb)};
+                       Col("signed_up_at", TC::kTimestampTz), Col("amplitude_country", TC::kText),
+                       Col("amplitude_platform", TC::kText),    Col("groups", TC::kJsonb)};
     Encoded e = Encode(columns, {Text("user-00001"), Text("pro"), Numeric("120.50"),
                                  TextArray({"beta", "admin"}), TimestampTz(kMay1st10h), Text("FR"),
                                  Text("iOS"), Jsonb(R"({"company": "acme-corp"})")});
@@ -428,14 +430,14 @@ TEST_F(IdentifyTest, EveryIdentifyLevelFieldIsAStringAtTopLevel) {
     std::vector<Value> values = {Int(1234567)};
     std::string expected = R"({"user_id":"1234567")";
     for (const char *f : fields) {
-        columns.push_back(Col(f, TC::kText));
+        columns.push_back(Col(std::string("amplitude_") + f, TC::kText));
         values.push_back(Text(std::string("v-") + f));
         expected += ",\"" + std::string(f) + "\":\"v-" + f + "\"";
     }
     // Non-text columns are sent as their text.
-    columns.push_back(Col("paying", TC::kBool));
+    columns.push_back(Col("amplitude_paying", TC::kBool));
     values.push_back(Bool(true));
-    columns.push_back(Col("dma", TC::kInteger));
+    columns.push_back(Col("amplitude_dma", TC::kInteger));
     values.push_back(Int(807));
     expected += R"(,"paying":"true","dma":"807"})";
 
@@ -472,7 +474,9 @@ TEST_F(IdentifyTest, OperationsAreWrittenInTheirFixedOrder) {
         R"("$preInsert":{"pre":["p","o"]},"$postInsert":{"post":["q","z"]},"$remove":{"removed":["r"]},)"
         R"("$unset":{"nickname":"-"}})";
     EXPECT_EQ(e.record.json, R"({"user_id":"user-ops01","user_properties":)" + properties + "}");
-    EXPECT_EQ(e.properties, properties);
+    // The properties event carries only what can be applied twice.
+    EXPECT_EQ(e.properties,
+              R"({"$set":{"zeta":"last","plan":"pro"},"$setOnce":{"first_seen":"second"},"$unset":{"nickname":"-"}})");
 }
 
 TEST_F(IdentifyTest, UnsetOperationIgnoresTheValue) {
@@ -486,7 +490,7 @@ TEST_F(IdentifyTest, UnsetOperationIgnoresTheValue) {
 TEST_F(IdentifyTest, NullColumnsAreLeftOutByDefault) {
     Columns columns = {Col("user_id", TC::kText), Col("nickname", TC::kText),
                        Col("visits", TC::kInteger), Col("plan", TC::kText),
-                       Col("country", TC::kText), Col("groups", TC::kJsonb),
+                       Col("amplitude_country", TC::kText), Col("groups", TC::kJsonb),
                        Col("user_properties", TC::kJsonb), Col("device_id", TC::kText)};
     IdentifyOptions options = Opts(ProfileObject::kUser, {{"visits", "$add"}});
     EXPECT_EQ(IdJson(columns, {Text("user-ops01"), Null(), Null(), Text("pro"), Null(), Null(), Null(),
@@ -505,7 +509,7 @@ TEST_F(IdentifyTest, NullColumnsAreLeftOutByDefault) {
 TEST_F(IdentifyTest, NullsUnsetUnsetsNullPropertiesWhateverTheirOperation) {
     Columns columns = {Col("user_id", TC::kText), Col("nickname", TC::kText),
                        Col("visits", TC::kInteger), Col("plan", TC::kText),
-                       Col("country", TC::kText), Col("groups", TC::kJsonb),
+                       Col("amplitude_country", TC::kText), Col("groups", TC::kJsonb),
                        Col("user_properties", TC::kJsonb)};
     IdentifyOptions options = Opts(ProfileObject::kUser, {{"visits", "$add"}}, /*nulls_unset=*/true);
     Encoded e = Encode(columns, {Text("user-ops01"), Null(), Null(), Text("pro"), Null(), Null(), Null()},
@@ -534,7 +538,7 @@ TEST_F(IdentifyTest, PropertiesColumnIsMergedIn) {
     // the non-NULL column wins over the jsonb's "source".
     EXPECT_EQ(e.record.json,
               R"({"user_id":"user-merge1","user_properties":{"$set":{"source":"column","color":"blue"},"$add":{"score":5}}})");
-    EXPECT_EQ(e.properties, R"({"$set":{"source":"column","color":"blue"},"$add":{"score":5}})");
+    EXPECT_EQ(e.properties, R"({"$set":{"source":"column","color":"blue"}})");
 
     // A NULL column does not win: the jsonb value is sent.
     EXPECT_EQ(IdJson(columns, {Text("user-merge1"), Null(),
@@ -754,7 +758,7 @@ TEST_F(IdentifyTest, JsonThatIsNotValidUtf8RejectsTheRow) {
 
 TEST_F(IdentifyTest, NaNAndInfinityRejectTheRow) {
     Columns columns = {Col("user_id", TC::kText), Col("score", TC::kFloat), Col("ltv", TC::kNumeric),
-                       Col("dma", TC::kFloat)};
+                       Col("amplitude_dma", TC::kFloat)};
     EXPECT_EQ(IdJson(columns, {Text("user-00001"), Float(std::nan("")), Null(), Null()}),
               "<rejected score: column \"score\": NaN and infinite numbers cannot be sent as JSON>");
     EXPECT_EQ(IdJson(columns, {Text("user-00001"), Float(HUGE_VAL), Null(), Null()}),
@@ -763,13 +767,13 @@ TEST_F(IdentifyTest, NaNAndInfinityRejectTheRow) {
               "<rejected ltv: column \"ltv\": NaN and infinite numbers cannot be sent as JSON>");
     // An identify-level string field too.
     EXPECT_EQ(IdJson(columns, {Text("user-00001"), Null(), Null(), Float(std::nan(""))}),
-              "<rejected dma: column \"dma\": NaN and infinite numbers cannot be sent as JSON>");
+              "<rejected amplitude_dma: column \"amplitude_dma\": NaN and infinite numbers cannot be sent as JSON>");
     EXPECT_EQ(IdJson(columns, {Text("user-00001"), Float(0.25), Numeric("-3.10"), Float(807)}),
               R"({"user_id":"user-00001","dma":"807","user_properties":{"$set":{"score":0.25,"ltv":-3.10}}})");
 }
 
 TEST_F(IdentifyTest, EscapedPropertyNamesAndValues) {
-    EXPECT_EQ(IdJson({Col("user_id", TC::kText), Col("say \"hi\"", TC::kText), Col("city", TC::kText)},
+    EXPECT_EQ(IdJson({Col("user_id", TC::kText), Col("say \"hi\"", TC::kText), Col("amplitude_city", TC::kText)},
                      {Text("user \"q\"\n"), Text("a\\b"), Text("Z\xC3\xBCrich")}),
               R"({"user_id":"user \"q\"\n","city":"Zürich","user_properties":{"$set":{"say \"hi\"":"a\\b"}}})");
 }
@@ -815,10 +819,8 @@ TEST_F(IdentifyTest, LastPropertiesFollowsEachRow) {
     IdentifyEncoder encoder(plan_identify_columns(columns, options), options);
     Encoded a = EncodeWith(encoder, {Text("user-00001"), Text("pro"), Int(1)}, 1);
     ASSERT_TRUE(a.ok);
-    EXPECT_EQ(a.properties, R"({"$set":{"plan":"pro"},"$add":{"visits":1}})");
-    EXPECT_EQ(a.record.json, R"({"user_id":"user-00001","user_properties":)" + a.properties + "}");
-    EXPECT_EQ(nlohmann::json::parse(a.record.json)["user_properties"],
-              nlohmann::json::parse(a.properties));
+    EXPECT_EQ(a.properties, R"({"$set":{"plan":"pro"}})");
+    EXPECT_EQ(a.record.json, R"({"user_id":"user-00001","user_properties":{"$set":{"plan":"pro"},"$add":{"visits":1}}})");
 
     Encoded b = EncodeWith(encoder, {Text("user-00002"), Null(), Null()}, 2);
     ASSERT_TRUE(b.ok);
@@ -828,7 +830,7 @@ TEST_F(IdentifyTest, LastPropertiesFollowsEachRow) {
 
     Encoded c = EncodeWith(encoder, {Text("user-00003"), Null(), Int(-4)}, 3);
     ASSERT_TRUE(c.ok);
-    EXPECT_EQ(c.properties, R"({"$add":{"visits":-4}})");
+    EXPECT_EQ(c.properties, "");  // $add goes to /identify only: no properties event
     EXPECT_EQ(c.record.json, R"({"user_id":"user-00003","user_properties":{"$add":{"visits":-4}}})");
 }
 
@@ -845,7 +847,7 @@ TEST_F(IdentifyTest, GroupRowAndItsRecordFields) {
     EXPECT_EQ(e.record.json,
               R"({"group_type":"company","group_value":"acme-corp","group_properties":)"
               R"({"$set":{"plan":"enterprise","user_id":"owner-001"},"$add":{"seats":50}}})");
-    EXPECT_EQ(e.properties, R"({"$set":{"plan":"enterprise","user_id":"owner-001"},"$add":{"seats":50}})");
+    EXPECT_EQ(e.properties, R"({"$set":{"plan":"enterprise","user_id":"owner-001"}})");
     EXPECT_EQ(e.record.group_type, "company");
     EXPECT_EQ(e.record.group_value, "acme-corp");
     EXPECT_EQ(e.record.group_key, std::string("company\x1f") + "acme-corp");
@@ -948,4 +950,162 @@ TEST_F(IdentifyTest, GroupsMembershipOnAUser) {
     EXPECT_EQ(IdJson({Col("user_id", TC::kText), Col("groups", TC::kJson)},
                      {Text("user-00001"), Json(R"({"company": ["acme", "globex"], "team": "core"})")}),
               R"({"user_id":"user-00001","groups":{"company": ["acme", "globex"], "team": "core"}})");
+}
+
+// ==================================================== issue 11: what Amplitude holds
+
+TEST(IdentifyIdempotence, OnlySetSetOnceAndUnsetAreIdempotent) {
+    for (const char *op : {"$set", "$setOnce", "$unset"}) EXPECT_TRUE(is_idempotent_operation(op)) << op;
+    for (const char *op : {"$add", "$append", "$prepend", "$preInsert", "$postInsert", "$remove",
+                           "$clearAll", "set", ""})
+        EXPECT_FALSE(is_idempotent_operation(op)) << op;
+}
+
+TEST_F(IdentifyTest, PropertiesEventLeavesOutOperationsOfTheJsonbColumnToo) {
+    Encoded e = Encode({Col("user_id", TC::kText), Col("user_properties", TC::kJsonb)},
+                       {Text("user-00001"), Jsonb(R"({"$append": {"tags": "x"}, "$setOnce": {"first": 1}})")});
+    ASSERT_TRUE(e.ok) << e.rejection.reason;
+    EXPECT_EQ(e.record.json,
+              R"({"user_id":"user-00001","user_properties":{"$setOnce":{"first":1},"$append":{"tags":"x"}}})");
+    EXPECT_EQ(e.properties, R"({"$setOnce":{"first":1}})");
+}
+
+TEST(IdentifyIdempotence, SavedSyncsRefuseOtherOperationsAtPlanTime) {
+    IdentifyOptions options = Opts(ProfileObject::kUser, {{"logins", "$add"}});
+    options.idempotent_only = true;
+    PlanFailure f = PlanFails({Col("user_id", TC::kText), Col("logins", TC::kInteger)}, options);
+    EXPECT_EQ(f.sqlstate, "22023");
+    EXPECT_EQ(f.message, "operation \"$add\" for column \"logins\" is not allowed in a saved sync");
+    EXPECT_EQ(f.detail, "A saved sync sends a row only when it changed, and again after a failed run, so "
+                        "$add would be skipped or applied twice.");
+    EXPECT_EQ(f.hint, "Compute the value in the query and use $set, or send the operation with a one-shot call.");
+    for (const char *op : {"$set", "$setOnce", "$unset"}) {
+        options.operations = {{"logins", op}};
+        EXPECT_EQ(PlanFails({Col("user_id", TC::kText), Col("logins", TC::kInteger)}, options).sqlstate, "none");
+    }
+}
+
+TEST_F(IdentifyTest, SavedSyncsRejectRowsWhoseJsonbCarriesOtherOperations) {
+    IdentifyOptions options = kUser;
+    options.idempotent_only = true;
+    Columns columns = {Col("user_id", TC::kText), Col("user_properties", TC::kJsonb)};
+    EXPECT_EQ(IdJson(columns, {Text("user-00001"), Jsonb(R"({"$add": {"logins": 3}})")}, options),
+              "<rejected user_properties: column \"user_properties\": operation $add is not allowed in a "
+              "saved sync (only $set, $setOnce and $unset are)>");
+    EXPECT_EQ(IdJson(columns, {Text("user-00001"), Jsonb(R"({"plan": "pro", "$unset": {"x": "-"}})")}, options),
+              R"({"user_id":"user-00001","user_properties":{"$set":{"plan":"pro"},"$unset":{"x":"-"}}})");
+}
+
+TEST_F(IdentifyTest, PlainDefaultFieldNamesAreUserProperties) {
+    // A model column called country must not wipe the user's city, region and DMA.
+    const char *names[] = {"country", "region", "city", "dma", "platform", "os_name", "carrier",
+                           "language", "app_version", "paying", "start_version"};
+    Columns columns = {Col("user_id", TC::kText)};
+    std::vector<Value> values = {Text("user-00001")};
+    for (const char *n : names) {
+        columns.push_back(Col(n, TC::kText));
+        values.push_back(Text("v"));
+    }
+    Encoded e = Encode(columns, values);
+    ASSERT_TRUE(e.ok) << e.rejection.reason;
+    nlohmann::json sent = nlohmann::json::parse(e.record.json);
+    EXPECT_EQ(sent.size(), 2u) << e.record.json;  // user_id and user_properties only
+    for (const char *n : names) EXPECT_EQ(sent["user_properties"]["$set"][n], "v") << n;
+}
+
+TEST(IdentifyPlan, UnknownAmplitudePrefixedColumnIs42703) {
+    PlanFailure f = PlanFails({Col("user_id", TC::kText), Col("amplitude_county", TC::kText)}, kUser);
+    EXPECT_EQ(f.sqlstate, "42703");
+    EXPECT_EQ(f.message, "column \"amplitude_county\" names no Amplitude field");
+    EXPECT_EQ(f.detail,
+              "Columns named amplitude_... select Amplitude's fields of an identification: amplitude_app_version, "
+              "amplitude_platform, amplitude_os_name, amplitude_os_version, amplitude_device_brand, "
+              "amplitude_device_manufacturer, amplitude_device_model, amplitude_carrier, amplitude_country, "
+              "amplitude_region, amplitude_city, amplitude_dma, amplitude_language, amplitude_paying, "
+              "amplitude_start_version.");
+    EXPECT_EQ(f.hint, "Alias the column to another name to send it as a user property.");
+    // Groups have no such fields: the name is a property.
+    std::vector<ColumnPlan> plan = plan_identify_columns(
+        {Col("group_type", TC::kText), Col("group_value", TC::kText), Col("amplitude_country", TC::kText)}, kGroup);
+    EXPECT_EQ(plan[2].role, FieldRole::kProperty);
+    EXPECT_EQ(plan[2].json_key, "\"amplitude_country\"");
+    // Sent once only, whatever the name that selects it.
+    EXPECT_EQ(PlanFails({Col("user_id", TC::kText), Col("amplitude_user_id", TC::kText)}, kUser).sqlstate, "42703");
+}
+
+TEST(IdentifyPlanWarnings, PartOfAGroupWarnsOfTheFieldsAmplitudeResets) {
+    auto warnings = [](const Columns &extra) {
+        Columns columns = {Col("user_id", TC::kText), Col("country", TC::kText)};  // a property: no warning
+        columns.insert(columns.end(), extra.begin(), extra.end());
+        return identify_plan_warnings(plan_identify_columns(columns, kUser));
+    };
+    EXPECT_TRUE(warnings({}).empty());
+    std::vector<PlanWarning> w = warnings({Col("amplitude_country", TC::kText)});
+    ASSERT_EQ(w.size(), 1u);
+    EXPECT_EQ(w[0].message, "Amplitude will reset the location fields region, city and dma of every identified profile");
+    EXPECT_EQ(w[0].detail, "The query sends country; Amplitude updates the location fields as one group and "
+                           "resets those an identification leaves out.");
+    EXPECT_EQ(w[0].hint, "Add the columns amplitude_region, amplitude_city and amplitude_dma, or leave out "
+                         "the location fields.");
+    EXPECT_TRUE(warnings({Col("amplitude_country", TC::kText), Col("amplitude_region", TC::kText),
+                          Col("amplitude_city", TC::kText), Col("amplitude_dma", TC::kText),
+                          Col("amplitude_language", TC::kText), Col("amplitude_app_version", TC::kText)})
+                    .empty());
+    w = warnings({Col("amplitude_os_name", TC::kText), Col("amplitude_os_version", TC::kText),
+                  Col("amplitude_city", TC::kText)});
+    ASSERT_EQ(w.size(), 2u);
+    EXPECT_EQ(w[0].message, "Amplitude will reset the location fields country, region and dma of every identified profile");
+    EXPECT_EQ(w[1].message,
+              "Amplitude will reset the device fields platform, device_brand, device_manufacturer, device_model "
+              "and carrier of every identified profile");
+    EXPECT_EQ(w[1].detail, "The query sends os_name and os_version; Amplitude updates the device fields as one "
+                           "group and resets those an identification leaves out.");
+}
+
+TEST_F(IdentifyTest, SilentChangesAreCountedPerAcceptedRecord) {
+    Columns columns = {Col("user_id", TC::kText), Col("bio", TC::kText), Col("groups", TC::kJsonb),
+                       Col("amplitude_country", TC::kText), Col("amplitude_city", TC::kText),
+                       Col("user_properties", TC::kJsonb)};
+    IdentifyEncoder encoder(plan_identify_columns(columns, kUser), kUser);
+    std::string long_text(1025, 'a'), limit_text(1024, 'a');
+    std::string many_types = R"({"a":"1","b":"1","c":"1","d":"1","e":"1","f":"1"})";
+    std::string many_values = R"({"team":["1","2","3","4","5","6","7","8","9","10","11"]})";
+    // At the limits: nothing counted.
+    EXPECT_TRUE(EncodeWith(encoder, {Text("user-00001"), Text(limit_text), Jsonb(R"({"a":"1","b":"1","c":"1","d":"1","e":"1"})"),
+                                     Text("FR"), Text("Paris"), Null()}).ok);
+    EXPECT_TRUE(encoder.silent_changes().warnings().empty());
+    // Over them, each once per record.
+    EXPECT_TRUE(EncodeWith(encoder, {Text("user-00002"), Text(long_text), Jsonb(many_types), Text("FR"),
+                                     Null(), Jsonb("{\"note\":\"" + long_text + "\"}")}).ok);
+    EXPECT_TRUE(EncodeWith(encoder, {Text("user-00003"), Null(), Jsonb(many_values), Null(), Null(),
+                                     Jsonb("{\"note\":\"" + long_text + "\"}")}).ok);
+    // A rejected row changes nothing in Amplitude.
+    EXPECT_FALSE(EncodeWith(encoder, {Text("null"), Text(long_text), Jsonb(many_types), Text("FR"), Null(), Null()}).ok);
+    const SilentChanges &s = encoder.silent_changes();
+    EXPECT_EQ(s.records(SilentChange::kTruncatedString), 2u);
+    EXPECT_EQ(s.example_column(SilentChange::kTruncatedString), "bio");
+    EXPECT_EQ(s.records(SilentChange::kDroppedGroupTypes), 1u);
+    EXPECT_EQ(s.records(SilentChange::kDroppedGroupValues), 1u);
+    EXPECT_EQ(s.example_column(SilentChange::kDroppedGroupValues), "groups");
+    EXPECT_EQ(s.records(SilentChange::kResetGroupedField), 1u);
+    EXPECT_EQ(s.example_column(SilentChange::kResetGroupedField), "amplitude_city");
+    EXPECT_EQ(s.warnings(),
+              (std::vector<std::string>{
+                  "2 records carry strings longer than 1,024 characters, which Amplitude truncates (for "
+                  "example column \"bio\")",
+                  "1 record carries more than 5 group types, of which Amplitude keeps the first 5 (for "
+                  "example column \"groups\")",
+                  "1 record carries more than 10 values for a group type, of which Amplitude keeps the "
+                  "first 10 (for example column \"groups\")",
+                  "1 record carries a NULL location or device field while another field of its group is "
+                  "sent, so Amplitude resets it (for example column \"amplitude_city\")"}));
+}
+
+TEST_F(IdentifyTest, RecordsCarryTheirPropertyCount) {
+    Encoded e = Encode({Col("group_type", TC::kText), Col("group_value", TC::kText), Col("plan", TC::kText),
+                        Col("group_properties", TC::kJsonb)},
+                       {Text("company"), Text("acme"), Text("pro"), Jsonb(R"({"a": 1, "$add": {"seats": 2}})")},
+                       kGroup);
+    ASSERT_TRUE(e.ok) << e.rejection.reason;
+    EXPECT_EQ(e.record.property_count, 3u);
 }

@@ -400,3 +400,31 @@ TEST(UrlEncoding, SizeMatchesTheEncodedText) {
     EXPECT_EQ(url_encoded_size("\xC3\xA9"), 6u);
     EXPECT_EQ(url_encoded_size(R"({"a":1})"), 17u);  // %7B%22a%22%3A1%7D
 }
+
+// ===================================================== string lengths
+
+TEST(Utf8CharCount, CountsCharactersNotBytes) {
+    EXPECT_EQ(utf8_char_count(""), 0u);
+    EXPECT_EQ(utf8_char_count("abc"), 3u);
+    EXPECT_EQ(utf8_char_count("Z\xC3\xBCrich \xF0\x9F\x98\x80"), 8u);
+}
+
+TEST(JsonLongString, FindsAStringOverTheLimitAnywhere) {
+    std::string s1024(1024, 'a'), s1025(1025, 'a');
+    EXPECT_FALSE(json_has_string_longer_than("\"" + s1024 + "\"", 1024));
+    EXPECT_TRUE(json_has_string_longer_than("\"" + s1025 + "\"", 1024));
+    EXPECT_TRUE(json_has_string_longer_than("{\"a\":[1,{\"b\":\"" + s1025 + "\"}]}", 1024));
+    EXPECT_TRUE(json_has_string_longer_than("{\"" + s1025 + "\":1}", 1024));  // keys too
+    // Many short strings are not one long one.
+    std::string many = "[";
+    for (int i = 0; i < 300; ++i) many += (i ? ",\"" : "\"") + std::string(10, 'b') + "\"";
+    EXPECT_FALSE(json_has_string_longer_than(many + "]", 1024));
+    // An escape is one character; multibyte characters count once.
+    std::string escaped;
+    for (int i = 0; i < 1024; ++i) escaped += "\\u00e9";
+    EXPECT_FALSE(json_has_string_longer_than("\"" + escaped + "\"", 1024));
+    EXPECT_TRUE(json_has_string_longer_than("\"" + escaped + "\\n\"", 1024));
+    std::string umlauts;
+    for (int i = 0; i < 1024; ++i) umlauts += "\xC3\xBC";
+    EXPECT_FALSE(json_has_string_longer_than("\"" + umlauts + "\"", 1024));
+}
