@@ -25,6 +25,28 @@ FROM mock_requests() r;
 SELECT jsonb_pretty(r->'identification') FROM mock_requests() r;
 SELECT jsonb_pretty(u) FROM mock_users() u;
 
+-- Amplitude's own fields are asked for by name (amplitude_country, ...);
+-- a plain country column is a user property (above). Amplitude updates the
+-- location fields as a group: sending one resets the others, which is said.
+SELECT mock_reset();
+SELECT sent FROM amplitude_sync.amplitude_identify('amplitude_mock', $$
+    SELECT 'user-geo01' AS user_id, 'FR' AS amplitude_country, 'Paris' AS amplitude_city,
+           'Ile-de-France' AS amplitude_region, 'n/a' AS amplitude_dma$$);
+SELECT sent FROM amplitude_sync.amplitude_identify('amplitude_mock', $$
+    SELECT 'user-geo01' AS user_id, 'DE' AS amplitude_country$$);
+SELECT u->'fields'->>'country' AS country, u->'fields'->>'city' AS city, u->'fields'->>'region' AS region FROM mock_users() u
+WHERE u->>'user_id' = 'user-geo01';
+SELECT * FROM amplitude_sync.amplitude_identify('amplitude_mock', $$SELECT 'user-geo01' AS user_id, 'x' AS amplitude_county$$);
+
+-- The properties event carries only what is safe to apply twice: each
+-- increment reaches the profile once.
+SELECT mock_reset();
+SELECT sent FROM amplitude_sync.amplitude_identify('amplitude_mock', $$
+    SELECT 'user-inc01' AS user_id, 1 AS logins, ARRAY['x'] AS tags, 'pro' AS plan$$,
+    operations => '{"logins": "$add", "tags": "$append"}', properties_event => 'Properties Updated');
+SELECT u->'user_properties' AS profile FROM mock_users() u WHERE u->>'user_id' = 'user-inc01';
+SELECT e->'user_properties' AS event_properties FROM mock_events() e WHERE e->>'user_id' = 'user-inc01';
+
 -- Every operation, and NULLs left out (the default) or unset.
 SELECT mock_reset();
 SELECT sent FROM amplitude_sync.amplitude_identify('amplitude_mock', $$

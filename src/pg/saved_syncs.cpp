@@ -152,6 +152,7 @@ void sync_spec(const SavedSync *sync, const char *api, bool with_state, SendSpec
     arguments.api = api;
     AMP_CXX(spec->options = check_call_arguments(arguments));
     spec->function_name = "run_sync";
+    spec->saved_sync = true;
     spec->operations_json = sync->operations;
     spec->run_as = sync->owner;
     spec->source_search_path = sync->search_path;

@@ -79,6 +79,10 @@ struct SendRun {
     bool preview = false;
     std::string signature;  // settings that shape the payload, part of the fingerprint
     uint64_t unchanged = 0;
+    // Said once when the run starts (Amplitude would reset fields) and
+    // when it ends (Amplitude changed data silently).
+    std::vector<PlanWarning> plan_warnings;
+    std::vector<std::string> silent_change_warnings;
     // Where the time goes (reported in sync_runs): encoding rows into JSON
     // (the delivery times its own work, including waiting on Amplitude).
     std::chrono::steady_clock::duration encode_time{};
@@ -113,9 +117,13 @@ SendRun *make_send_run(const AmpConnection &conn, const SendSpec &spec,
     DeliveryLimits limits;
     limits.max_records = static_cast<size_t>(options.max_records);
     limits.max_bytes = static_cast<size_t>(options.endpoint->max_bytes);
+    limits.max_properties = static_cast<size_t>(options.endpoint->max_properties);
     long pause_ms = options.endpoint->throttle_pause_ms;
     if (options.target == Target::kEvents) {
-        run->encoder = std::make_unique<EventEncoder>(plan_event_columns(columns), options.min_id_length);
+        EventOptions event_options;
+        event_options.min_id_length = options.min_id_length;
+        event_options.skip_user_properties_sync = options.skip_user_properties_sync;
+        run->encoder = std::make_unique<EventEncoder>(plan_event_columns(columns, event_options), event_options);
         run->main = std::make_unique<Channel>(std::make_unique<EventsFormat>(conn.api_key, options.min_id_length),
                                               conn, options.endpoint->path, limits, pause_ms);
         return run.release();
@@ -127,7 +135,12 @@ SendRun *make_send_run(const AmpConnection &conn, const SendSpec &spec,
     identify.operations = parse_operations(spec.operations_json ? spec.operations_json : "", identify.object);
     identify.nulls_unset = options.nulls_unset;
     identify.min_id_length = options.min_id_length;
-    auto encoder = std::make_unique<IdentifyEncoder>(plan_identify_columns(columns, identify), identify);
+    // A saved sync sends a row only when it changed: $add and the like
+    // would be skipped or applied twice.
+    identify.idempotent_only = spec.saved_sync;
+    auto plan = plan_identify_columns(columns, identify);
+    run->plan_warnings = identify_plan_warnings(plan);
+    auto encoder = std::make_unique<IdentifyEncoder>(std::move(plan), identify);
     run->identify = encoder.get();
     run->encoder = std::move(encoder);
     run->main = std::make_unique<Channel>(std::make_unique<IdentificationFormat>(conn.api_key), conn,
@@ -320,6 +333,15 @@ void put_preview_row(const SendSpec *spec, TupleDesc desc, Tuplestorestate *stor
 }  // namespace
 
 
+// WARNINGs return: the C++ state they read is the run's, on the heap.
+void raise_plan_warnings(const SendRun *run) {
+    for (size_t i = 0; i < run->plan_warnings.size(); ++i) {
+        const PlanWarning &w = run->plan_warnings[i];
+        ereport(WARNING, (errmsg("%s", w.message.c_str()), w.detail.empty() ? 0 : errdetail("%s", w.detail.c_str()),
+                          w.hint.empty() ? 0 : errhint("%s", w.hint.c_str())));
+    }
+}
+
 TransportOptions transport_options(const AmpConnection &conn) {
     TransportOptions t;
     t.connect_timeout_ms = conn.connect_timeout_ms;
@@ -442,6 +464,7 @@ void check_source_columns(const SendSpec *spec) {
     // Building the run plans the columns and raises the mapper's errors.
     SendRun *run = nullptr;
     AMP_CXX(run = make_send_run(conn, *spec, column_inputs(desc, source.readers, desc->natts)));
+    raise_plan_warnings(run);
     AMP_CXX(delete run);
     if (spec->options.target == Target::kEvents && !has_insert_id)
         ereport(ERROR, (errcode(ERRCODE_UNDEFINED_COLUMN),
@@ -488,6 +511,7 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
     SendRun *run = nullptr;
     AMP_CXX(run = make_send_run(*conn, *spec, column_inputs(desc, readers, payload_natts)));
     resources->run = run;
+    raise_plan_warnings(run);
     cleanup->func = release_run_resources;
     cleanup->arg = resources;
     MemoryContextRegisterResetCallback(run_context, cleanup);
@@ -598,7 +622,9 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
         return (Datum)0;
     }
 
-    AMP_CXX(finish_run(run));
+    AMP_CXX(finish_run(run); run->silent_change_warnings = run->encoder->silent_changes().warnings());
+    for (size_t i = 0; i < run->silent_change_warnings.size(); ++i)
+        ereport(WARNING, (errmsg("%s", run->silent_change_warnings[i].c_str())));
     if (spec->counts) {
         const DeliveryStats &so_far = run->main->delivery.stats();
         *spec->counts = {rows_read, static_cast<int64>(so_far.sent), static_cast<int64>(so_far.rejected),

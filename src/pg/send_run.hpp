@@ -38,7 +38,8 @@ struct SendSpec {
     // Saved syncs: the query's last two columns are the stored fingerprint
     // and the record key; unchanged records are skipped, confirmed ones
     // remembered.
-    int sync_id;                  // 0 for one-shot calls
+    bool saved_sync;              // run, preview or check of a saved sync
+    int sync_id;                  // 0 for one-shot calls (and a saved sync's check)
     const char *sync_name;
     RunLog *log;                  // run_sync starts the run record itself; NULL: the run does
     RunSegments *segments;        // commit as it goes, or NULL
