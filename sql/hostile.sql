@@ -49,6 +49,14 @@ SELECT rows_read, sent, rejected FROM amplitude_sync.amplitude_send_events('ampl
     FROM (VALUES (E'plain'), (E'bad \xff\xfe bytes'), (E'caf\xc3\xa9')) t(v)
 $$);
 SELECT row_number, field, reason FROM amplitude_sync.rejected_records;
+-- Inside json and jsonb too: the row is rejected (not the whole request by
+-- Amplitude), and its rejection is stored.
+SELECT rows_read, sent, rejected FROM amplitude_sync.amplitude_send_events('amplitude_mock', $$
+    SELECT 'Json Bytes' AS event_type, 'user-ascii2' AS user_id, v::json AS meta
+    FROM (VALUES (E'{"k": "fine"}'), (E'{"k": "bad \xff"}')) t(v)
+$$);
+SELECT row_number, field, reason FROM amplitude_sync.rejected_records
+WHERE run_id = (SELECT max(run_id) FROM amplitude_sync.sync_runs);
 \c regress_amp_latin1
 SET client_min_messages = warning;
 CREATE EXTENSION amplitude_sync;
