@@ -140,26 +140,33 @@ void Delivery::add(Record &&record) {
     bool sealed = false;
     if (!held_.empty() && held_.count(record.ordering_key())) {
         hold(std::move(record), false);  // behind its key's earlier records
-    } else if (pacing_ && !admits(record, now_())) {
+    } else if (pacing_ && !admit(record, now_())) {
         hold(std::move(record), false);
     } else {
-        if (pacing_) reserve(record, 1);
         sealed = place(std::move(record), false);
     }
-    auto started = now_();
     if (sealed) {
+        auto started = now_();
         launch_ready();
         // Bounded memory: about one batch in flight and one waiting per lane,
         // and a bounded amount held back by pacing.
         while (state_ == DeliveryState::kRunning && queue_.size() > 2 * concurrency_) pump(50);
+        network_time_ += now_() - started;
     } else if (++since_progress_ >= kRecordsBetweenProgress) {
         // Keep requests in flight moving while rows are read: curl only
         // transfers when it is called.
         since_progress_ = 0;
-        if (in_flight() || !held_.empty()) progress();
+        if (in_flight() || !held_.empty()) {
+            auto started = now_();
+            progress();
+            network_time_ += now_() - started;
+        }
     }
-    while (state_ == DeliveryState::kRunning && held_bytes_ > kMaxHeldBytes) pump(50, true);
-    network_time_ += now_() - started;
+    if (held_bytes_ > kMaxHeldBytes) {
+        auto started = now_();
+        while (state_ == DeliveryState::kRunning && held_bytes_ > kMaxHeldBytes) pump(50, true);
+        network_time_ += now_() - started;
+    }
 }
 
 bool Delivery::place(Record &&record, bool tried) {
@@ -170,7 +177,7 @@ bool Delivery::place(Record &&record, bool tried) {
         sealed = true;
     }
     Batch &b = building_[lane];
-    if (b.records.empty()) b.records.reserve(std::min<size_t>(max_records_, 256));
+    if (b.records.empty()) b.records.reserve(max_records_);
     b.bytes += record.wire_bytes;
     b.tried |= tried;
     b.records.push_back(std::move(record));
@@ -347,55 +354,55 @@ void Delivery::pump(int timeout_ms, bool flush) {
 
 // ---------------------------------------------------------------- pacing
 
-void Delivery::prune(IdWindow &w, Clock::time_point now) const {
-    while (!w.log.empty() && now - w.log.front().first >= id_window_) {
-        w.counted -= w.log.front().second;
-        w.log.pop_front();
+void Delivery::prune(Clock::time_point now) {
+    while (!answered_.empty() && now - answered_.front().first >= id_window_) {
+        for (IdWindow *w : answered_.front().second) w->counted--;
+        answered_.pop_front();
     }
 }
 
-bool Delivery::id_admits(Windows &windows, const std::string &id, Clock::time_point now) {
-    if (id.empty()) return true;
-    auto it = windows.find(id);
-    if (it == windows.end()) return true;
-    IdWindow &w = it->second;
-    prune(w, now);
-    return now >= w.paused_until && w.reserved + w.counted < id_budget_;
+// Takes one event of allowance from each of the record's IDs, if all have it.
+bool Delivery::admit(const Record &r, Clock::time_point now) {
+    prune(now);
+    IdWindow *user = r.user_id.empty() ? nullptr : &users_[r.user_id];
+    IdWindow *device = r.device_id.empty() ? nullptr : &devices_[r.device_id];
+    auto open = [&](const IdWindow *w) {
+        return !w || (now >= w->paused_until && w->reserved + w->counted < id_budget_);
+    };
+    if (!open(user) || !open(device)) return false;
+    if (user) user->reserved++;
+    if (device) device->reserved++;
+    if (users_.size() + devices_.size() > sweep_at_) sweep_windows(now);
+    return true;
 }
 
-bool Delivery::admits(const Record &r, Clock::time_point now) {
-    return id_admits(users_, r.user_id, now) && id_admits(devices_, r.device_id, now);
-}
-
-void Delivery::reserve(const Record &r, int delta) {
+void Delivery::unreserve(const Record &r) {
     if (!pacing_) return;
-    if (!r.user_id.empty()) users_[r.user_id].reserved += delta;
-    if (!r.device_id.empty()) devices_[r.device_id].reserved += delta;
-    if (delta > 0 && users_.size() + devices_.size() > sweep_at_) sweep_windows(now_());
+    if (!r.user_id.empty()) users_[r.user_id].reserved--;
+    if (!r.device_id.empty()) devices_[r.device_id].reserved--;
 }
 
 void Delivery::count_answered(const std::vector<Record> &records, Clock::time_point now) {
+    std::vector<IdWindow *> ids;
+    ids.reserve(2 * records.size());
     auto count = [&](Windows &windows, const std::string &id) {
         if (id.empty()) return;
         IdWindow &w = windows[id];
         w.reserved--;
         w.counted++;
-        if (!w.log.empty() && w.log.back().first == now) {
-            w.log.back().second++;
-        } else {
-            w.log.emplace_back(now, 1);
-        }
+        ids.push_back(&w);
     };
     for (const Record &r : records) {
         count(users_, r.user_id);
         count(devices_, r.device_id);
     }
+    answered_.emplace_back(now, std::move(ids));
 }
 
 void Delivery::sweep_windows(Clock::time_point now) {
+    prune(now);
     for (Windows *windows : {&users_, &devices_}) {
         for (auto it = windows->begin(); it != windows->end();) {
-            prune(it->second, now);
             bool idle = it->second.reserved == 0 && it->second.counted == 0 && now >= it->second.paused_until;
             it = idle ? windows->erase(it) : std::next(it);
         }
@@ -420,7 +427,7 @@ void Delivery::hold_keys(Queue::iterator later, size_t lane, std::vector<Record>
             Record &r = b.records[i];
             if (keys.count(r.ordering_key())) {
                 b.bytes -= r.wire_bytes;
-                if (b.reserved) reserve(r, -1);  // admitted again when released
+                if (b.reserved) unreserve(r);  // admitted again when released
                 std::string key = r.ordering_key();
                 moved[key].push_back({std::move(r), b.tried});
             } else {
@@ -466,8 +473,7 @@ void Delivery::release_held_records(Clock::time_point now) {
         Held *h = heap.back().second;
         heap.pop_back();
         HeldRecord &front = h->records.front();
-        if (pacing_ && !admits(front.record, now)) continue;  // the key waits on
-        if (pacing_) reserve(front.record, 1);
+        if (pacing_ && !admit(front.record, now)) continue;  // the key waits on
         held_bytes_ -= front.record.wire_bytes + sizeof(HeldRecord);
         place(std::move(front.record), front.tried);
         h->records.pop_front();

@@ -193,8 +193,7 @@ private:
     // then by the time of their answer (Amplitude saw them before it).
     struct IdWindow {
         uint32_t reserved = 0;
-        uint32_t counted = 0;  // sum of log
-        std::deque<std::pair<Clock::time_point, uint32_t>> log;
+        uint32_t counted = 0;  // answered within the window (see answered_)
         Clock::time_point paused_until{};  // after a 429 naming the ID
     };
     using Windows = std::unordered_map<std::string, IdWindow>;
@@ -216,11 +215,10 @@ private:
     void finish_sending();
     void pump(int timeout_ms, bool flush = false);
     // Per-ID pacing.
-    bool admits(const Record &record, Clock::time_point now);
-    bool id_admits(Windows &windows, const std::string &id, Clock::time_point now);
-    void reserve(const Record &record, int delta);
+    bool admit(const Record &record, Clock::time_point now);
+    void unreserve(const Record &record);
     void count_answered(const std::vector<Record> &records, Clock::time_point now);
-    void prune(IdWindow &window, Clock::time_point now) const;
+    void prune(Clock::time_point now);
     void sweep_windows(Clock::time_point now);
     void hold(Record &&record, bool tried);
     // Moves the records of keys (this batch's, then the later ones of its
@@ -263,6 +261,9 @@ private:
     uint32_t id_budget_ = 0;  // events of one ID per window
     Clock::duration id_window_{};
     Windows users_, devices_;
+    // The IDs of each answer, oldest first: their counts leave the window
+    // together (map nodes stay put until swept, and a swept ID counts none).
+    std::deque<std::pair<Clock::time_point, std::vector<IdWindow *>>> answered_;
     size_t sweep_at_ = 0;
     std::unordered_map<std::string, Held> held_;  // by ordering key
     size_t held_bytes_ = 0;
