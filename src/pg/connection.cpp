@@ -29,7 +29,6 @@ const OptionSpec kOptions[] = {
     {"max_retry_seconds", ForeignServerRelationId, OptionKind::kInt, false, 0, 86400},
     {"retry_backoff_ms", ForeignServerRelationId, OptionKind::kInt, false, 1, 600000},
     {"throttle_pause_ms", ForeignServerRelationId, OptionKind::kInt, false, 1, 3600000},
-    {"max_events_per_second", ForeignServerRelationId, OptionKind::kInt, false, 1, 1000000},
     {"api_key", UserMappingRelationId, OptionKind::kSecret, false, 0, 0},
 };
 
@@ -88,7 +87,7 @@ void check_option(DefElem *def, Oid catalog) {
     }
     switch (spec->kind) {
         case OptionKind::kRegion:
-            if (pg_strcasecmp(value, "us") != 0 && pg_strcasecmp(value, "eu") != 0)
+            if (strcmp(value, "us") != 0 && strcmp(value, "eu") != 0)
                 ereport(ERROR, (errcode(ERRCODE_FDW_INVALID_ATTRIBUTE_VALUE),
                                 errmsg("invalid value for option \"region\": \"%s\"", value),
                                 errhint("Valid values are \"us\" and \"eu\".")));
@@ -202,7 +201,7 @@ void load_connection(const char *server_name, AmpConnection *conn) {
         const char *value = defGetString(def);
         const char *name = def->defname;
         if (strcmp(name, "region") == 0) {
-            if (pg_strcasecmp(value, "eu") == 0) conn->base_url = "https://api.eu.amplitude.com";
+            if (strcmp(value, "eu") == 0) conn->base_url = "https://api.eu.amplitude.com";
         } else if (strcmp(name, "endpoint") == 0) {
             endpoint = value;
         } else if (strcmp(name, "verify_tls") == 0) {
@@ -219,7 +218,6 @@ void load_connection(const char *server_name, AmpConnection *conn) {
             else if (strcmp(name, "max_retry_seconds") == 0) conn->max_retry_seconds = v;
             else if (strcmp(name, "retry_backoff_ms") == 0) conn->retry_backoff_ms = v;
             else if (strcmp(name, "throttle_pause_ms") == 0) conn->throttle_pause_ms = v;
-            else if (strcmp(name, "max_events_per_second") == 0) conn->max_events_per_second = v;
         }
     }
     if (endpoint) {
