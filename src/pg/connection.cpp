@@ -87,7 +87,7 @@ void check_option(DefElem *def, Oid catalog) {
     }
     switch (spec->kind) {
         case OptionKind::kRegion:
-            if (strcmp(value, "us") != 0 && strcmp(value, "eu") != 0)
+            if (pg_strcasecmp(value, "us") != 0 && pg_strcasecmp(value, "eu") != 0)
                 ereport(ERROR, (errcode(ERRCODE_FDW_INVALID_ATTRIBUTE_VALUE),
                                 errmsg("invalid value for option \"region\": \"%s\"", value),
                                 errhint("Valid values are \"us\" and \"eu\".")));
@@ -201,7 +201,7 @@ void load_connection(const char *server_name, AmpConnection *conn) {
         const char *value = defGetString(def);
         const char *name = def->defname;
         if (strcmp(name, "region") == 0) {
-            if (strcmp(value, "eu") == 0) conn->base_url = "https://api.eu.amplitude.com";
+            if (pg_strcasecmp(value, "eu") == 0) conn->base_url = "https://api.eu.amplitude.com";
         } else if (strcmp(name, "endpoint") == 0) {
             endpoint = value;
         } else if (strcmp(name, "verify_tls") == 0) {
