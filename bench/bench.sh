@@ -15,7 +15,9 @@
 # It prints one table (wall time, rows/s, ratio to the lower bound, peak
 # backend memory, bytes sent, and where the extension's time went) and
 # writes it to bench/results.md. BENCH_MEMORY=1 also compares peak memory of
-# amplitude_send_events at 100,000 and 10,000,000 rows.
+# amplitude_send_events at 100,000 and 10,000,000 rows, and of amplitude_identify
+# and CALL run_sync (first run, 10% changed, unchanged) at 100,000 and
+# 10,000,000 users (BENCH_SYNC_ROWS to choose the sizes).
 set -uo pipefail
 source "$(dirname "$0")/../test/harness.sh"
 cd "$HARNESS_REPO"
@@ -121,7 +123,7 @@ for run in $(seq 1 "$RUNS"); do
     run_case "3 amplitude_identify users" "" \
         "SELECT status FROM amplitude_sync.amplitude_identify('sink', 'SELECT user_id, plan, logins, lifetime_value, is_admin, signed_up_at, country, segments, referrer, score, team FROM users')"
     # The sync's first run (not timed), then 1% changed, then nothing changed.
-    [ "$run" = 1 ] && q -c "CALL amplitude_sync.run_sync('bench-users')" >/dev/null
+    [ "$run" = 1 ] && run_case "4 run_sync users, first run" "" "CALL amplitude_sync.run_sync('bench-users')"
     run_case "4a run_sync users, 1% changed" \
         "UPDATE users SET logins = logins + 1 WHERE id % 100 = $run;" "CALL amplitude_sync.run_sync('bench-users')"
     run_case "4b run_sync users, nothing changed" "" "CALL amplitude_sync.run_sync('bench-users')"
@@ -149,6 +151,19 @@ if [ "${BENCH_MEMORY:-0}" = 1 ]; then
         # disk instead of counting in the backend's memory.
         run_case "6 amplitude_send_events, $n rows (memory)" "SET work_mem = '1MB';" \
             "SELECT status FROM amplitude_sync.amplitude_send_events('sink', 'SELECT ''e'' AS event_type, ''user-'' || g % 100000 AS user_id, g AS n, md5(g::text) AS t FROM generate_series(1, $n) g')"
+    done
+    # Saved syncs: peak backend memory of the first run, a run with 10%
+    # changed and an unchanged run, beside the one-shot call of the same rows.
+    for n in ${BENCH_SYNC_ROWS:-100000 10000000}; do
+        q -c "DROP TABLE IF EXISTS mem_users; CREATE TABLE mem_users AS SELECT 'user-' || g AS user_id, g AS n, md5(g::text) AS t FROM generate_series(1, $n) g" >/dev/null
+        q -c "SELECT amplitude_sync.drop_sync(name) FROM amplitude_sync.syncs WHERE name = 'mem-users'" >/dev/null
+        q -c "SELECT name FROM amplitude_sync.create_sync('mem-users', 'sink', 'user', 'mem_users')" >/dev/null
+        run_case "7a amplitude_identify, $n users (memory)" "" \
+            "SELECT status FROM amplitude_sync.amplitude_identify('sink', 'TABLE mem_users')"
+        run_case "7b run_sync first run, $n users (memory)" "" "CALL amplitude_sync.run_sync('mem-users')"
+        run_case "7c run_sync 10% changed, $n users (memory)" "UPDATE mem_users SET n = n + 1 WHERE n % 10 = 0;" \
+            "CALL amplitude_sync.run_sync('mem-users')"
+        run_case "7d run_sync unchanged, $n users (memory)" "" "CALL amplitude_sync.run_sync('mem-users')"
     done
 fi
 

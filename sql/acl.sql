@@ -3,7 +3,18 @@
 -- a grant, drops a function's search_path or makes one SECURITY DEFINER
 -- changes this output.
 SELECT pg_describe_object(d.classid, d.objid, d.objsubid) AS object,
-       coalesce(c.relacl::text, p.proacl::text, n.nspacl::text, w.fdwacl::text, t.typacl::text, '') AS acl,
+       -- Privileges of anyone but the owner (PUBLIC included), defaults made
+       -- explicit: what least privilege is about, the same on every version.
+       coalesce((SELECT string_agg(CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END
+                                   || ':' || a.privilege_type, ', ' ORDER BY 1)
+                 FROM aclexplode(coalesce(c.relacl, p.proacl, n.nspacl, w.fdwacl, t.typacl,
+                                          acldefault(CASE WHEN c.oid IS NOT NULL THEN (CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END)::"char"
+                                                          WHEN p.oid IS NOT NULL THEN 'f'
+                                                          WHEN n.oid IS NOT NULL THEN 'n'
+                                                          WHEN w.oid IS NOT NULL THEN 'F'
+                                                          WHEN t.oid IS NOT NULL THEN 'T' END,
+                                                     coalesce(c.relowner, p.proowner, n.nspowner, w.fdwowner, t.typowner)))) a
+                 WHERE a.grantee <> coalesce(c.relowner, p.proowner, n.nspowner, w.fdwowner, t.typowner)), '') AS granted,
        coalesce(CASE WHEN c.relkind = 'r' THEN 'rls=' || c.relrowsecurity END,
                 CASE WHEN p.oid IS NOT NULL THEN
                     l.lanname || CASE WHEN p.prosecdef THEN ' security definer' ELSE '' END
@@ -20,7 +31,10 @@ WHERE d.refclassid = 'pg_extension'::regclass
   AND d.deptype = 'e'
 ORDER BY 1;
 -- The schema: USAGE for every role (to read its own history).
-SELECT nspname, nspacl FROM pg_namespace WHERE nspname = 'amplitude_sync';
+SELECT nspname, (SELECT string_agg(CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END
+                                   || ':' || a.privilege_type, ', ' ORDER BY 1)
+                 FROM aclexplode(nspacl) a WHERE a.grantee <> nspowner) AS granted
+FROM pg_namespace WHERE nspname = 'amplitude_sync';
 -- No column-level grants.
 SELECT a.attrelid::regclass, a.attname, a.attacl FROM pg_attribute a
 JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = a.attrelid AND d.deptype = 'e'

@@ -9,9 +9,12 @@ void enter_role_scope(RoleScope *scope, Oid role, const char *search_path, bool 
     scope->guc_nest_level = NewGUCNestLevel();
     (void)set_config_option("search_path", search_path, PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0,
                             false);
-    if (read_only)
-        (void)set_config_option("transaction_read_only", "on", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true,
-                                0, false);
+    // The transaction's read-only flag itself (PostgreSQL 17 refuses
+    // transaction_read_only as a function-local setting). An error inside
+    // needs no clean-up: a subtransaction's abort restores the flag, and the
+    // next transaction starts from the default.
+    scope->saved_read_only = XactReadOnly;
+    if (read_only) XactReadOnly = true;
 }
 
 void leave_role_scope(const RoleScope *scope) {
@@ -19,6 +22,7 @@ void leave_role_scope(const RoleScope *scope) {
     // undone, as for VACUUM's and REFRESH MATERIALIZED VIEW's restricted
     // operations; the caller's session keeps its own settings.
     AtEOXact_GUC(false, scope->guc_nest_level);
+    XactReadOnly = scope->saved_read_only;
     SetUserIdAndSecContext(scope->saved_user, scope->saved_context);
 }
 

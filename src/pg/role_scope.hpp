@@ -19,6 +19,7 @@ struct RoleScope {
     Oid saved_user;
     int saved_context;
     int guc_nest_level;
+    bool saved_read_only;
 };
 
 // Becomes role (InvalidOid: stays the current user, still restricted) with
