@@ -29,6 +29,9 @@ LEFT JOIN pg_type t ON d.classid = 'pg_type'::regclass AND t.oid = d.objid
 WHERE d.refclassid = 'pg_extension'::regclass
   AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'amplitude_sync')
   AND d.deptype = 'e'
+  -- Row and array types go with their tables (PostgreSQL 17 lists them too).
+  AND NOT (t.oid IS NOT NULL AND (t.typcategory = 'A' OR EXISTS (SELECT FROM pg_class r
+                                                                WHERE r.oid = t.typrelid AND r.relkind <> 'c')))
 ORDER BY 1;
 -- The schema: USAGE for every role (to read its own history).
 SELECT nspname, (SELECT string_agg(CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END

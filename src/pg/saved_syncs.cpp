@@ -741,6 +741,10 @@ Datum amplitude_sync_run_sync(PG_FUNCTION_ARGS) {
         MemoryContextSwitchTo(segments.context);
         ErrorData *error = CopyErrorData();
         FlushErrorState();
+        if (segments.hooks.materialized) {
+            tuplestore_end(segments.hooks.materialized);
+            segments.hooks.materialized = nullptr;
+        }
         if (segments.in_subtransaction) {
             segments.in_subtransaction = false;
             RollbackAndReleaseCurrentSubTransaction();

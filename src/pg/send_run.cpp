@@ -380,17 +380,14 @@ struct RowSource {
     ColumnReader *readers;
 };
 
-// What the run's memory-context callback releases.
+// What the run's memory-context callback releases. (Not the store of a
+// materialized source: a callback may run after the memory of a sibling or
+// child context is gone; the store is ended explicitly, see RunSegments.)
 struct RunResources {
     SendRun *run;
-    Tuplestorestate *store;
 };
 
-void release_run_resources(void *arg) {
-    RunResources *resources = static_cast<RunResources *>(arg);
-    if (resources->store) tuplestore_end(resources->store);
-    delete resources->run;
-}
+void release_run_resources(void *arg) { delete static_cast<RunResources *>(arg)->run; }
 
 // Prepares the query and opens a cursor on it, in the source's scope.
 void open_source(const SendSpec *spec, RowSource *source) {
@@ -425,10 +422,13 @@ SPITupleTable *fetch_source_rows(const SendSpec *spec, RowSource *source, long c
 }
 
 // Reads the rest of the source into a tuplestore that outlives commits.
-void materialize_source(const SendSpec *spec, RowSource *source, MemoryContext context, RunResources *resources) {
-    MemoryContext outer = MemoryContextSwitchTo(context);
+void materialize_source(const SendSpec *spec, RowSource *source, MemoryContext context) {
+    // The store outlives commits (interXact) and is ended by the run, or by
+    // run_sync when the run fails (spec->segments->materialized).
+    MemoryContext outer = MemoryContextSwitchTo(MemoryContextGetParent(context));
     source->store = tuplestore_begin_heap(false, true, work_mem);
-    resources->store = source->store;
+    spec->segments->materialized = source->store;
+    MemoryContextSwitchTo(context);
     source->slot = MakeSingleTupleTableSlot(source->desc, &TTSOpsMinimalTuple);
     MemoryContextSwitchTo(outer);
     uint64 fetched;
@@ -601,7 +601,7 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
         // About once a second: publish the counts, keep what Amplitude confirmed.
         if (spec->segments && more && TimestampDifferenceExceeds(last_commit, GetCurrentTimestamp(), 1000)) {
             run_log_progress(log, rows_read, static_cast<int64>(run->unchanged), &run->main->delivery.stats());
-            if (source.portal) materialize_source(spec, &source, run_context, resources);
+            if (source.portal) materialize_source(spec, &source, run_context);
             spec->segments->commit(spec->segments);
             last_commit = GetCurrentTimestamp();
         }
@@ -705,6 +705,10 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
                         run_log_elapsed(log)};
     bool result_nulls[10] = {false, false, false, false, false, false, false, false, false, false};
     HeapTuple tuple = heap_form_tuple(BlessTupleDesc(result_desc), result, result_nulls);
+    if (source.store) {
+        tuplestore_end(source.store);
+        spec->segments->materialized = nullptr;
+    }
     MemoryContextDelete(run_context);
     // Copy the result out of SPI's memory before SPI_finish frees it.
     Datum out = SPI_datumTransfer(HeapTupleGetDatum(tuple), false, -1);

@@ -16,6 +16,9 @@
 // starts the next one (see saved_syncs.cpp).
 struct RunSegments {
     void (*commit)(RunSegments *segments);
+    // The rest of the source, read at the first commit; the caller ends it
+    // when the run fails (the run ends it otherwise).
+    Tuplestorestate *materialized;
 };
 
 // A run's counts as it goes, for the record of a run that fails.
