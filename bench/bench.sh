@@ -155,9 +155,10 @@ if [ "${BENCH_MEMORY:-0}" = 1 ]; then
     # Saved syncs: peak backend memory of the first run, a run with 10%
     # changed and an unchanged run, beside the one-shot call of the same rows.
     for n in ${BENCH_SYNC_ROWS:-100000 10000000}; do
-        q -c "DROP TABLE IF EXISTS mem_users; CREATE TABLE mem_users AS SELECT 'user-' || g AS user_id, g AS n, md5(g::text) AS t FROM generate_series(1, $n) g" >/dev/null
+        # The sync first: its source view depends on the table.
         q -c "SELECT amplitude_sync.drop_sync(name) FROM amplitude_sync.syncs WHERE name = 'mem-users'" >/dev/null
-        q -c "SELECT name FROM amplitude_sync.create_sync('mem-users', 'sink', 'user', 'mem_users')" >/dev/null
+        q -c "DROP TABLE IF EXISTS mem_users" -c "CREATE TABLE mem_users AS SELECT 'user-' || g AS user_id, g AS n, md5(g::text) AS t FROM generate_series(1, $n) g" >/dev/null || exit 1
+        q -c "SELECT name FROM amplitude_sync.create_sync('mem-users', 'sink', 'user', 'mem_users')" >/dev/null || exit 1
         run_case "7a amplitude_identify, $n users (memory)" "" \
             "SELECT status FROM amplitude_sync.amplitude_identify('sink', 'TABLE mem_users')"
         run_case "7b run_sync first run, $n users (memory)" "" "CALL amplitude_sync.run_sync('mem-users')"

@@ -133,6 +133,19 @@ CALL amplitude_sync.run_sync('f_orders') \gset
 \echo status=:status sent=:sent unchanged=:unchanged
 SELECT count(*) AS stored_events FROM mock_events();
 
+-- A run longer than a second reads the rest of its source at its first
+-- commit; with a small work_mem that goes to disk, and rows read back from
+-- there are freed by the run, not per row (a crash before the fix).
+CREATE TABLE f_wide AS SELECT 'wide-' || lpad(g::text, 5, '0') AS user_id, repeat(md5(g::text), 128) AS blob
+FROM generate_series(1, 1500) g;
+SELECT name FROM amplitude_sync.create_sync('f_wide', 'amplitude_mock', 'user', 'f_wide', batch_size => 50);
+SELECT mock_faults('[{"action": "pass", "delay_ms": 250, "times": -1}]');
+SET work_mem = '64kB';
+CALL amplitude_sync.run_sync('f_wide') \gset
+RESET work_mem;
+\echo status=:status rows_read=:rows_read sent=:sent
+SELECT mock_call('DELETE', '/_mock/faults') IS NOT NULL AS cleared;
+
 -- History follows the sync by id through a rename; dropping a sync closes
 -- the runs it left marked running.
 SELECT sync_id AS orders_id FROM amplitude_sync.syncs WHERE name = 'f_orders' \gset

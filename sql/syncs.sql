@@ -127,6 +127,9 @@ SELECT name FROM amplitude_sync.create_sync('clicks', 'amplitude_one', 'event', 
 $$, batch_size => 100);
 SELECT mock_faults('[{"action": "pass", "delay_ms": 250, "times": -1}]');
 SELECT dblink_connect('progress', :'runner_conn');
+-- A tiny work_mem: the rest of the source, read at the first commit, goes
+-- to disk and is read back from there.
+SELECT dblink_exec('progress', $$SET work_mem = '64kB'$$);
 SELECT dblink_send_query('progress', $$CALL amplitude_sync.run_sync('clicks')$$);
 SELECT pg_sleep(2.2);
 SELECT status, rows_read > 0 AS rows_read_so_far, sent > 0 AS sent_so_far, sent < 3000 AS not_done_yet

@@ -559,9 +559,14 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
             if (table) {
                 heap_deform_tuple(table->vals[r], desc, datums, nulls);
             } else {
-                // Materialized: up to fetch_rows rows from the tuplestore.
-                if (r == static_cast<uint64>(fetch_rows) ||
-                    !tuplestore_gettupleslot(source.store, true, false, source.slot)) {
+                // Materialized: up to fetch_rows rows from the tuplestore. A
+                // row read back from disk is palloc'd and freed by the slot at
+                // the next read: it must not live in the per-row context.
+                MemoryContextSwitchTo(outer);
+                bool got = r < static_cast<uint64>(fetch_rows) &&
+                           tuplestore_gettupleslot(source.store, true, false, source.slot);
+                MemoryContextSwitchTo(row_context);
+                if (!got) {
                     if (r < static_cast<uint64>(fetch_rows)) more = false;
                     MemoryContextSwitchTo(outer);
                     break;
