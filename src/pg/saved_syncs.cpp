@@ -27,6 +27,7 @@ struct SavedSync {
     const char *server;
     const char *object;
     const char *behaviour;
+    const char *api;
     const char *source;
     Oid source_view;
     const char *search_path;
@@ -84,7 +85,7 @@ void load_saved_sync(const char *name, SavedSync *sync) {
         "AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_foreign_server'::pg_catalog.regclass), "
         "s.server::pg_catalog.text), s.object, s.behaviour, s.source, "
         "s.source_view::pg_catalog.oid, s.search_path, s.operations::pg_catalog.text, s.nulls, s.properties_event, "
-        "s.batch_size, s.min_id_length "
+        "s.batch_size, s.min_id_length, s.api "
         "FROM amplitude_sync.syncs s JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.source_view "
         "WHERE s.name OPERATOR(pg_catalog.=) $1",
         1, argtypes, args, nullptr, true, 1);
@@ -113,6 +114,7 @@ void load_saved_sync(const char *name, SavedSync *sync) {
     Datum batch = SPI_getbinval(tuple, desc, 13, &isnull);
     sync->batch_size = isnull ? kNotGiven : DatumGetInt32(batch);
     sync->min_id_length = DatumGetInt32(SPI_getbinval(tuple, desc, 14, &isnull));
+    sync->api = copied_value(tuple, desc, 15);
 }
 
 CallArguments sync_arguments(const SavedSync *sync) {
@@ -170,21 +172,6 @@ void sync_spec(const SavedSync *sync, const char *api, bool with_state, SendSpec
         "FROM %s src LEFT JOIN amplitude_sync.sync_state st "
         "ON st.sync_id OPERATOR(pg_catalog.=) %d AND st.record_key OPERATOR(pg_catalog.=) %s",
         key, view, sync->sync_id, key);
-}
-
-// The api a sync is stored with.
-const char *stored_api(int sync_id) {
-    RoleScope scope;
-    enter_extension_scope(&scope);
-    Oid argtypes[1] = {INT4OID};
-    Datum args[1] = {Int32GetDatum(sync_id)};
-    if (SPI_execute_with_args("SELECT api FROM amplitude_sync.syncs WHERE sync_id OPERATOR(pg_catalog.=) $1", 1,
-                              argtypes, args, nullptr, true, 1) != SPI_OK_SELECT ||
-        SPI_processed != 1)
-        elog(ERROR, "amplitude_sync: sync %d vanished", sync_id);
-    const char *api = copied_value(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-    leave_role_scope(&scope);
-    return api;
 }
 
 void execute_as_extension(const char *sql) {
@@ -287,7 +274,7 @@ void check_sync(const SavedSync *sync, const char *api) {
     check_source_columns(&spec);
 }
 
-Datum sync_row(FunctionCallInfo fcinfo, int sync_id) {
+Datum sync_row(int sync_id) {
     RoleScope scope;
     enter_extension_scope(&scope);
     Oid argtypes[1] = {INT4OID};
@@ -299,7 +286,6 @@ Datum sync_row(FunctionCallInfo fcinfo, int sync_id) {
     bool isnull;
     Datum row = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
     leave_role_scope(&scope);
-    (void)fcinfo;
     return SPI_datumTransfer(row, false, -1);
 }
 
@@ -495,7 +481,7 @@ Datum amplitude_sync_create_sync(PG_FUNCTION_ARGS) {
             14, argtypes, args, nulls, false, 0) != SPI_OK_INSERT)
         elog(ERROR, "amplitude_sync: could not save the sync");
     leave_role_scope(&scope);
-    Datum row = sync_row(fcinfo, sync.sync_id);
+    Datum row = sync_row(sync.sync_id);
     SPI_finish();
     PG_RETURN_DATUM(row);
 }
@@ -509,7 +495,7 @@ Datum amplitude_sync_alter_sync(PG_FUNCTION_ARGS) {
     if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
     SavedSync sync;
     load_saved_sync(name, &sync);
-    const char *api = stored_api(sync.sync_id);
+    const char *api = sync.api;
     if (!PG_ARGISNULL(1)) sync.server = pstrdup(NameStr(*PG_GETARG_NAME(1)));
     const char *new_source = optional_text_arg(fcinfo, 2);
     if (!PG_ARGISNULL(3)) {
@@ -581,7 +567,7 @@ Datum amplitude_sync_alter_sync(PG_FUNCTION_ARGS) {
                                       quote_identifier(psprintf("sync_%d_source_new", sync.sync_id)),
                                       quote_identifier(psprintf("sync_%d_source", sync.sync_id))));
     }
-    Datum row = sync_row(fcinfo, sync.sync_id);
+    Datum row = sync_row(sync.sync_id);
     SPI_finish();
     PG_RETURN_DATUM(row);
 }
@@ -621,7 +607,7 @@ Datum amplitude_sync_resync(PG_FUNCTION_ARGS) {
     SavedSync sync;
     load_saved_sync(name, &sync);
     SendSpec spec;
-    sync_spec(&sync, stored_api(sync.sync_id), false, &spec);
+    sync_spec(&sync, sync.api, false, &spec);
     if (!predicate && spec.options.target == Target::kEvents)
         ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
                         errmsg("resync of append sync \"%s\" needs a predicate", sync.name),
@@ -688,7 +674,7 @@ Datum amplitude_sync_run_sync(PG_FUNCTION_ARGS) {
     if (SPI_connect_ext(SPI_OPT_NONATOMIC) != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
     SavedSync sync;
     load_saved_sync(name, &sync);
-    const char *api = stored_api(sync.sync_id);
+    const char *api = sync.api;
     CallOptions options;
     {
         CallArguments arguments = sync_arguments(&sync);
@@ -779,7 +765,7 @@ Datum amplitude_sync_preview_sync(PG_FUNCTION_ARGS) {
     AmpConnection conn;
     load_owner_connection(&sync, &conn);
     SendSpec spec;
-    sync_spec(&sync, stored_api(sync.sync_id), true, &spec);
+    sync_spec(&sync, sync.api, true, &spec);
     spec.preview = true;
     spec.include_unchanged = !PG_ARGISNULL(1) && PG_GETARG_BOOL(1);
     spec.rsinfo = rsinfo;
