@@ -18,6 +18,9 @@
 # REGRESS list except `cron` (pg_cron for 17/18 does not load on Debian 12's
 # glibc), and the search of the server log for the API key.
 #
+# AMPLITUDE_SYNC_PG_KEEP=1 keeps the work directory ($WORK/<version>/build/results holds
+# each test's output, to compare with expected/).
+#
 # Downloads are checked against pinned SHA-256 sums and cached in
 # $AMPLITUDE_SYNC_PG_CACHE (default /var/cache/amplitude_sync-pg as root,
 # ~/.cache/amplitude_sync-pg otherwise). Exits non-zero if any version fails.
@@ -235,7 +238,8 @@ harness_install_packages || exit 1
 
 WORK=$(mktemp -d /tmp/amplitude_sync-pgv.XXXXXX)
 chmod 755 "$WORK"   # the cluster's user reads the assembled trees
-trap 'rm -rf "$WORK"' EXIT
+# AMPLITUDE_SYNC_PG_KEEP=1 keeps the directory (results/ and regression.diffs of each version).
+if [ -n "${AMPLITUDE_SYNC_PG_KEEP:-}" ]; then log "keeping $WORK"; else trap 'rm -rf "$WORK"' EXIT; fi
 
 declare -A result
 for v in $VERSIONS; do
