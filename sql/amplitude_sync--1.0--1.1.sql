@@ -32,6 +32,20 @@ DROP FUNCTION amplitude_sync._check_source(pg_catalog.text, pg_catalog.text, pg_
 DROP FUNCTION amplitude_sync._sync_query(amplitude_sync.syncs);
 DROP FUNCTION amplitude_sync._record_key_expression(pg_catalog.text);
 
+-- /identify takes no options: a user or device sync's min_id_length was
+-- never honoured (Amplitude refused shorter IDs), and 1.1 refuses it.
+DO $$
+DECLARE
+    s record;
+BEGIN
+    FOR s IN UPDATE amplitude_sync.syncs SET min_id_length = 5
+             WHERE object OPERATOR(pg_catalog.<>) 'event' AND min_id_length OPERATOR(pg_catalog.<>) 5
+             RETURNING name LOOP
+        RAISE WARNING 'sync "%" now uses min_id_length 5', s.name
+            USING DETAIL = 'Amplitude''s /identify endpoint takes no options and refuses IDs shorter than 5 characters.';
+    END LOOP;
+END $$;
+
 -- Sources become views owned by the syncs' owners; the owner column goes
 -- (the view's owner is the sync's owner).
 DROP POLICY own_syncs ON amplitude_sync.syncs;

@@ -32,6 +32,27 @@ $$, api => 'batch');
 SELECT r->>'path' AS path, jsonb_array_length(r->'events') AS events, (r->>'body_bytes')::int > 2000000 AS over_2mb
 FROM mock_requests() r;
 
+-- Backfilling history through /batch: a query without a decision on
+-- skip_user_properties_sync gets the NOTICE above; with true, historical
+-- events leave users' current properties alone (Amplitude's backfill guide),
+-- with false they overwrite them (Amplitude's default), silently.
+SELECT mock_reset();
+SELECT status, sent FROM amplitude_sync.amplitude_send_events('amplitude_mock', $$
+    SELECT 'Plan Changed' AS event_type, 'user-now-1' AS user_id, '{"plan": "enterprise"}'::jsonb AS user_properties
+$$);
+SELECT status, sent FROM amplitude_sync.amplitude_send_events('amplitude_mock', $$
+    SELECT 'Plan Changed' AS event_type, 'user-now-1' AS user_id, '{"plan": "free"}'::jsonb AS user_properties,
+           timestamptz '2021-01-01' AS time, true AS skip_user_properties_sync
+$$, api => 'batch');
+SELECT u->'user_properties'->>'plan' AS plan_after_backfill FROM mock_users() u WHERE u->>'user_id' = 'user-now-1';
+SELECT e->>'$path' AS path, e->>'$skip_user_properties_sync' AS skip_sync
+FROM mock_events() e WHERE e->>'user_id' = 'user-now-1' ORDER BY (e->>'$seq')::int;
+SELECT status, sent FROM amplitude_sync.amplitude_send_events('amplitude_mock', $$
+    SELECT 'Plan Changed' AS event_type, 'user-now-1' AS user_id, '{"plan": "free"}'::jsonb AS user_properties,
+           timestamptz '2021-01-01' AS time, false AS skip_user_properties_sync
+$$, api => 'batch');
+SELECT u->'user_properties'->>'plan' AS plan_after_overwrite FROM mock_users() u WHERE u->>'user_id' = 'user-now-1';
+
 -- batch_size lowers the events per request.
 SELECT mock_reset();
 SELECT sent, requests FROM amplitude_sync.amplitude_send_events('amplitude_mock', $$

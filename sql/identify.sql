@@ -138,3 +138,21 @@ SELECT * FROM amplitude_sync.amplitude_identify('amplitude_mock', $$SELECT 'user
 SELECT * FROM amplitude_sync.amplitude_identify('amplitude_mock', $$SELECT 'user-00001' AS user_id, 'a' AS groups$$);
 SELECT * FROM amplitude_sync.amplitude_identify('amplitude_mock', $$SELECT 'user-00001' AS user_id$$, batch_size => 2000);
 SELECT * FROM amplitude_sync.amplitude_identify('amplitude_mock', $$SELECT 'user-00001' AS user_id$$, properties_event => '');
+
+-- min_id_length: /identify takes no options and refuses IDs shorter than 5,
+-- so a shorter minimum is refused for users and devices (and their saved
+-- syncs) rather than sending rows Amplitude would refuse; 5 is what it enforces.
+SELECT * FROM amplitude_sync.amplitude_identify('amplitude_mock', $$SELECT 'abc' AS user_id$$, min_id_length => 3);
+SELECT * FROM amplitude_sync.amplitude_identify('amplitude_mock', $$SELECT 'abc' AS device_id$$, object => 'device',
+    min_id_length => 3, properties_event => 'Properties Updated');
+SELECT * FROM amplitude_sync.create_sync('short_ids', 'amplitude_mock', 'user', $$SELECT 'abc' AS user_id$$,
+    min_id_length => 3);
+SELECT mock_reset();
+SELECT status, sent, rejected FROM amplitude_sync.amplitude_identify('amplitude_mock',
+    $$SELECT 'abc' AS user_id, 'pro' AS plan$$, min_id_length => 5);
+SELECT reason FROM amplitude_sync.rejected_records WHERE run_id = (SELECT max(run_id) FROM amplitude_sync.sync_runs);
+-- The way to reach users with shorter IDs: events, where the option exists.
+SELECT status, sent FROM amplitude_sync.amplitude_send_events('amplitude_mock',
+    $$SELECT 'Plan Changed' AS event_type, 'abc' AS user_id, '{"plan": "pro"}'::jsonb AS user_properties$$,
+    min_id_length => 3);
+SELECT u->>'user_id' AS user_id, u->'user_properties'->>'plan' AS plan FROM mock_users() u;

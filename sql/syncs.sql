@@ -56,6 +56,22 @@ SELECT count(*) AS received,
 FROM mock_requests() r, jsonb_array_elements(r->'identification') i;
 SELECT u->>'user_id' AS user_id, u->'user_properties'->>'plan' AS plan FROM mock_users() u ORDER BY 1;
 
+-- With properties_event, the preview shows the events sent beside the
+-- identifications (to /2/httpapi, payload as sent) and counts them.
+SELECT name FROM amplitude_sync.create_sync('users_evented', 'amplitude_mock', 'user',
+    $$SELECT user_id, plan FROM customers WHERE user_id IN ('user-00001', 'user-00002')$$,
+    properties_event => 'Properties Updated');
+SELECT record_key, action, endpoint, payload FROM amplitude_sync.preview_sync('users_evented') ORDER BY record_key, endpoint;
+CREATE TEMP TABLE previewed_events AS
+SELECT payload::jsonb AS payload FROM amplitude_sync.preview_sync('users_evented') WHERE endpoint = '/2/httpapi';
+SELECT mock_reset();
+CALL amplitude_sync.run_sync('users_evented') \gset
+\echo status=:status sent=:sent requests=:requests
+SELECT count(*) AS events_received,
+       count(*) FILTER (WHERE e IN (SELECT payload FROM previewed_events)) AS as_previewed
+FROM mock_requests() r, jsonb_array_elements(r->'events') e WHERE r->>'path' = '/2/httpapi';
+SELECT amplitude_sync.drop_sync('users_evented');
+
 -- A mapping change makes every record count as changed.
 SELECT mock_reset();
 SELECT name, operations FROM amplitude_sync.alter_sync('users', operations => '{"score": "$setOnce"}');

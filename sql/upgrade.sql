@@ -71,16 +71,17 @@ GRANT USAGE ON FOREIGN SERVER amplitude_mock TO regress_upgrade_owner;
 CREATE ROLE "Regress Upgrade Rogue";
 CREATE TABLE upgrade_customers AS SELECT 'upgrade-' || g AS user_id, 'free' AS plan FROM generate_series(1, 20) g;
 GRANT SELECT ON upgrade_customers TO regress_upgrade_owner;
--- As 1.0 left them: two syncs (a table source and a query source), the
--- state of a first run, its history and a rejected row.
-INSERT INTO amplitude_sync.syncs (name, owner, server, object, behaviour, source, source_query)
+-- As 1.0 left them: two syncs (a table source and a query source; the user
+-- sync with a min_id_length /identify never honoured), the state of a first
+-- run, its history and a rejected row.
+INSERT INTO amplitude_sync.syncs (name, owner, server, object, behaviour, source, source_query, min_id_length)
 VALUES ('users', 'regress_upgrade_owner', 'amplitude_mock', 'user', 'update_or_create',
-        'upgrade_customers', 'SELECT * FROM upgrade_customers'),
+        'upgrade_customers', 'SELECT * FROM upgrade_customers', 3),
        ('signups', 'regress_upgrade_owner', 'amplitude_mock', 'event', 'append',
         $$SELECT 'Signed Up' AS event_type, user_id, 'signup-' || user_id AS insert_id FROM upgrade_customers$$,
-        $$SELECT 'Signed Up' AS event_type, user_id, 'signup-' || user_id AS insert_id FROM upgrade_customers$$),
+        $$SELECT 'Signed Up' AS event_type, user_id, 'signup-' || user_id AS insert_id FROM upgrade_customers$$, 3),
        ('rogue', '"Regress Upgrade Rogue"', 'amplitude_mock', 'user', 'update_or_create', 'x',
-        $$SELECT 'rogue-1' AS user_id; ALTER ROLE "Regress Upgrade Rogue" SUPERUSER; SELECT 1$$);
+        $$SELECT 'rogue-1' AS user_id; ALTER ROLE "Regress Upgrade Rogue" SUPERUSER; SELECT 1$$, 5);
 INSERT INTO amplitude_sync.sync_state (sync_id, record_key, fingerprint, sent_at)
 SELECT s.sync_id, k, f::uuid, now() FROM amplitude_sync.syncs s, (VALUES :state_rows) AS v(k, f) WHERE s.name = 'users';
 INSERT INTO amplitude_sync.sync_runs (sync_name, function_name, server_name, endpoint, run_by, started_at,
@@ -97,8 +98,9 @@ ALTER EXTENSION amplitude_sync UPDATE TO '1.1';
 SELECT extversion FROM pg_extension WHERE extname = 'amplitude_sync';
 SELECT rolsuper AS rogue_is_superuser FROM pg_roles WHERE rolname = 'Regress Upgrade Rogue';
 
--- The syncs, with their sources as views owned by their owner.
-SELECT s.name, s.source, s.source_view, pg_get_userbyid(c.relowner) AS owner, s.search_path
+-- The syncs, with their sources as views owned by their owner (and the
+-- user sync's min_id_length at the 5 /identify enforces).
+SELECT s.name, s.source, s.source_view, pg_get_userbyid(c.relowner) AS owner, s.search_path, s.min_id_length
 FROM amplitude_sync.syncs s JOIN pg_class c ON c.oid = s.source_view ORDER BY s.sync_id;
 -- The history follows its sync by id; the rejected row is kept.
 SELECT r.sync_name, r.sync_id = s.sync_id AS linked, r.status, r.sent, r.rejected

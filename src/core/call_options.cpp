@@ -88,17 +88,21 @@ CallOptions check_call_arguments(const CallArguments &a) {
                             "Give an event type of your own such as 'Properties Updated'.");
         o.properties_event = a.properties_event;
     }
-    if (a.skip_user_properties_sync && !events)
-        throw PlanError("22023", "skip_user_properties_sync applies to events only",
-                        "Identifications are user property updates themselves.",
-                        "Leave skip_user_properties_sync out for object \"" + object + "\".");
-    o.skip_user_properties_sync = a.skip_user_properties_sync;
     o.endpoint = events ? (batch ? &kBatchEndpoint : &kHttpApiEndpoint)
                         : (o.target == Target::kGroup ? &kGroupIdentifyEndpoint : &kIdentifyEndpoint);
     if (a.batch_size != kNotGiven) check_range("batch_size", a.batch_size, 1, o.endpoint->max_records);
     o.batch_size = a.batch_size;
     o.max_records = a.batch_size != kNotGiven ? a.batch_size : o.endpoint->max_records;
     check_range("min_id_length", a.min_id_length, 1, 1000);
+    // Only the event endpoints take options; /identify and /groupidentify
+    // refuse IDs shorter than 5 whatever the call says.
+    if (!events && a.min_id_length != 5)
+        throw PlanError("22023", "min_id_length applies to events only",
+                        "Amplitude's /identify endpoint takes no options and refuses user and device IDs shorter "
+                        "than 5 characters.",
+                        "Leave min_id_length out for object \"" + object +
+                            "\"; to set properties of users with shorter IDs, send events that carry them in "
+                            "a user_properties column with amplitude_send_events(..., min_id_length => N).");
     o.min_id_length = a.min_id_length;
     return o;
 }

@@ -36,7 +36,6 @@ struct CallArguments {
     const char *api = nullptr;         // httpapi | batch (events only)
     const char *nulls = nullptr;       // skip | unset (identify)
     const char *properties_event = nullptr;
-    bool skip_user_properties_sync = false;  // events: leave users' properties alone (backfills)
     int batch_size = kNotGiven;        // not given: the endpoint's maximum
     int min_id_length = 5;
 };
@@ -51,7 +50,6 @@ struct CallOptions {
     const char *nulls = "skip";        // skip or unset
     bool nulls_unset = false;
     const char *properties_event = nullptr;  // the argument's text, or nullptr
-    bool skip_user_properties_sync = false;
     int batch_size = kNotGiven;  // as given
     int min_id_length = 5;
     const Endpoint *endpoint = &kHttpApiEndpoint;

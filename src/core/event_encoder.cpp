@@ -122,8 +122,7 @@ const char *role_field_name(FieldRole role) {
 
 }  // namespace
 
-std::vector<ColumnPlan> plan_event_columns(const std::vector<ColumnInput> &columns,
-                                           const EventOptions &options) {
+std::vector<ColumnPlan> plan_event_columns(const std::vector<ColumnInput> &columns) {
     std::vector<ColumnPlan> plan;
     std::unordered_set<std::string> keys_seen, properties_seen;
     bool has_event_type = false, has_id = false;
@@ -159,10 +158,6 @@ std::vector<ColumnPlan> plan_event_columns(const std::vector<ColumnInput> &colum
                             "column only.",
                             "Give the columns distinct aliases in the query.");
         }
-        if (p.role == FieldRole::kBool && options.skip_user_properties_sync)
-            throw PlanError("42701", "column \"" + col.name + "\" conflicts with skip_user_properties_sync",
-                            "The argument already sets \"$skip_user_properties_sync\" on every event.",
-                            "Drop the column from the query, or the argument from the call.");
         has_event_type |= p.role == FieldRole::kEventType;
         has_id |= p.role == FieldRole::kUserId || p.role == FieldRole::kDeviceId;
         plan.push_back(std::move(p));
@@ -177,6 +172,21 @@ std::vector<ColumnPlan> plan_event_columns(const std::vector<ColumnInput> &colum
         throw PlanError("42703", "query has no column named \"user_id\" or \"device_id\"",
                         "Every Amplitude event needs a user_id or a device_id.", hint);
     return plan;
+}
+
+std::vector<PlanWarning> event_plan_warnings(const std::vector<ColumnPlan> &plan, bool batch_endpoint) {
+    if (!batch_endpoint) return {};
+    bool decided = std::any_of(plan.begin(), plan.end(),
+                               [](const ColumnPlan &p) { return p.role == FieldRole::kBool; });
+    if (decided) return {};
+    PlanWarning w;
+    w.notice = true;
+    w.message = "events sent with api \"batch\" update each user's current properties";
+    w.detail = "Amplitude applies the user properties and the location and device fields of every event to "
+               "its user's profile, so historical events overwrite newer values.";
+    w.hint = "For a backfill of history add true AS skip_user_properties_sync to the query; add false AS "
+             "skip_user_properties_sync to keep Amplitude's default and silence this notice.";
+    return {w};
 }
 
 EventEncoder::EventEncoder(std::vector<ColumnPlan> plan, EventOptions options)
@@ -356,10 +366,6 @@ bool EventEncoder::finish_row(Record &record, Rejection &rejection) {
             identity_.insert_id = derive_insert_id(out);
             if (out.size() > 1) out.push_back(',');
             out.append("\"insert_id\":\"").append(identity_.insert_id).push_back('"');
-        }
-        if (options_.skip_user_properties_sync) {
-            if (out.size() > 1) out.push_back(',');
-            out.append("\"$skip_user_properties_sync\":true");
         }
         out.push_back('}');
 

@@ -21,17 +21,17 @@ namespace amplitude_sync {
 
 struct EventOptions {
     int min_id_length = 5;
-    // Every event carries "$skip_user_properties_sync": true, so historical
-    // events (a backfill on /batch) leave users' current properties alone.
-    // Not part of the derived insert_id: an event re-sent with or without it
-    // stays one event.
-    bool skip_user_properties_sync = false;
 };
 
-// Checks names and types and decides each column's role, given the options
-// (a skip_user_properties_sync column conflicts with the option). Throws PlanError.
-std::vector<ColumnPlan> plan_event_columns(const std::vector<ColumnInput> &columns,
-                                           const EventOptions &options = {});
+// Checks names and types and decides each column's role. Throws PlanError.
+std::vector<ColumnPlan> plan_event_columns(const std::vector<ColumnInput> &columns);
+
+// Notes about a plan. Events sent to /batch are mostly backfills, and
+// Amplitude applies each event's user properties to the user's current
+// profile unless the event carries "$skip_user_properties_sync": a query for
+// /batch without a skip_user_properties_sync column gets a NOTICE asking
+// for the decision (true for history, false to keep Amplitude's default).
+std::vector<PlanWarning> event_plan_warnings(const std::vector<ColumnPlan> &plan, bool batch_endpoint);
 
 class EventEncoder final : public RowEncoder {
 public:

@@ -132,6 +132,14 @@ bool is_reserved_event_type(std::string_view event_type);
 // The reason such an event type is refused, for a rejection or an error.
 std::string reserved_event_type_reason(std::string_view event_type);
 
+// Said to the user once per run, before any row is read: Amplitude would do
+// something with the data the query may not mean (a WARNING), or a choice
+// the user has not made explicit (a NOTICE).
+struct PlanWarning {
+    std::string message, detail, hint;
+    bool notice = false;
+};
+
 // Amplitude's ID rules: returns the reason an ID would be refused, if any.
 std::optional<std::string> check_amplitude_id(std::string_view id, int min_id_length);
 

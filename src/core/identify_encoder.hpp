@@ -33,10 +33,6 @@ struct IdentifyOptions {
 bool is_idempotent_operation(std::string_view op);
 
 // A configuration the glue reports as a WARNING before any row is sent.
-struct PlanWarning {
-    std::string message, detail, hint;
-};
-
 // Warnings about a plan: Amplitude's default fields come from columns named
 // amplitude_<field> (amplitude_country, ...), and Amplitude updates the
 // location fields (country, region, city, dma) and the device fields

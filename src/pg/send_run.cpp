@@ -122,8 +122,9 @@ SendRun *make_send_run(const AmpConnection &conn, const SendSpec &spec,
     if (options.target == Target::kEvents) {
         EventOptions event_options;
         event_options.min_id_length = options.min_id_length;
-        event_options.skip_user_properties_sync = options.skip_user_properties_sync;
-        run->encoder = std::make_unique<EventEncoder>(plan_event_columns(columns, event_options), event_options);
+        auto plan = plan_event_columns(columns);
+        run->plan_warnings = event_plan_warnings(plan, options.endpoint == &kBatchEndpoint);
+        run->encoder = std::make_unique<EventEncoder>(std::move(plan), event_options);
         run->main = std::make_unique<Channel>(std::make_unique<EventsFormat>(conn.api_key, options.min_id_length),
                                               conn, options.endpoint->path, limits, pause_ms);
         return run.release();
@@ -158,12 +159,13 @@ SendRun *make_send_run(const AmpConnection &conn, const SendSpec &spec,
 }
 
 // The synthetic event that makes an identify update visible at once: the
-// same user_properties, on an event of the chosen type.
-void queue_properties_event(SendRun *run) {
-    const std::string &properties = run->identify->last_properties();
-    if (properties.empty()) return;
+// same user_properties, on an event of the chosen type, in run->event
+// (empty when the identification set nothing an event can carry).
+void build_properties_event(SendRun *run) {
     Record &e = run->event;
     e = Record{};
+    const std::string &properties = run->identify->last_properties();
+    if (properties.empty()) return;
     e.row_number = run->record.row_number;
     e.user_id = run->record.user_id;
     e.device_id = run->record.device_id;
@@ -179,7 +181,6 @@ void queue_properties_event(SendRun *run) {
     // Deterministic: the same row re-sent within 7 days is one event.
     e.insert_id = derive_insert_id(e.json);
     e.json.append(",\"insert_id\":\"").append(e.insert_id).append("\"}");
-    run->events->delivery.add(std::move(e));
 }
 
 // What became of a row of a saved sync (and of a previewed row).
@@ -256,8 +257,9 @@ RowAction encode_and_queue(SendRun *run, uint64_t row_number, const Value *value
         run->record.state_key = state_key;
         run->record.fingerprint = fingerprint;
     }
+    if (run->events) build_properties_event(run);
     if (run->preview) return action;
-    if (run->events) queue_properties_event(run);
+    if (run->events && !run->event.json.empty()) run->events->delivery.add(std::move(run->event));
     run->main->delivery.add(std::move(run->record));
     return action;
 }
@@ -294,23 +296,39 @@ const char *action_name(RowAction action) {
     return "";
 }
 
-// One preview row: what the next run would do with this record.
-void put_preview_row(const SendSpec *spec, TupleDesc desc, Tuplestorestate *store, uint64 row_number,
-                     const char *record_key, RowAction action, const SendRun *run, const char *stored_reason) {
-    const std::string *payload = action == RowAction::kRejected ? &run->rejection.record.json : &run->record.json;
-    // A row still rejected shows the reason it was rejected for.
-    const char *reason = action == RowAction::kRejected        ? run->rejection.reason.c_str()
-                         : action == RowAction::kStillRejected ? stored_reason
-                                                               : nullptr;
+// One preview row: what the next run would do with a record (endpoint and
+// payload as they would be sent).
+void put_preview_row(TupleDesc desc, Tuplestorestate *store, uint64 row_number, const char *record_key,
+                     RowAction action, const char *endpoint, const std::string *payload, const char *reason) {
     Datum values[6];
     bool nulls[6] = {false, record_key == nullptr, false, false, payload->empty(), reason == nullptr};
     values[0] = Int64GetDatum(static_cast<int64>(row_number));
     values[1] = record_key ? CStringGetTextDatum(record_key) : (Datum)0;
     values[2] = CStringGetTextDatum(action_name(action));
-    values[3] = CStringGetTextDatum(spec->options.endpoint->path);
+    values[3] = CStringGetTextDatum(endpoint);
     values[4] = payload->empty() ? (Datum)0 : PointerGetDatum(cstring_to_text_with_len(payload->data(), static_cast<int>(payload->size())));
     values[5] = reason ? CStringGetTextDatum(reason) : (Datum)0;
     tuplestore_putvalues(store, desc, values, nulls);
+}
+
+// The preview rows of one source row: the record (a row still rejected shows
+// the reason it was rejected for) and the properties event sent beside it.
+void put_preview_rows(const SendSpec *spec, TupleDesc desc, Tuplestorestate *store, int64 row_number,
+                      const char *record_key, RowAction action, const SendRun *run, const char *stored_reason,
+                      int64 *events_previewed) {
+    if (action == RowAction::kUnchanged && !spec->include_unchanged) return;
+    bool rejected = action == RowAction::kRejected;
+    const char *reason = rejected                               ? run->rejection.reason.c_str()
+                         : action == RowAction::kStillRejected ? stored_reason
+                                                               : nullptr;
+    put_preview_row(desc, store, static_cast<uint64>(row_number), record_key, action, spec->options.endpoint->path,
+                    rejected ? &run->rejection.record.json : &run->record.json, reason);
+    bool sent = action == RowAction::kCreate || action == RowAction::kUpdate;
+    if (sent && run->events && !run->event.json.empty()) {
+        put_preview_row(desc, store, static_cast<uint64>(row_number), record_key, RowAction::kCreate,
+                        kHttpApiEndpoint.path, &run->event.json, nullptr);
+        ++*events_previewed;
+    }
 }
 
 // Raises the error for a run Amplitude refused to take at all (API key, 403).
@@ -337,7 +355,7 @@ void put_preview_row(const SendSpec *spec, TupleDesc desc, Tuplestorestate *stor
 void raise_plan_warnings(const SendRun *run) {
     for (size_t i = 0; i < run->plan_warnings.size(); ++i) {
         const PlanWarning &w = run->plan_warnings[i];
-        ereport(WARNING, (errmsg("%s", w.message.c_str()), w.detail.empty() ? 0 : errdetail("%s", w.detail.c_str()),
+        ereport(w.notice ? NOTICE : WARNING, (errmsg("%s", w.message.c_str()), w.detail.empty() ? 0 : errdetail("%s", w.detail.c_str()),
                           w.hint.empty() ? 0 : errhint("%s", w.hint.c_str())));
     }
 }
@@ -532,6 +550,7 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
                                                       ALLOCSET_DEFAULT_SIZES);
     int64 rows_read = 0;
     int64 counts[5] = {0, 0, 0, 0, 0};  // by RowAction
+    int64 events_previewed = 0;         // properties events a run would send beside
     instr_time read_time;            // fetching rows and reading their values
     INSTR_TIME_SET_ZERO(read_time);
     bool more = true;
@@ -590,9 +609,8 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
             AMP_CXX(action = encode_and_queue(run, static_cast<uint64_t>(rows_read), values,
                                               static_cast<size_t>(payload_natts), record_key, stored));
             counts[static_cast<int>(action)]++;
-            if (spec->preview && (action != RowAction::kUnchanged || spec->include_unchanged))
-                put_preview_row(spec, result_desc, preview_store, static_cast<uint64>(rows_read), record_key,
-                                action, run, stored.rejected_reason);
+            if (spec->preview) put_preview_rows(spec, result_desc, preview_store, rows_read, record_key, action,
+                                                run, stored.rejected_reason, &events_previewed);
             MemoryContextSwitchTo(outer);
             MemoryContextReset(row_context);
         }
@@ -615,10 +633,17 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
 
     if (spec->preview) {
         // Census's "recap of what will happen".
-        ereport(NOTICE, (errmsg("sync \"%s\" would create %lld, update %lld and reject %lld records; "
+        // The properties events go to /2/httpapi beside the identifications.
+        const char *events_part =
+            spec->options.properties_event
+                ? psprintf(" and send %lld \"%s\" events", static_cast<long long>(events_previewed),
+                           spec->options.properties_event)
+                : "";
+        ereport(NOTICE, (errmsg("sync \"%s\" would create %lld, update %lld and reject %lld records%s; "
                                 "%lld are unchanged",
                                 spec->sync_name, static_cast<long long>(counts[2]), static_cast<long long>(counts[3]),
-                                static_cast<long long>(counts[0] + counts[4]), static_cast<long long>(counts[1])),
+                                static_cast<long long>(counts[0] + counts[4]), events_part,
+                                static_cast<long long>(counts[1])),
                          counts[4] ? errdetail("%lld of the rejected are rows rejected before and unchanged since.",
                                                static_cast<long long>(counts[4]))
                                    : 0));

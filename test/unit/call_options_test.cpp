@@ -73,13 +73,17 @@ TEST(CallOptions, CombinationsAmplitudeCannotTake) {
     a = args("user");
     a.properties_event = "[Amplitude] Revenue";
     EXPECT_NE(error_of(a).find("properties_event \"[Amplitude] Revenue\" is reserved for Amplitude"), std::string::npos);
-    a = args("user");
-    a.skip_user_properties_sync = true;
-    EXPECT_NE(error_of(a).find("skip_user_properties_sync applies to events only"), std::string::npos);
+    // The form endpoints take no options: min_id_length cannot be honoured there.
+    for (const char *object : {"user", "device", "group"}) {
+        a = args(object);
+        a.min_id_length = 3;
+        EXPECT_NE(error_of(a).find("min_id_length applies to events only"), std::string::npos) << object;
+        a.min_id_length = 5;  // what /identify enforces anyway
+        EXPECT_EQ(check_call_arguments(a).min_id_length, 5) << object;
+    }
     a = args("event");
-    a.api = "batch";
-    a.skip_user_properties_sync = true;
-    EXPECT_TRUE(check_call_arguments(a).skip_user_properties_sync);
+    a.min_id_length = 3;
+    EXPECT_EQ(check_call_arguments(a).min_id_length, 3);
 }
 
 TEST(CallOptions, GroupIdentifyCountsPropertiesPerRequest) {

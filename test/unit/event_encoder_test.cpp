@@ -44,7 +44,7 @@ protected:
     }
     static Encoded Encode(const std::vector<ColumnInput> &columns, const std::vector<Value> &values,
                           int min_id_length = 5) {
-        EventEncoder encoder(plan_event_columns(columns), EventOptions{min_id_length, false});
+        EventEncoder encoder(plan_event_columns(columns), EventOptions{min_id_length});
         return EncodeWith(encoder, values);
     }
     // The accepted event's JSON text ("<rejected: reason>" otherwise).
@@ -866,30 +866,28 @@ TEST_F(EncoderTest, RejectsAmplitudesReservedEventTypes) {
     }
 }
 
-TEST_F(EncoderTest, SkipUserPropertiesSyncOptionMarksEveryEventAndKeepsItsInsertId) {
-    EventOptions skip;
-    skip.skip_user_properties_sync = true;
-    EventEncoder plain(plan_event_columns(kBasic), EventOptions{});
-    EventEncoder backfill(plan_event_columns(kBasic, skip), skip);
-    Encoded a = EncodeWith(plain, {Text("Signed Up"), Text("user-00001")});
-    Encoded b = EncodeWith(backfill, {Text("Signed Up"), Text("user-00001")});
-    ASSERT_TRUE(a.ok && b.ok);
-    EXPECT_EQ(b.record.json, a.record.json.substr(0, a.record.json.size() - 1) +
-                                 ",\"$skip_user_properties_sync\":true}");
-    EXPECT_EQ(b.record.insert_id, a.record.insert_id);  // the same event, with or without the flag
+TEST(PlanColumns, BatchWithoutASkipUserPropertiesSyncDecisionGetsANotice) {
+    std::vector<ColumnPlan> undecided = plan_event_columns(kBasic);
+    EXPECT_TRUE(event_plan_warnings(undecided, false).empty());  // /2/httpapi: live events
+    std::vector<PlanWarning> notes = event_plan_warnings(undecided, true);
+    ASSERT_EQ(notes.size(), 1u);
+    EXPECT_TRUE(notes[0].notice);
+    EXPECT_EQ(notes[0].message, "events sent with api \"batch\" update each user's current properties");
+    EXPECT_NE(notes[0].hint.find("true AS skip_user_properties_sync"), std::string::npos);
+    for (const char *name : {"skip_user_properties_sync", "$skip_user_properties_sync"}) {
+        std::vector<ColumnPlan> decided =
+            plan_event_columns({Col("event_type", TC::kText), Col("user_id", TC::kText), Col(name, TC::kBool)});
+        EXPECT_TRUE(event_plan_warnings(decided, true).empty()) << name;
+    }
 }
 
-TEST(PlanColumns, SkipUserPropertiesSyncColumnConflictsWithTheOption) {
-    EventOptions skip;
-    skip.skip_user_properties_sync = true;
-    for (const char *name : {"skip_user_properties_sync", "$skip_user_properties_sync"}) {
-        PlanFailure f = FailureOf([&] {
-            plan_event_columns({Col("event_type", TC::kText), Col("user_id", TC::kText), Col(name, TC::kBool)}, skip);
-        });
-        EXPECT_EQ(f.sqlstate, "42701");
-        EXPECT_EQ(f.message, "column \"" + std::string(name) + "\" conflicts with skip_user_properties_sync");
-        EXPECT_EQ(f.hint, "Drop the column from the query, or the argument from the call.");
-    }
+TEST_F(EncoderTest, SkipUserPropertiesSyncColumnMarksTheEvent) {
+    std::vector<ColumnInput> columns = {Col("event_type", TC::kText), Col("user_id", TC::kText),
+                                        Col("skip_user_properties_sync", TC::kBool)};
+    EventEncoder encoder(plan_event_columns(columns), EventOptions{});
+    Encoded e = EncodeWith(encoder, {Text("Signed Up"), Text("user-00001"), Bool(true)});
+    ASSERT_TRUE(e.ok);
+    EXPECT_NE(e.record.json.find("\"$skip_user_properties_sync\":true"), std::string::npos) << e.record.json;
 }
 
 TEST_F(EncoderTest, SilentChangesAreCountedPerAcceptedEvent) {
