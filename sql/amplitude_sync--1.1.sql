@@ -319,19 +319,42 @@ AS $$
 DECLARE
     sync_name pg_catalog.text;
     job pg_catalog.int8;
+    cron_database pg_catalog.text;
+    command pg_catalog.text;
+    elsewhere pg_catalog.text;
 BEGIN
     SELECT s.name INTO sync_name FROM amplitude_sync.syncs s WHERE s.name OPERATOR(pg_catalog.=) schedule_sync.name;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'sync "%" does not exist', schedule_sync.name USING ERRCODE = '42704',
             HINT = 'Syncs of roles you are not a member of are not visible; see amplitude_sync.syncs.';
     END IF;
+    command := pg_catalog.format('CALL amplitude_sync.run_sync(%L)', sync_name);
     IF pg_catalog.to_regnamespace('cron') IS NULL THEN
+        -- pg_cron keeps every job in one database (cron.database_name);
+        -- jobs for other databases are made there, by a superuser in pg_cron
+        -- 1.4. The setting is readable by superusers only.
+        BEGIN
+            cron_database := pg_catalog.current_setting('cron.database_name', true);
+        EXCEPTION WHEN insufficient_privilege THEN
+            cron_database := '?';
+        END;
+        elsewhere := pg_catalog.format('SELECT cron.schedule_in_database(%L, %L, %L, %L, %L);',
+                                       'amplitude_sync:' OPERATOR(pg_catalog.||) sync_name, schedule, command,
+                                       pg_catalog.current_database(), current_user);
+        IF cron_database OPERATOR(pg_catalog.=) '?' THEN
+            RAISE EXCEPTION 'pg_cron is not installed in this database' USING ERRCODE = '55000',
+                HINT = 'If pg_cron runs in another database (cron.database_name), a superuser there can run: '
+                       OPERATOR(pg_catalog.||) elsewhere;
+        ELSIF cron_database OPERATOR(pg_catalog.<>) pg_catalog.current_database() THEN
+            RAISE EXCEPTION 'pg_cron runs in database "%", not in this one', cron_database USING ERRCODE = '55000',
+                DETAIL = 'pg_cron keeps every job in the database named by cron.database_name.',
+                HINT = pg_catalog.format('In database %I, a superuser can run: %s', cron_database, elsewhere);
+        END IF;
         RAISE EXCEPTION 'pg_cron is not installed in this database' USING ERRCODE = '55000',
             HINT = 'Install pg_cron (shared_preload_libraries = ''pg_cron'', then CREATE EXTENSION pg_cron), or run CALL amplitude_sync.run_sync(...) from any scheduler.';
     END IF;
     EXECUTE 'SELECT cron.schedule($1, $2, $3)' INTO job
-        USING 'amplitude_sync:' OPERATOR(pg_catalog.||) sync_name, schedule,
-              pg_catalog.format('CALL amplitude_sync.run_sync(%L)', sync_name);
+        USING 'amplitude_sync:' OPERATOR(pg_catalog.||) sync_name, schedule, command;
     RETURN job;
 END $$;
 
@@ -340,12 +363,36 @@ RETURNS pg_catalog.bool LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    done pg_catalog.bool;
+    cron_database pg_catalog.text;
+    job pg_catalog.int8;
+    done pg_catalog.bool := false;
 BEGIN
     IF pg_catalog.to_regnamespace('cron') IS NULL THEN
+        BEGIN
+            cron_database := pg_catalog.current_setting('cron.database_name', true);
+        EXCEPTION WHEN insufficient_privilege THEN
+            cron_database := NULL;
+        END;
+        IF cron_database OPERATOR(pg_catalog.<>) pg_catalog.current_database() THEN
+            RAISE EXCEPTION 'pg_cron runs in database "%", not in this one', cron_database USING ERRCODE = '55000',
+                HINT = pg_catalog.format('In database %I, run: SELECT cron.unschedule(jobid) FROM cron.job WHERE jobname = %L AND database = %L;',
+                                         cron_database, 'amplitude_sync:' OPERATOR(pg_catalog.||) name,
+                                         pg_catalog.current_database());
+        END IF;
         RAISE EXCEPTION 'pg_cron is not installed in this database' USING ERRCODE = '55000';
     END IF;
-    EXECUTE 'SELECT cron.unschedule($1)' INTO done USING 'amplitude_sync:' OPERATOR(pg_catalog.||) name;
+    -- By id: a superuser sees every role's jobs (and may remove them); other
+    -- roles see their own (pg_cron's row security).
+    FOR job IN EXECUTE 'SELECT jobid FROM cron.job WHERE jobname OPERATOR(pg_catalog.=) $1 '
+                       'AND database OPERATOR(pg_catalog.=) pg_catalog.current_database()'
+               USING 'amplitude_sync:' OPERATOR(pg_catalog.||) name LOOP
+        EXECUTE 'SELECT cron.unschedule($1)' USING job;
+        done := true;
+    END LOOP;
+    IF NOT done THEN
+        RAISE EXCEPTION 'sync "%" has no pg_cron job', name USING ERRCODE = '42704',
+            HINT = 'schedule_sync names its job amplitude_sync:<sync>; jobs of other roles are visible to superusers only.';
+    END IF;
     RETURN done;
 END $$;
 
@@ -357,6 +404,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     dropped pg_catalog.text;
+    jobs pg_catalog.text[] := '{}';
+    job pg_catalog.int8;
 BEGIN
     IF pg_catalog.to_regclass('amplitude_sync.syncs') IS NULL THEN
         RETURN;  -- DROP EXTENSION
@@ -370,11 +419,32 @@ BEGIN
         RETURNING s.name
     LOOP
         RAISE NOTICE 'drop cascades to sync "%"', dropped;
+        jobs := jobs OPERATOR(pg_catalog.||) ('amplitude_sync:' OPERATOR(pg_catalog.||) dropped);
+    END LOOP;
+    -- The pg_cron jobs schedule_sync made for them would fail every minute.
+    IF pg_catalog.to_regnamespace('cron') IS NULL OR pg_catalog.cardinality(jobs) OPERATOR(pg_catalog.=) 0 THEN
+        RETURN;
+    END IF;
+    FOR job, dropped IN
+        EXECUTE 'SELECT jobid, jobname FROM cron.job WHERE database OPERATOR(pg_catalog.=) pg_catalog.current_database() '
+                'AND jobname OPERATOR(pg_catalog.=) ANY ($1)'
+        USING jobs
+    LOOP
+        EXECUTE 'SELECT cron.unschedule($1)' USING job;
+        RAISE NOTICE 'pg_cron job "%" was unscheduled', dropped;
     END LOOP;
 END $$;
 REVOKE ALL ON FUNCTION amplitude_sync._drop_syncs_of_dropped_views() FROM PUBLIC;
 CREATE EVENT TRIGGER amplitude_sync_dropped_sources ON sql_drop
     EXECUTE FUNCTION amplitude_sync._drop_syncs_of_dropped_views();
+-- DROP EXTENSION: the pg_cron jobs of the syncs go first.
+CREATE FUNCTION amplitude_sync._drop_extension_jobs()
+RETURNS event_trigger AS 'MODULE_PATHNAME', 'amplitude_sync_drop_extension_jobs' LANGUAGE C;
+REVOKE ALL ON FUNCTION amplitude_sync._drop_extension_jobs() FROM PUBLIC;
+COMMENT ON FUNCTION amplitude_sync._drop_extension_jobs() IS
+    'Event trigger: DROP EXTENSION amplitude_sync unschedules the pg_cron jobs schedule_sync made in this database.';
+CREATE EVENT TRIGGER amplitude_sync_drop_extension ON ddl_command_start WHEN TAG IN ('DROP EXTENSION')
+    EXECUTE FUNCTION amplitude_sync._drop_extension_jobs();
 
 ------------------------------------------------------------------------------
 -- Operating syncs: health at a glance, and self-documentation.

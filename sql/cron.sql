@@ -25,3 +25,74 @@ SELECT function_name, sync_name, run_by, status, rows_read, sent
 FROM amplitude_sync.sync_runs WHERE sync_name = 'cron_users' ORDER BY run_id LIMIT 1;
 SELECT count(*) AS profiles FROM mock_users() u WHERE u->>'user_id' LIKE 'cron-user-%';
 SELECT amplitude_sync.unschedule_sync('cron_users');
+\set SHOW_CONTEXT never
+-- Once more: there is no job left to remove.
+SELECT amplitude_sync.unschedule_sync('cron_users');
+
+-- Jobs follow their sync: a rename renames the job and its command; a drop,
+-- and a DROP of the source view (which drops the sync), unschedule it.
+SELECT amplitude_sync.schedule_sync('cron_users', '0 3 * * *') > 0 AS scheduled;
+SELECT name FROM amplitude_sync.alter_sync('cron_users', new_name => 'cron_users_renamed');
+SELECT jobname, schedule, command FROM cron.job;
+SELECT amplitude_sync.drop_sync('cron_users_renamed');
+SELECT count(*) AS jobs_left FROM cron.job;
+CREATE VIEW cron_users_view AS SELECT * FROM cron_users;
+SELECT name FROM amplitude_sync.create_sync('cron_view_sync', 'amplitude_mock', 'user', 'cron_users_view');
+SELECT amplitude_sync.schedule_sync('cron_view_sync', '0 3 * * *') > 0 AS scheduled;
+DROP VIEW cron_users_view CASCADE;
+SELECT count(*) AS jobs_left FROM cron.job;
+
+-- A superuser can unschedule another role's sync; the role itself too.
+CREATE ROLE regress_cron_owner;
+GRANT USAGE ON SCHEMA cron TO regress_cron_owner;
+GRANT USAGE ON FOREIGN SERVER amplitude_mock TO regress_cron_owner;
+GRANT SELECT ON cron_users TO regress_cron_owner;
+CALL create_test_mapping('regress_cron_owner', 'amplitude_mock');
+SET ROLE regress_cron_owner;
+SELECT name FROM amplitude_sync.create_sync('cron_owned', 'amplitude_mock', 'user', 'public.cron_users');
+SELECT amplitude_sync.schedule_sync('cron_owned', '0 3 * * *') > 0 AS scheduled;
+RESET ROLE;
+SELECT jobname, username FROM cron.job;
+SELECT amplitude_sync.unschedule_sync('cron_owned');
+SELECT count(*) AS jobs_left FROM cron.job;
+SELECT amplitude_sync.unschedule_sync('cron_owned');
+
+-- DROP EXTENSION takes the jobs of its syncs with it.
+SET ROLE regress_cron_owner;
+SELECT amplitude_sync.schedule_sync('cron_owned', '0 3 * * *') > 0 AS scheduled;
+RESET ROLE;
+CREATE DATABASE regress_amp_cron_other;
+\c regress_amp_cron_other
+-- pg_cron lives in another database (cron.database_name): the error says
+-- where, and the hint gives the statement a superuser runs there.
+SET client_min_messages = warning;
+CREATE EXTENSION amplitude_sync;
+RESET client_min_messages;
+CREATE SERVER amplitude_mock FOREIGN DATA WRAPPER amplitude_sync;
+CREATE USER MAPPING FOR CURRENT_USER SERVER amplitude_mock OPTIONS (api_key 'not-used-here');
+CREATE TABLE other_users AS SELECT 'other-user-1' AS user_id;
+SELECT name FROM amplitude_sync.create_sync('other_sync', 'amplitude_mock', 'user', 'other_users');
+\set SHOW_CONTEXT never
+SELECT amplitude_sync.schedule_sync('other_sync', '*/15 * * * *');
+SELECT amplitude_sync.unschedule_sync('other_sync');
+-- A role that may not read cron.database_name is told where to look.
+CREATE ROLE regress_cron_other;
+GRANT USAGE ON FOREIGN SERVER amplitude_mock TO regress_cron_other;
+CREATE USER MAPPING FOR regress_cron_other SERVER amplitude_mock OPTIONS (api_key 'not-used-here');
+GRANT SELECT ON other_users TO regress_cron_other;
+SET ROLE regress_cron_other;
+SELECT name FROM amplitude_sync.create_sync('other_sync_2', 'amplitude_mock', 'user', 'public.other_users');
+SELECT amplitude_sync.schedule_sync('other_sync_2', '*/15 * * * *');
+RESET ROLE;
+\c contrib_regression
+DROP DATABASE regress_amp_cron_other;
+DROP ROLE regress_cron_other;
+\set SHOW_CONTEXT never
+SELECT count(*) AS jobs_before FROM cron.job;
+DROP EXTENSION amplitude_sync CASCADE;
+SELECT count(*) AS jobs_after FROM cron.job;
+SET client_min_messages = warning;
+CREATE EXTENSION amplitude_sync;
+RESET client_min_messages;
+DROP OWNED BY regress_cron_owner;
+DROP ROLE regress_cron_owner;

@@ -289,6 +289,53 @@ Datum sync_row(int sync_id) {
     return SPI_datumTransfer(row, false, -1);
 }
 
+// pg_cron jobs made by schedule_sync follow their sync: renamed with it
+// (name and command), unscheduled when it is dropped, rather than failing
+// every minute. Only jobs of this database kept in this database's cron.job
+// (pg_cron elsewhere is out of reach: see the README). As the extension's
+// owner, so that a member dropping a sync removes the job of the role that
+// scheduled it; pg_cron's table is a superuser's, so an owner that is not
+// one leaves the jobs with a NOTICE.
+// Runs sql (on cron.job, with $1 and $2 text) as the extension's owner;
+// returns the rows it touched, or -1 when it could not run.
+int64 change_cron_jobs(const char *sql, const char *arg1, const char *arg2, const char *what) {
+    if (!OidIsValid(get_namespace_oid("cron", true))) return 0;
+    RoleScope scope;
+    enter_extension_scope(&scope);
+    if (!superuser()) {
+        leave_role_scope(&scope);
+        ereport(NOTICE, (errmsg("pg_cron jobs of %s were left as they are", what),
+                         errdetail("The extension's owner is not a superuser and cannot change pg_cron's jobs."),
+                         errhint("See cron.job for jobs named amplitude_sync:<sync>.")));
+        return -1;
+    }
+    Oid types[2] = {TEXTOID, TEXTOID};
+    Datum args[2] = {CStringGetTextDatum(arg1), arg2 ? CStringGetTextDatum(arg2) : (Datum)0};
+    int rc = SPI_execute_with_args(sql, arg2 ? 2 : 1, types, args, nullptr, false, 0);
+    if (rc != SPI_OK_UPDATE && rc != SPI_OK_SELECT) elog(ERROR, "amplitude_sync: could not change pg_cron's jobs");
+    int64 jobs = static_cast<int64>(SPI_processed);
+    leave_role_scope(&scope);
+    return jobs;
+}
+
+void follow_cron_jobs(const char *old_name, const char *new_name) {
+    const char *job = psprintf("amplitude_sync:%s", old_name);
+    int64 jobs =
+        new_name ? change_cron_jobs("UPDATE cron.job SET jobname = 'amplitude_sync:' OPERATOR(pg_catalog.||) $2, "
+                                    "command = pg_catalog.format('CALL amplitude_sync.run_sync(%L)', $2) "
+                                    "WHERE jobname OPERATOR(pg_catalog.=) $1 "
+                                    "AND database OPERATOR(pg_catalog.=) pg_catalog.current_database()",
+                                    job, new_name, psprintf("sync \"%s\"", old_name))
+                 : change_cron_jobs("SELECT cron.unschedule(jobid) FROM cron.job "
+                                    "WHERE jobname OPERATOR(pg_catalog.=) $1 "
+                                    "AND database OPERATOR(pg_catalog.=) pg_catalog.current_database()",
+                                    job, nullptr, psprintf("sync \"%s\"", old_name));
+    if (jobs > 0)
+        ereport(NOTICE, (new_name ? errmsg("pg_cron job \"amplitude_sync:%s\" now runs sync \"%s\"", old_name,
+                                           new_name)
+                                  : errmsg("pg_cron job \"amplitude_sync:%s\" was unscheduled", old_name)));
+}
+
 void check_name_free(const char *name) {
     RoleScope scope;
     enter_extension_scope(&scope);
@@ -561,6 +608,7 @@ Datum amplitude_sync_alter_sync(PG_FUNCTION_ARGS) {
                               1, argtypes, args, nullptr, false, 0) != SPI_OK_DELETE)
         elog(ERROR, "amplitude_sync: could not forget the sync's rejections");
     leave_role_scope(&scope);
+    if (strcmp(sync.name, name) != 0) follow_cron_jobs(name, sync.name);
     if (sync.source_view != old_view) {
         execute_as_extension(psprintf("DROP VIEW %s", qualified_relation_name(old_view)));
         execute_as_extension(psprintf("ALTER VIEW amplitude_sync.%s RENAME TO %s",
@@ -591,6 +639,7 @@ Datum amplitude_sync_drop_sync(PG_FUNCTION_ARGS) {
     // Its runs still marked running were interrupted (a live one would fail
     // at its next write and record that itself).
     run_log_close_stale(sync.sync_id, 0);
+    follow_cron_jobs(sync.name, nullptr);
     execute_as_extension(psprintf("DROP VIEW %s", qualified_relation_name(sync.source_view)));
     SPI_finish();
     PG_RETURN_VOID();
@@ -807,6 +856,33 @@ Datum amplitude_sync_check_source(PG_FUNCTION_ARGS) {
                     errmsg("extension \"amplitude_sync\" must be updated"),
                     errdetail("The installed library is version 1.1; the database holds version 1.0."),
                     errhint("Run ALTER EXTENSION amplitude_sync UPDATE.")));
+    PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(amplitude_sync_drop_extension_jobs);
+
+// Event trigger at the start of DROP EXTENSION: when amplitude_sync is one
+// of the extensions dropped, the pg_cron jobs schedule_sync made in this
+// database go first (they would fail every minute). At ddl_command_start the
+// statement is known and nothing is dropped yet; a DROP that fails later
+// rolls the unscheduling back with it.
+Datum amplitude_sync_drop_extension_jobs(PG_FUNCTION_ARGS) {
+    if (!CALLED_AS_EVENT_TRIGGER(fcinfo)) elog(ERROR, "amplitude_sync: not called as an event trigger");
+    Node *tree = reinterpret_cast<EventTriggerData *>(fcinfo->context)->parsetree;
+    if (!tree || !IsA(tree, DropStmt) || castNode(DropStmt, tree)->removeType != OBJECT_EXTENSION) PG_RETURN_VOID();
+    bool ours = false;
+    ListCell *cell;
+    foreach (cell, castNode(DropStmt, tree)->objects)
+        ours |= strcmp(strVal(lfirst(cell)), "amplitude_sync") == 0;
+    if (!ours) PG_RETURN_VOID();
+    if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
+    int64 jobs = change_cron_jobs("SELECT cron.unschedule(jobid) FROM cron.job "
+                                  "WHERE jobname OPERATOR(pg_catalog.~~) $1 "
+                                  "AND database OPERATOR(pg_catalog.=) pg_catalog.current_database()",
+                                  "amplitude\\_sync:%", nullptr, "the extension's syncs");
+    SPI_finish();
+    if (jobs > 0)
+        ereport(NOTICE, (errmsg("%lld pg_cron jobs of amplitude_sync's syncs were unscheduled", static_cast<long long>(jobs))));
     PG_RETURN_VOID();
 }
 
