@@ -41,6 +41,10 @@ SELECT dblink_send_query('runner', $$SELECT * FROM amplitude_sync.amplitude_send
     'SELECT ''Cancelled Run'' AS event_type, ''user-'' || lpad(g::text, 5, ''0'') AS user_id FROM generate_series(1, 3000) g',
     batch_size => 500)$$);
 SELECT wait_for_requests(4);
+-- While it waits on Amplitude, pg_stat_activity says so (the event is named
+-- AmplitudeResponse on PostgreSQL 17+, Extension before).
+SELECT wait_event_type, wait_event IN ('AmplitudeResponse', 'Extension') AS waits_on_amplitude
+FROM pg_stat_activity WHERE pid = :runner_pid;
 SELECT pg_cancel_backend(:runner_pid);
 SELECT wait_until_gone('Cancelled Run');
 SELECT * FROM dblink_get_result('runner', false) AS t(run_id bigint);

@@ -49,12 +49,46 @@ RetryPolicy retry_policy(const AmpConnection &conn, long endpoint_throttle_pause
     return p;
 }
 
+// The wait event pg_stat_activity shows while a run waits on Amplitude:
+// "AmplitudeResponse" (PostgreSQL 17+ names extension wait events), else
+// the generic "Extension".
+uint32 amplitude_wait_event() {
+#if PG_VERSION_NUM >= 170000
+    static uint32 event = 0;
+    if (event == 0) event = WaitEventExtensionNew("AmplitudeResponse");
+    return event;
+#else
+    return PG_WAIT_EXTENSION;
+#endif
+}
+
+// The core's transport, with the wait on Amplitude's answers reported as a
+// wait event (wait_event_type Extension in pg_stat_activity).
+class ReportingTransport final : public Transport {
+public:
+    explicit ReportingTransport(std::unique_ptr<Transport> inner) : inner_(std::move(inner)) {}
+    void start(size_t slot, const std::string &url, const std::string &content_type,
+               const std::string &body) override {
+        inner_->start(slot, url, content_type, body);
+    }
+    void wait(int timeout_ms, std::vector<std::pair<size_t, HttpResponse>> &done) override {
+        pgstat_report_wait_start(amplitude_wait_event());
+        inner_->wait(timeout_ms, done);
+        pgstat_report_wait_end();
+    }
+    void advance(std::vector<std::pair<size_t, HttpResponse>> &done) override { inner_->advance(done); }
+
+private:
+    std::unique_ptr<Transport> inner_;
+};
+
 // A delivery with its own format and connections.
 struct Channel {
     Channel(std::unique_ptr<PayloadFormat> f, const AmpConnection &conn, const std::string &path,
             DeliveryLimits limits, long throttle_pause_ms)
         : format(std::move(f)),
-          transport(make_curl_transport(static_cast<size_t>(conn.max_concurrency), transport_options(conn))),
+          transport(std::make_unique<ReportingTransport>(
+              make_curl_transport(static_cast<size_t>(conn.max_concurrency), transport_options(conn)))),
           delivery(*format, *transport, std::string(conn.base_url) + path, limits,
                    retry_policy(conn, throttle_pause_ms), static_cast<size_t>(conn.max_concurrency),
                    interrupt_pending) {}
