@@ -427,3 +427,13 @@ COMMENT ON COLUMN amplitude_sync.sync_state.record_key IS 'user_id, device_id, g
 COMMENT ON COLUMN amplitude_sync.sync_state.fingerprint IS '128-bit hash of the payload Amplitude confirmed (with the settings that shape it).';
 COMMENT ON COLUMN amplitude_sync.sync_state.sent_at IS 'When Amplitude confirmed (or refused) it.';
 COMMENT ON COLUMN amplitude_sync.sync_state.rejected_reason IS 'Set when the record was rejected: it is not sent again until its row changes (resync forces it).';
+
+-- The same run with its report in one INOUT argument, for PL/pgSQL (which
+-- needs a variable for each INOUT argument of a CALL):
+--   DECLARE r amplitude_sync.run_report; BEGIN CALL amplitude_sync.run_sync_into('s', r); ...
+CREATE PROCEDURE amplitude_sync.run_sync_into(name pg_catalog.text, INOUT report amplitude_sync.run_report)
+AS 'MODULE_PATHNAME', 'amplitude_sync_run_sync_into'
+LANGUAGE C;
+COMMENT ON PROCEDURE amplitude_sync.run_sync_into(pg_catalog.text, amplitude_sync.run_report) IS
+    'Runs a saved sync like run_sync and returns its report in one amplitude_sync.run_report (for PL/pgSQL).';
+REVOKE ALL ON PROCEDURE amplitude_sync.run_sync_into FROM PUBLIC;

@@ -310,6 +310,16 @@ COMMENT ON FUNCTION amplitude_sync.preview_sync(pg_catalog.text, pg_catalog.bool
 -- Running a sync sends data out: like the one-shot functions, it needs a GRANT.
 REVOKE ALL ON PROCEDURE amplitude_sync.run_sync FROM PUBLIC;
 
+-- The same run with its report in one INOUT argument, for PL/pgSQL (which
+-- needs a variable for each INOUT argument of a CALL):
+--   DECLARE r amplitude_sync.run_report; BEGIN CALL amplitude_sync.run_sync_into('s', r); ...
+CREATE PROCEDURE amplitude_sync.run_sync_into(name pg_catalog.text, INOUT report amplitude_sync.run_report)
+AS 'MODULE_PATHNAME', 'amplitude_sync_run_sync_into'
+LANGUAGE C;
+COMMENT ON PROCEDURE amplitude_sync.run_sync_into(pg_catalog.text, amplitude_sync.run_report) IS
+    'Runs a saved sync like run_sync and returns its report in one amplitude_sync.run_report (for PL/pgSQL).';
+REVOKE ALL ON PROCEDURE amplitude_sync.run_sync_into FROM PUBLIC;
+
 -- Scheduling with pg_cron (when it is installed): a job named
 -- "amplitude_sync:<sync>" that CALLs run_sync, as the role that schedules it.
 CREATE FUNCTION amplitude_sync.schedule_sync(name pg_catalog.text, schedule pg_catalog.text)

@@ -238,3 +238,30 @@ CALL amplitude_sync.run_sync('users') \gset
 \echo status=:status
 SELECT count(*) AS older_than_100_days FROM amplitude_sync.sync_runs WHERE started_at < now() - interval '100 days';
 RESET amplitude_sync.history_days;
+
+-- From PL/pgSQL: run_sync_into returns the report in one variable (run_sync
+-- would need one per INOUT argument), and a failed run raises through it.
+UPDATE customers SET plan = 'team' WHERE user_id = 'user-00042';
+DO $$
+DECLARE
+    report amplitude_sync.run_report;
+BEGIN
+    CALL amplitude_sync.run_sync_into('users', report);
+    RAISE NOTICE 'status=% rows_read=% sent=% unchanged=%', report.status, report.rows_read, report.sent,
+        report.unchanged;
+END $$;
+SELECT u->'user_properties'->>'plan' AS plan FROM mock_users() u WHERE u->>'user_id' = 'user-00042';
+DO $$
+DECLARE
+    report amplitude_sync.run_report;
+BEGIN
+    CALL amplitude_sync.run_sync_into('no_such_sync', report);
+END $$;
+BEGIN;
+DO $$
+DECLARE
+    report amplitude_sync.run_report;
+BEGIN
+    CALL amplitude_sync.run_sync_into('users', report);
+END $$;
+ROLLBACK;

@@ -34,6 +34,7 @@ extern "C" {
 #include "miscadmin.h"
 #include "portability/instr_time.h"
 #include "utils/acl.h"
+#include "utils/typcache.h"
 #include "utils/wait_event.h"
 #include "utils/array.h"
 #include "utils/builtins.h"

@@ -450,10 +450,7 @@ void commit_segment(RunSegments *hooks) {
 }
 
 // The report of a run that did not start.
-Datum skipped_report(FunctionCallInfo fcinfo, int64 run_id) {
-    TupleDesc desc;
-    if (get_call_result_type(fcinfo, nullptr, &desc) != TYPEFUNC_COMPOSITE)
-        elog(ERROR, "amplitude_sync: return type must be a row type");
+Datum skipped_report(TupleDesc desc, int64 run_id) {
     Datum values[10] = {Int64GetDatum(run_id), CStringGetTextDatum("skipped"), 0, 0, 0, 0, 0, 0, 0, 0};
     bool nulls[10] = {false, false, true, true, true, true, true, true, true, true};
     return HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls));
@@ -702,10 +699,9 @@ Datum amplitude_sync_resync(PG_FUNCTION_ARGS) {
     PG_RETURN_INT64(forgotten);
 }
 
-PG_FUNCTION_INFO_V1(amplitude_sync_run_sync);
-
-// CALL run_sync(name text, INOUT ... the run report)
-Datum amplitude_sync_run_sync(PG_FUNCTION_ARGS) {
+// Runs a saved sync for CALL run_sync and CALL run_sync_into; returns the
+// run report as a row of report_desc.
+Datum run_saved_sync(FunctionCallInfo fcinfo, TupleDesc report_desc) {
     const char *name = text_arg(fcinfo, 0, "name");
     // A run commits as it goes, so that what Amplitude confirmed is never
     // rolled back behind its back: it cannot run inside a transaction block.
@@ -741,9 +737,9 @@ Datum amplitude_sync_run_sync(PG_FUNCTION_ARGS) {
         SPI_commit();
         ereport(NOTICE, (errmsg("sync \"%s\" is already running in another session; this run is skipped",
                                 sync.name)));
-        Datum report = skipped_report(fcinfo, log.run_id);
+        Datum report = SPI_datumTransfer(skipped_report(report_desc, log.run_id), false, -1);
         SPI_finish();
-        PG_RETURN_DATUM(report);
+        return report;
     }
     run_log_start(&log, "run_sync", sync.server, options.endpoint->path, sync.sync_id, sync.name, "running",
                   nullptr);
@@ -766,6 +762,7 @@ Datum amplitude_sync_run_sync(PG_FUNCTION_ARGS) {
         spec.log = &log;
         spec.segments = &segments.hooks;
         spec.counts = &counts;
+        spec.report_desc = report_desc;
         counted = true;
         result = execute_send_run(fcinfo, &conn, &spec);
         end_segment(&segments);
@@ -796,7 +793,32 @@ Datum amplitude_sync_run_sync(PG_FUNCTION_ARGS) {
     release_sync_run(key);
     Datum report = SPI_datumTransfer(result, false, -1);
     SPI_finish();
-    PG_RETURN_DATUM(report);
+    return report;
+}
+
+PG_FUNCTION_INFO_V1(amplitude_sync_run_sync);
+
+// CALL run_sync(name text, INOUT ... the run report, one column each)
+Datum amplitude_sync_run_sync(PG_FUNCTION_ARGS) {
+    TupleDesc desc;
+    if (get_call_result_type(fcinfo, nullptr, &desc) != TYPEFUNC_COMPOSITE)
+        elog(ERROR, "amplitude_sync: return type must be a row type");
+    PG_RETURN_DATUM(run_saved_sync(fcinfo, BlessTupleDesc(desc)));
+}
+
+PG_FUNCTION_INFO_V1(amplitude_sync_run_sync_into);
+
+// CALL run_sync_into(name text, INOUT report run_report): the same run, its
+// report in one variable (PL/pgSQL needs a variable per INOUT argument).
+Datum amplitude_sync_run_sync_into(PG_FUNCTION_ARGS) {
+    TupleDesc outer;
+    if (get_call_result_type(fcinfo, nullptr, &outer) != TYPEFUNC_COMPOSITE || outer->natts != 1)
+        elog(ERROR, "amplitude_sync: run_sync_into must have one INOUT argument");
+    outer = BlessTupleDesc(outer);
+    TupleDesc report_desc = lookup_rowtype_tupdesc_copy(TupleDescAttr(outer, 0)->atttypid, -1);
+    Datum values[1] = {run_saved_sync(fcinfo, BlessTupleDesc(report_desc))};
+    bool nulls[1] = {false};
+    PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(outer, values, nulls)));
 }
 
 PG_FUNCTION_INFO_V1(amplitude_sync_preview_sync);

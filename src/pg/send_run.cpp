@@ -529,8 +529,8 @@ void check_source_columns(const SendSpec *spec) {
 }
 
 Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const SendSpec *spec) {
-    TupleDesc result_desc;
-    if (get_call_result_type(fcinfo, nullptr, &result_desc) != TYPEFUNC_COMPOSITE)
+    TupleDesc result_desc = spec->report_desc;
+    if (!result_desc && get_call_result_type(fcinfo, nullptr, &result_desc) != TYPEFUNC_COMPOSITE)
         elog(ERROR, "amplitude_sync: return type must be a row type");
     Tuplestorestate *preview_store = nullptr;
     if (spec->preview) {

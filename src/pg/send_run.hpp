@@ -52,6 +52,8 @@ struct SendSpec {
     bool preview;
     bool include_unchanged;
     ReturnSetInfo *rsinfo;
+    // The run report's row type; NULL: the call's own result type.
+    TupleDesc report_desc;
 };
 
 // The connection's timeouts and TLS settings for the HTTP transport.
