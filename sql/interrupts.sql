@@ -55,3 +55,15 @@ SELECT count(*) AS faults_cleared FROM mock_call('DELETE', '/_mock/faults');
 SELECT * FROM dblink('runner', $$SELECT status FROM amplitude_sync.amplitude_send_events('amplitude_mock',
     'SELECT ''After Cancel'' AS event_type, ''user-00001'' AS user_id')$$) AS t(status text);
 SELECT dblink_disconnect('runner');
+
+-- A long run tells an interactive caller how it is going, every
+-- amplitude_sync.progress_notice_interval (10 s by default; 0: never).
+SELECT mock_reset();
+SELECT mock_faults('[{"action": "pass", "delay_ms": 1300, "times": -1}]');
+SET amplitude_sync.progress_notice_interval = '1s';
+SELECT status, sent FROM amplitude_sync.amplitude_send_events('amplitude_mock',
+    $$SELECT 'Slow Answer' AS event_type, 'user-00001' AS user_id$$);
+RESET amplitude_sync.progress_notice_interval;
+SELECT status, sent FROM amplitude_sync.amplitude_send_events('amplitude_mock',
+    $$SELECT 'Slow Answer, Quiet' AS event_type, 'user-00001' AS user_id$$);
+SELECT count(*) AS faults_cleared FROM mock_call('DELETE', '/_mock/faults');

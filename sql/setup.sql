@@ -7,6 +7,9 @@
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS amplitude_sync;
 RESET client_min_messages;
+-- Progress NOTICEs depend on timing: the tests turn them off (interrupts.sql
+-- turns them on where it checks them).
+DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET amplitude_sync.progress_notice_interval = 0', current_database()); END $$;
 
 CREATE TABLE mock_config (url text NOT NULL);
 INSERT INTO mock_config VALUES (:'mock_url');

@@ -13,6 +13,10 @@ void _PG_init(void);
 // at the start of each run. 0 keeps everything.
 int amplitude_sync_history_days = 90;
 
+// Seconds between the NOTICEs that tell an interactive caller how a long run
+// is going; 0: none.
+int amplitude_sync_progress_notice_interval = 10;
+
 void _PG_init(void) {
     // Once per backend, before any thread or handle exists.
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
@@ -22,6 +26,11 @@ void _PG_init(void) {
                             "Older runs are deleted when a run starts; 0 keeps everything.",
                             &amplitude_sync_history_days, 90, 0, 36500, PGC_SUSET, 0,
                             nullptr, nullptr, nullptr);
+    DefineCustomIntVariable("amplitude_sync.progress_notice_interval",
+                            "Time between progress NOTICEs of a long run (rows read, sent, rejected, requests in "
+                            "flight).",
+                            "0 turns them off.", &amplitude_sync_progress_notice_interval, 10, 0, 86400,
+                            PGC_USERSET, GUC_UNIT_S, nullptr, nullptr, nullptr);
 #if PG_VERSION_NUM >= 150000
     MarkGUCPrefixReserved("amplitude_sync");
 #else

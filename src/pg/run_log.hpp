@@ -12,6 +12,7 @@
 #include "records.hpp"
 
 extern "C" int amplitude_sync_history_days;  // GUC amplitude_sync.history_days
+extern "C" int amplitude_sync_progress_notice_interval;  // GUC amplitude_sync.progress_notice_interval
 
 struct RunLog {
     int64 run_id;

@@ -62,33 +62,80 @@ uint32 amplitude_wait_event() {
 #endif
 }
 
+// How a long run is going, said to an interactive caller every
+// amplitude_sync.progress_notice_interval seconds.
+struct RunProgress {
+    std::string label;                    // the function, or sync "name"
+    int64 rows_read = 0;
+    const DeliveryStats *stats = nullptr;  // the main channel's
+    size_t in_flight = 0;                  // requests, over the run's channels
+    TimestampTz last = 0;
+};
+
+// Emitted from inside the delivery (while it waits on Amplitude) as well as
+// from the run loop. A NOTICE returns; should it raise (out of memory), the
+// error is dropped here rather than unwound through C++ frames.
+void progress_notice(RunProgress *p) {
+    if (amplitude_sync_progress_notice_interval <= 0 || !p->stats) return;
+    TimestampTz now = GetCurrentTimestamp();
+    if (p->last == 0) p->last = now;
+    if (!TimestampDifferenceExceeds(p->last, now, amplitude_sync_progress_notice_interval * 1000)) return;
+    p->last = now;
+    MemoryContext context = CurrentMemoryContext;
+    PG_TRY();
+    {
+        ereport(NOTICE, (errmsg("%s: %lld rows read, %llu sent, %llu rejected, %zu requests in flight",
+                                p->label.c_str(), static_cast<long long>(p->rows_read),
+                                static_cast<unsigned long long>(p->stats->sent),
+                                static_cast<unsigned long long>(p->stats->rejected), p->in_flight),
+                         errhidestmt(true)));
+    }
+    PG_CATCH();
+    {
+        MemoryContextSwitchTo(context);
+        FlushErrorState();
+    }
+    PG_END_TRY();
+}
+
 // The core's transport, with the wait on Amplitude's answers reported as a
-// wait event (wait_event_type Extension in pg_stat_activity).
+// wait event (wait_event_type Extension in pg_stat_activity) and the run's
+// progress NOTICEs said while it waits.
 class ReportingTransport final : public Transport {
 public:
-    explicit ReportingTransport(std::unique_ptr<Transport> inner) : inner_(std::move(inner)) {}
+    ReportingTransport(std::unique_ptr<Transport> inner, RunProgress *progress)
+        : inner_(std::move(inner)), progress_(progress) {}
     void start(size_t slot, const std::string &url, const std::string &content_type,
                const std::string &body) override {
         inner_->start(slot, url, content_type, body);
+        progress_->in_flight++;
     }
     void wait(int timeout_ms, std::vector<std::pair<size_t, HttpResponse>> &done) override {
+        size_t before = done.size();
         pgstat_report_wait_start(amplitude_wait_event());
         inner_->wait(timeout_ms, done);
         pgstat_report_wait_end();
+        progress_->in_flight -= done.size() - before;
+        progress_notice(progress_);
     }
-    void advance(std::vector<std::pair<size_t, HttpResponse>> &done) override { inner_->advance(done); }
+    void advance(std::vector<std::pair<size_t, HttpResponse>> &done) override {
+        size_t before = done.size();
+        inner_->advance(done);
+        progress_->in_flight -= done.size() - before;
+    }
 
 private:
     std::unique_ptr<Transport> inner_;
+    RunProgress *progress_;
 };
 
 // A delivery with its own format and connections.
 struct Channel {
     Channel(std::unique_ptr<PayloadFormat> f, const AmpConnection &conn, const std::string &path,
-            DeliveryLimits limits, long throttle_pause_ms)
+            DeliveryLimits limits, long throttle_pause_ms, RunProgress *progress)
         : format(std::move(f)),
           transport(std::make_unique<ReportingTransport>(
-              make_curl_transport(static_cast<size_t>(conn.max_concurrency), transport_options(conn)))),
+              make_curl_transport(static_cast<size_t>(conn.max_concurrency), transport_options(conn)), progress)),
           delivery(*format, *transport, std::string(conn.base_url) + path, limits,
                    retry_policy(conn, throttle_pause_ms), static_cast<size_t>(conn.max_concurrency),
                    interrupt_pending) {}
@@ -99,6 +146,7 @@ struct Channel {
 
 // Everything C++ a run owns. Deleted by the memory-context callback.
 struct SendRun {
+    RunProgress progress;  // before the channels, whose transports report to it
     std::unique_ptr<RowEncoder> encoder;
     IdentifyEncoder *identify = nullptr;  // the encoder, when it is one
     std::unique_ptr<Channel> main;
@@ -160,7 +208,8 @@ SendRun *make_send_run(const AmpConnection &conn, const SendSpec &spec,
         run->plan_warnings = event_plan_warnings(plan, options.endpoint == &kBatchEndpoint);
         run->encoder = std::make_unique<EventEncoder>(std::move(plan), event_options);
         run->main = std::make_unique<Channel>(std::make_unique<EventsFormat>(conn.api_key, options.min_id_length),
-                                              conn, options.endpoint->path, limits, pause_ms);
+                                              conn, options.endpoint->path, limits, pause_ms, &run->progress);
+        run->progress.stats = &run->main->delivery.stats();
         return run.release();
     }
     IdentifyOptions identify;
@@ -179,7 +228,8 @@ SendRun *make_send_run(const AmpConnection &conn, const SendSpec &spec,
     run->identify = encoder.get();
     run->encoder = std::move(encoder);
     run->main = std::make_unique<Channel>(std::make_unique<IdentificationFormat>(conn.api_key), conn,
-                                          options.endpoint->path, limits, pause_ms);
+                                          options.endpoint->path, limits, pause_ms, &run->progress);
+    run->progress.stats = &run->main->delivery.stats();
     if (options.properties_event) {
         run->properties_event = options.properties_event;
         DeliveryLimits event_limits;
@@ -187,7 +237,7 @@ SendRun *make_send_run(const AmpConnection &conn, const SendSpec &spec,
         event_limits.max_bytes = static_cast<size_t>(kHttpApiEndpoint.max_bytes);
         run->events = std::make_unique<Channel>(std::make_unique<EventsFormat>(conn.api_key, options.min_id_length),
                                                 conn, kHttpApiEndpoint.path, event_limits,
-                                                kHttpApiEndpoint.throttle_pause_ms);
+                                                kHttpApiEndpoint.throttle_pause_ms, &run->progress);
     }
     return run.release();
 }
@@ -561,7 +611,10 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
         MemoryContextAllocZero(run_context, sizeof(MemoryContextCallback)));
     RunResources *resources = static_cast<RunResources *>(MemoryContextAllocZero(run_context, sizeof(RunResources)));
     SendRun *run = nullptr;
-    AMP_CXX(run = make_send_run(*conn, *spec, column_inputs(desc, readers, payload_natts)));
+    AMP_CXX(run = make_send_run(*conn, *spec, column_inputs(desc, readers, payload_natts));
+            run->progress.label = spec->sync_id ? "sync \"" + std::string(spec->sync_name) + "\""
+                                                : std::string(spec->function_name));
+    if (spec->preview) run->progress.stats = nullptr;  // nothing is sent: no progress to tell
     resources->run = run;
     raise_plan_warnings(run);
     cleanup->func = release_run_resources;
@@ -639,6 +692,7 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
                 if (!nulls[natts - 1]) record_key = TextDatumGetCString(datums[natts - 1]);
             }
             ++rows_read;
+            run->progress.rows_read = rows_read;
             RowAction action = RowAction::kCreate;
             AMP_CXX(action = encode_and_queue(run, static_cast<uint64_t>(rows_read), values,
                                               static_cast<size_t>(payload_natts), record_key, stored));
@@ -649,6 +703,7 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
             MemoryContextReset(row_context);
         }
         if (table) SPI_freetuptable(table);
+        progress_notice(&run->progress);
         if (!spec->preview) store_outcomes(log, run, spec);
         if (spec->counts) {
             const DeliveryStats &so_far = run->main->delivery.stats();
