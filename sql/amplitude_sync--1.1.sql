@@ -570,3 +570,31 @@ COMMENT ON COLUMN amplitude_sync.sync_state.record_key IS 'user_id, device_id, g
 COMMENT ON COLUMN amplitude_sync.sync_state.fingerprint IS '128-bit hash of the payload Amplitude confirmed (with the settings that shape it).';
 COMMENT ON COLUMN amplitude_sync.sync_state.sent_at IS 'When Amplitude confirmed (or refused) it.';
 COMMENT ON COLUMN amplitude_sync.sync_state.rejected_reason IS 'Set when the record was rejected: it is not sent again until its row changes (resync forces it).';
+
+-- Runs under way, from shared memory: one-shot calls and saved syncs alike,
+-- while they run (a one-shot call's own transaction is invisible until it
+-- ends). Needs amplitude_sync in shared_preload_libraries on PostgreSQL 15
+-- and 16; works without on 17+.
+CREATE FUNCTION amplitude_sync._run_progress(
+    OUT pid                pg_catalog.int4,
+    OUT run_id             pg_catalog.int8,
+    OUT what               pg_catalog.text,
+    OUT started_at         pg_catalog.timestamptz,
+    OUT rows_read          pg_catalog.int8,
+    OUT sent               pg_catalog.int8,
+    OUT rejected           pg_catalog.int8,
+    OUT requests_in_flight pg_catalog.int8)
+RETURNS SETOF record AS 'MODULE_PATHNAME', 'amplitude_sync_run_progress' LANGUAGE C;
+COMMENT ON FUNCTION amplitude_sync._run_progress() IS 'The rows of amplitude_sync.run_progress.';
+CREATE VIEW amplitude_sync.run_progress AS SELECT * FROM amplitude_sync._run_progress();
+COMMENT ON VIEW amplitude_sync.run_progress IS
+    'Runs under way (one-shot calls and saved syncs) of the roles you have the privileges of; all with pg_read_all_stats.';
+COMMENT ON COLUMN amplitude_sync.run_progress.pid IS 'The backend running it.';
+COMMENT ON COLUMN amplitude_sync.run_progress.run_id IS 'Its sync_runs row (visible to others once committed: saved syncs commit as they go).';
+COMMENT ON COLUMN amplitude_sync.run_progress.what IS 'The function, or sync "name".';
+COMMENT ON COLUMN amplitude_sync.run_progress.started_at IS 'When the run started.';
+COMMENT ON COLUMN amplitude_sync.run_progress.rows_read IS 'Rows read from the query so far.';
+COMMENT ON COLUMN amplitude_sync.run_progress.sent IS 'Records Amplitude accepted so far.';
+COMMENT ON COLUMN amplitude_sync.run_progress.rejected IS 'Records rejected so far.';
+COMMENT ON COLUMN amplitude_sync.run_progress.requests_in_flight IS 'Requests sent and not yet answered.';
+GRANT SELECT ON amplitude_sync.run_progress TO PUBLIC;

@@ -96,6 +96,18 @@ SET client_min_messages = warning;
 DROP EXTENSION amplitude_sync CASCADE;
 RESET client_min_messages;
 SELECT count(*) AS jobs_after FROM cron.job;
+-- ... and leaves no empty schema behind; in one transaction with a new
+-- CREATE EXTENSION, the schema stays (it is in use again).
+SELECT count(*) AS schema_left FROM pg_namespace WHERE nspname = 'amplitude_sync';
+BEGIN;
+SET LOCAL client_min_messages = warning;
+CREATE EXTENSION amplitude_sync;
+DROP EXTENSION amplitude_sync;
+CREATE EXTENSION amplitude_sync;
+COMMIT;
+SELECT count(*) AS schema_kept, (SELECT extversion FROM pg_extension WHERE extname = 'amplitude_sync') AS version
+FROM pg_namespace WHERE nspname = 'amplitude_sync';
+DROP EXTENSION amplitude_sync;
 SET client_min_messages = warning;
 CREATE EXTENSION amplitude_sync;
 RESET client_min_messages;

@@ -45,8 +45,13 @@ SELECT wait_for_requests(4);
 -- AmplitudeResponse on PostgreSQL 17+, Extension before).
 SELECT wait_event_type, wait_event IN ('AmplitudeResponse', 'Extension') AS waits_on_amplitude
 FROM pg_stat_activity WHERE pid = :runner_pid;
+-- and run_progress shows the one-shot call, whose own transaction is not
+-- visible yet: rows read, none confirmed, four requests in flight.
+SELECT what, run_id IS NOT NULL AS has_run_id, rows_read >= 2000 AS read_ahead, sent, rejected, requests_in_flight
+FROM amplitude_sync.run_progress WHERE pid = :runner_pid;
 SELECT pg_cancel_backend(:runner_pid);
 SELECT wait_until_gone('Cancelled Run');
+SELECT count(*) AS progress_after_cancel FROM amplitude_sync.run_progress WHERE pid = :runner_pid;
 SELECT * FROM dblink_get_result('runner', false) AS t(run_id bigint);
 SELECT * FROM dblink_get_result('runner', false) AS t(run_id bigint);
 SELECT dblink_error_message('runner') LIKE '%canceling statement due to user request%' AS cancelled;

@@ -26,9 +26,11 @@ make -s unittest || failed=1
 # file; the whole suite runs with every statement and debug message logged,
 # and the log is then searched for the key.
 TEST_API_KEY="mock-key-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
-# pg_cron runs a saved sync on a schedule in sql/cron.sql.
+# pg_cron runs a saved sync on a schedule in sql/cron.sql; amplitude_sync is
+# preloaded for its shared memory (run_progress on PostgreSQL 15; the 17/18
+# clusters of pg_versions.sh test the unpreloaded way).
 harness_start_cluster "log_min_messages = debug1" "log_statement = 'all'" \
-    "shared_preload_libraries = 'pg_cron'" "cron.database_name = 'contrib_regression'" \
+    "shared_preload_libraries = 'pg_cron, amplitude_sync'" "cron.database_name = 'contrib_regression'" \
     "cron.host = '@DIR@'" || exit 1
 echo "$TEST_API_KEY" | as_cluster_user tee "$HARNESS_DIR/data/amplitude_test_key" >/dev/null
 harness_start_mock --api-key "$TEST_API_KEY" || exit 1

@@ -2,6 +2,7 @@
 #include <curl/curl.h>
 
 #include "pg_headers.hpp"
+#include "progress.hpp"
 
 extern "C" {
 
@@ -31,6 +32,7 @@ void _PG_init(void) {
                             "flight).",
                             "0 turns them off.", &amplitude_sync_progress_notice_interval, 10, 0, 86400,
                             PGC_USERSET, GUC_UNIT_S, nullptr, nullptr, nullptr);
+    if (process_shared_preload_libraries_in_progress) progress_request_shared_memory();
 #if PG_VERSION_NUM >= 150000
     MarkGUCPrefixReserved("amplitude_sync");
 #else

@@ -318,6 +318,37 @@ int64 change_cron_jobs(const char *sql, const char *arg1, const char *arg2, cons
     return jobs;
 }
 
+// The schema amplitude_sync is made by CREATE EXTENSION (the control file
+// names it) and is not part of the extension, so DROP EXTENSION leaves it
+// behind. When a DROP EXTENSION amplitude_sync commits, the schema goes too
+// if nothing is left in it (a CREATE EXTENSION in the same transaction keeps
+// it).
+bool drop_schema_at_commit = false;
+
+bool schema_in_use(Oid schema) {
+    Relation depend = table_open(DependRelationId, AccessShareLock);
+    ScanKeyData keys[2];
+    ScanKeyInit(&keys[0], Anum_pg_depend_refclassid, BTEqualStrategyNumber, F_OIDEQ,
+                ObjectIdGetDatum(NamespaceRelationId));
+    ScanKeyInit(&keys[1], Anum_pg_depend_refobjid, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(schema));
+    SysScanDesc scan = systable_beginscan(depend, DependReferenceIndexId, true, nullptr, 2, keys);
+    bool used = HeapTupleIsValid(systable_getnext(scan));
+    systable_endscan(scan);
+    table_close(depend, AccessShareLock);
+    return used;
+}
+
+void drop_empty_schema(XactEvent event, void *) {
+    bool due = event == XACT_EVENT_PRE_COMMIT && drop_schema_at_commit;
+    drop_schema_at_commit = false;
+    if (!due) return;
+    Oid schema = get_namespace_oid("amplitude_sync", true);
+    if (!OidIsValid(schema) || schema_in_use(schema)) return;
+    ObjectAddress address;
+    ObjectAddressSet(address, NamespaceRelationId, schema);
+    performDeletion(&address, DROP_RESTRICT, PERFORM_DELETION_INTERNAL);
+}
+
 void follow_cron_jobs(const char *old_name, const char *new_name) {
     const char *job = psprintf("amplitude_sync:%s", old_name);
     int64 jobs =
@@ -885,7 +916,8 @@ PG_FUNCTION_INFO_V1(amplitude_sync_drop_extension_jobs);
 
 // Event trigger at the start of DROP EXTENSION: when amplitude_sync is one
 // of the extensions dropped, the pg_cron jobs schedule_sync made in this
-// database go first (they would fail every minute). At ddl_command_start the
+// database go first (they would fail every minute), and the schema is
+// dropped at commit once empty. At ddl_command_start the
 // statement is known and nothing is dropped yet; a DROP that fails later
 // rolls the unscheduling back with it.
 Datum amplitude_sync_drop_extension_jobs(PG_FUNCTION_ARGS) {
@@ -897,6 +929,12 @@ Datum amplitude_sync_drop_extension_jobs(PG_FUNCTION_ARGS) {
     foreach (cell, castNode(DropStmt, tree)->objects)
         ours |= strcmp(strVal(lfirst(cell)), "amplitude_sync") == 0;
     if (!ours) PG_RETURN_VOID();
+    static bool callback_registered = false;
+    if (!callback_registered) {
+        RegisterXactCallback(drop_empty_schema, nullptr);
+        callback_registered = true;
+    }
+    drop_schema_at_commit = true;
     if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
     int64 jobs = change_cron_jobs("SELECT cron.unschedule(jobid) FROM cron.job "
                                   "WHERE jobname OPERATOR(pg_catalog.~~) $1 "

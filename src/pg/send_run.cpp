@@ -18,6 +18,7 @@
 
 #include "datum_values.hpp"
 #include "pg_headers.hpp"
+#include "progress.hpp"
 #include "role_scope.hpp"
 #include "run_log.hpp"
 #include "send_run.hpp"
@@ -72,11 +73,15 @@ struct RunProgress {
     TimestampTz last = 0;
 };
 
-// Emitted from inside the delivery (while it waits on Amplitude) as well as
+// Published for other sessions (run_progress) and, when due, said in a
+// NOTICE; from inside the delivery (while it waits on Amplitude) as well as
 // from the run loop. A NOTICE returns; should it raise (out of memory), the
 // error is dropped here rather than unwound through C++ frames.
-void progress_notice(RunProgress *p) {
-    if (amplitude_sync_progress_notice_interval <= 0 || !p->stats) return;
+void report_progress(RunProgress *p) {
+    if (!p->stats) return;
+    progress_update(p->rows_read, static_cast<int64>(p->stats->sent), static_cast<int64>(p->stats->rejected),
+                    static_cast<int64>(p->in_flight));
+    if (amplitude_sync_progress_notice_interval <= 0) return;
     TimestampTz now = GetCurrentTimestamp();
     if (p->last == 0) p->last = now;
     if (!TimestampDifferenceExceeds(p->last, now, amplitude_sync_progress_notice_interval * 1000)) return;
@@ -109,6 +114,7 @@ public:
                const std::string &body) override {
         inner_->start(slot, url, content_type, body);
         progress_->in_flight++;
+        report_progress(progress_);
     }
     void wait(int timeout_ms, std::vector<std::pair<size_t, HttpResponse>> &done) override {
         size_t before = done.size();
@@ -116,7 +122,7 @@ public:
         inner_->wait(timeout_ms, done);
         pgstat_report_wait_end();
         progress_->in_flight -= done.size() - before;
-        progress_notice(progress_);
+        report_progress(progress_);
     }
     void advance(std::vector<std::pair<size_t, HttpResponse>> &done) override {
         size_t before = done.size();
@@ -489,7 +495,10 @@ struct RunResources {
     SendRun *run;
 };
 
-void release_run_resources(void *arg) { delete static_cast<RunResources *>(arg)->run; }
+void release_run_resources(void *arg) {
+    delete static_cast<RunResources *>(arg)->run;
+    progress_end();
+}
 
 // Prepares the query and opens a cursor on it, in the source's scope.
 void open_source(const SendSpec *spec, RowSource *source) {
@@ -628,6 +637,7 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
         run_log_start(log, spec->function_name, conn->server_name, spec->options.endpoint->path, spec->sync_id,
                       spec->sync_name, "running", nullptr);
     }
+    if (!spec->preview) progress_begin(log->run_id, run->progress.label.c_str());
     TimestampTz last_commit = GetCurrentTimestamp();
 
     Datum *datums = static_cast<Datum *>(palloc(sizeof(Datum) * (natts + 1)));
@@ -703,7 +713,7 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
             MemoryContextReset(row_context);
         }
         if (table) SPI_freetuptable(table);
-        progress_notice(&run->progress);
+        report_progress(&run->progress);
         if (!spec->preview) store_outcomes(log, run, spec);
         if (spec->counts) {
             const DeliveryStats &so_far = run->main->delivery.stats();
