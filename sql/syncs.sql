@@ -265,3 +265,18 @@ BEGIN
     CALL amplitude_sync.run_sync_into('users', report);
 END $$;
 ROLLBACK;
+
+-- A table source keeps the columns it had when the sync was made: a column
+-- added later (PII, say) is not sent until the sync is told to; runs and
+-- previews name it.
+ALTER TABLE customers ADD COLUMN ssn text DEFAULT '078-05-1120';
+UPDATE customers SET plan = 'team' WHERE user_id = 'user-00043';
+SELECT mock_reset();
+SELECT record_key, action FROM amplitude_sync.preview_sync('users');
+CALL amplitude_sync.run_sync('users') \gset
+\echo status=:status sent=:sent
+SELECT count(*) FILTER (WHERE u->'user_properties' ? 'ssn') AS profiles_with_ssn FROM mock_users() u;
+SELECT name FROM amplitude_sync.alter_sync('users', source => 'customers');
+CALL amplitude_sync.run_sync('users') \gset
+\echo status=:status sent=:sent
+SELECT count(*) FILTER (WHERE u->'user_properties' ? 'ssn') AS profiles_with_ssn FROM mock_users() u;

@@ -349,6 +349,47 @@ void drop_empty_schema(XactEvent event, void *) {
     performDeletion(&address, DROP_RESTRICT, PERFORM_DELETION_INTERNAL);
 }
 
+// A table (or view) source is read with the columns it had when the sync
+// was made, so a column added later (PII, say) is never sent unreviewed;
+// runs and previews say when there are such columns.
+void notice_unsent_columns(const SavedSync *sync) {
+    if (!source_names_relation(sync->source)) return;
+    RoleScope scope;
+    enter_extension_scope(&scope);
+    Oid types[1] = {OIDOID};
+    Datum args[1] = {ObjectIdGetDatum(sync->source_view)};
+    int rc = SPI_execute_with_args(
+        "SELECT pg_catalog.format('%s', c.oid::pg_catalog.regclass), "
+        "pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum) "
+        "FROM pg_catalog.pg_class c "
+        "JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) c.oid "
+        " AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped "
+        "WHERE c.oid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT d.refobjid FROM pg_catalog.pg_rewrite r "
+        " JOIN pg_catalog.pg_depend d ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_rewrite'::pg_catalog.regclass "
+        "  AND d.objid OPERATOR(pg_catalog.=) r.oid "
+        "  AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass "
+        "  AND d.refobjid OPERATOR(pg_catalog.<>) $1 "
+        " WHERE r.ev_class OPERATOR(pg_catalog.=) $1)) "
+        "AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute v "
+        " WHERE v.attrelid OPERATOR(pg_catalog.=) $1 AND v.attname OPERATOR(pg_catalog.=) a.attname) "
+        "GROUP BY c.oid",
+        1, types, args, nullptr, true, 0);
+    if (rc != SPI_OK_SELECT) elog(ERROR, "amplitude_sync: could not read the source's columns");
+    char *relation = nullptr, *columns = nullptr;
+    if (SPI_processed == 1) {
+        relation = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+        columns = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+    }
+    leave_role_scope(&scope);
+    if (columns)
+        ereport(NOTICE, (errmsg("\"%s\" has columns that sync \"%s\" does not send: %s", relation, sync->name,
+                                columns),
+                         errdetail("A table or view source is read with the columns it had when the sync was "
+                                   "created or its source last set."),
+                         errhint("To send them: SELECT amplitude_sync.alter_sync(%s, source => %s);",
+                                 quote_literal_cstr(sync->name), quote_literal_cstr(sync->source))));
+}
+
 void follow_cron_jobs(const char *old_name, const char *new_name) {
     const char *job = psprintf("amplitude_sync:%s", old_name);
     int64 jobs =
@@ -750,6 +791,7 @@ Datum run_saved_sync(FunctionCallInfo fcinfo, TupleDesc report_desc) {
     if (SPI_connect_ext(SPI_OPT_NONATOMIC) != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
     SavedSync sync;
     load_saved_sync(name, &sync);
+    notice_unsent_columns(&sync);
     const char *api = sync.api;
     CallOptions options;
     {
@@ -864,6 +906,7 @@ Datum amplitude_sync_preview_sync(PG_FUNCTION_ARGS) {
     if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
     SavedSync sync;
     load_saved_sync(name, &sync);
+    notice_unsent_columns(&sync);
     AmpConnection conn;
     load_owner_connection(&sync, &conn);
     SendSpec spec;

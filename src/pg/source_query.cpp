@@ -52,12 +52,16 @@ char *checked_source_query(const char *query) {
     return pnstrdup(query + raw->stmt_location, length);
 }
 
-Oid source_relation(const char *source) {
+bool source_names_relation(const char *source) {
     // Only a plain (possibly qualified, possibly quoted) name can be one.
     for (const char *c = source; *c; ++c)
         if (!isalnum(static_cast<unsigned char>(*c)) && !strchr("_.\"$", *c) && !IS_HIGHBIT_SET(*c))
-            return InvalidOid;
-    if (!*source) return InvalidOid;
+            return false;
+    return *source != '\0';
+}
+
+Oid source_relation(const char *source) {
+    if (!source_names_relation(source)) return InvalidOid;
 #if PG_VERSION_NUM >= 160000
     List *names = stringToQualifiedNameList(source, nullptr);
 #else

@@ -12,6 +12,10 @@
 // trailing -- comment is harmless.
 char *checked_source_query(const char *query);
 
-// The relation a source names ("customers", "analytics.orders"), resolved
-// with the current search_path; InvalidOid when the source is a query.
+// Whether a source is a relation name ("customers", "analytics.orders")
+// rather than a query.
+bool source_names_relation(const char *source);
+
+// The relation a source names, resolved with the current search_path;
+// InvalidOid when the source is a query.
 Oid source_relation(const char *source);
