@@ -780,9 +780,12 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
     int64 unchanged = static_cast<int64>(run->unchanged);
     bool failed = run->state() == DeliveryState::kFailed;
     char *error = nullptr;
+    // (more: the source may hold rows the run did not read.)
     if (failed)
-        error = psprintf("%s; the run stopped after reading %lld rows (the rest of the query was not read)",
-                         run->error().c_str(), static_cast<long long>(rows_read));
+        error = more ? psprintf("%s; the run stopped after reading %lld rows (the rest of the query was not read)",
+                                run->error().c_str(), static_cast<long long>(rows_read))
+                     : psprintf("%s; the run stopped after reading all %lld rows of the query",
+                                run->error().c_str(), static_cast<long long>(rows_read));
     DeliveryStats logged = *stats;
     logged.requests = requests;
     logged.retries = retries;
