@@ -322,6 +322,29 @@ REVOKE ALL ON PROCEDURE amplitude_sync.run_sync_into FROM PUBLIC;
 
 -- Scheduling with pg_cron (when it is installed): a job named
 -- "amplitude_sync:<sync>" that CALLs run_sync, as the role that schedules it.
+-- The schema of the genuine pg_cron in this database (quoted), or NULL. A
+-- schema merely named "cron" may belong to anyone, and its functions would
+-- run with the rights of whoever calls them (a superuser, in the code that
+-- keeps jobs in step with syncs): the schema must be part of the extension
+-- pg_cron and owned by its owner, a superuser (then nobody else can put a
+-- table job or a function of the signatures used into it).
+CREATE FUNCTION amplitude_sync._cron_schema()
+RETURNS pg_catalog.text LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.quote_ident(n.nspname)
+    FROM pg_catalog.pg_extension e
+    JOIN pg_catalog.pg_roles o ON o.oid OPERATOR(pg_catalog.=) e.extowner AND o.rolsuper
+    JOIN pg_catalog.pg_depend d
+      ON d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass
+     AND d.refobjid OPERATOR(pg_catalog.=) e.oid AND d.deptype OPERATOR(pg_catalog.=) 'e'
+     AND d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_namespace'::pg_catalog.regclass
+    JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) d.objid AND n.nspowner OPERATOR(pg_catalog.=) e.extowner
+    WHERE e.extname OPERATOR(pg_catalog.=) 'pg_cron'
+$$;
+COMMENT ON FUNCTION amplitude_sync._cron_schema() IS
+    'The schema of the pg_cron extension installed in this database (quoted), or NULL; never a look-alike schema named cron.';
+
 CREATE FUNCTION amplitude_sync.schedule_sync(name pg_catalog.text, schedule pg_catalog.text)
 RETURNS pg_catalog.int8 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -329,6 +352,7 @@ AS $$
 DECLARE
     sync_name pg_catalog.text;
     job pg_catalog.int8;
+    cron_schema pg_catalog.text := amplitude_sync._cron_schema();
     cron_database pg_catalog.text;
     command pg_catalog.text;
     elsewhere pg_catalog.text;
@@ -339,7 +363,7 @@ BEGIN
             HINT = 'Syncs of roles you are not a member of are not visible; see amplitude_sync.syncs.';
     END IF;
     command := pg_catalog.format('CALL amplitude_sync.run_sync(%L)', sync_name);
-    IF pg_catalog.to_regnamespace('cron') IS NULL THEN
+    IF cron_schema IS NULL THEN
         -- pg_cron keeps every job in one database (cron.database_name);
         -- jobs for other databases are made there, by a superuser in pg_cron
         -- 1.4. The setting is readable by superusers only.
@@ -363,7 +387,7 @@ BEGIN
         RAISE EXCEPTION 'pg_cron is not installed in this database' USING ERRCODE = '55000',
             HINT = 'Install pg_cron (shared_preload_libraries = ''pg_cron'', then CREATE EXTENSION pg_cron), or run CALL amplitude_sync.run_sync(...) from any scheduler.';
     END IF;
-    EXECUTE 'SELECT cron.schedule($1, $2, $3)' INTO job
+    EXECUTE pg_catalog.format('SELECT %s.schedule($1, $2, $3)', cron_schema) INTO job
         USING 'amplitude_sync:' OPERATOR(pg_catalog.||) sync_name, schedule, command;
     RETURN job;
 END $$;
@@ -373,11 +397,12 @@ RETURNS pg_catalog.bool LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    cron_schema pg_catalog.text := amplitude_sync._cron_schema();
     cron_database pg_catalog.text;
     job pg_catalog.int8;
     done pg_catalog.bool := false;
 BEGIN
-    IF pg_catalog.to_regnamespace('cron') IS NULL THEN
+    IF cron_schema IS NULL THEN
         BEGIN
             cron_database := pg_catalog.current_setting('cron.database_name', true);
         EXCEPTION WHEN insufficient_privilege THEN
@@ -392,11 +417,15 @@ BEGIN
         RAISE EXCEPTION 'pg_cron is not installed in this database' USING ERRCODE = '55000';
     END IF;
     -- By id: a superuser sees every role's jobs (and may remove them); other
-    -- roles see their own (pg_cron's row security).
-    FOR job IN EXECUTE 'SELECT jobid FROM cron.job WHERE jobname OPERATOR(pg_catalog.=) $1 '
-                       'AND database OPERATOR(pg_catalog.=) pg_catalog.current_database()'
-               USING 'amplitude_sync:' OPERATOR(pg_catalog.||) name LOOP
-        EXECUTE 'SELECT cron.unschedule($1)' USING job;
+    -- roles see their own (pg_cron's row security). Only the jobs
+    -- schedule_sync makes: its name and its command.
+    FOR job IN EXECUTE pg_catalog.format(
+                   'SELECT jobid FROM %s.job WHERE jobname OPERATOR(pg_catalog.=) $1 '
+                   'AND command OPERATOR(pg_catalog.=) $2 '
+                   'AND database OPERATOR(pg_catalog.=) pg_catalog.current_database()', cron_schema)
+               USING 'amplitude_sync:' OPERATOR(pg_catalog.||) name,
+                     pg_catalog.format('CALL amplitude_sync.run_sync(%L)', name) LOOP
+        EXECUTE pg_catalog.format('SELECT %s.unschedule($1)', cron_schema) USING job;
         done := true;
     END LOOP;
     IF NOT done THEN
@@ -414,7 +443,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     dropped pg_catalog.text;
-    jobs pg_catalog.text[] := '{}';
+    names pg_catalog.text[] := '{}';
+    cron_schema pg_catalog.text;
     job pg_catalog.int8;
 BEGIN
     IF pg_catalog.to_regclass('amplitude_sync.syncs') IS NULL THEN
@@ -429,19 +459,23 @@ BEGIN
         RETURNING s.name
     LOOP
         RAISE NOTICE 'drop cascades to sync "%"', dropped;
-        jobs := jobs OPERATOR(pg_catalog.||) ('amplitude_sync:' OPERATOR(pg_catalog.||) dropped);
+        names := names OPERATOR(pg_catalog.||) dropped;
     END LOOP;
     -- The pg_cron jobs schedule_sync made for them would fail every minute.
-    IF pg_catalog.to_regnamespace('cron') IS NULL OR pg_catalog.cardinality(jobs) OPERATOR(pg_catalog.=) 0 THEN
+    cron_schema := amplitude_sync._cron_schema();
+    IF cron_schema IS NULL THEN
         RETURN;
     END IF;
-    FOR job, dropped IN
-        EXECUTE 'SELECT jobid, jobname FROM cron.job WHERE database OPERATOR(pg_catalog.=) pg_catalog.current_database() '
-                'AND jobname OPERATOR(pg_catalog.=) ANY ($1)'
-        USING jobs
-    LOOP
-        EXECUTE 'SELECT cron.unschedule($1)' USING job;
-        RAISE NOTICE 'pg_cron job "%" was unscheduled', dropped;
+    FOREACH dropped IN ARRAY names LOOP
+        FOR job IN EXECUTE pg_catalog.format(
+                       'SELECT jobid FROM %s.job WHERE jobname OPERATOR(pg_catalog.=) $1 '
+                       'AND command OPERATOR(pg_catalog.=) $2 '
+                       'AND database OPERATOR(pg_catalog.=) pg_catalog.current_database()', cron_schema)
+                   USING 'amplitude_sync:' OPERATOR(pg_catalog.||) dropped,
+                         pg_catalog.format('CALL amplitude_sync.run_sync(%L)', dropped) LOOP
+            EXECUTE pg_catalog.format('SELECT %s.unschedule($1)', cron_schema) USING job;
+            RAISE NOTICE 'pg_cron job "amplitude_sync:%" was unscheduled', dropped;
+        END LOOP;
     END LOOP;
 END $$;
 REVOKE ALL ON FUNCTION amplitude_sync._drop_syncs_of_dropped_views() FROM PUBLIC;
@@ -588,7 +622,7 @@ RETURNS SETOF record AS 'MODULE_PATHNAME', 'amplitude_sync_run_progress' LANGUAG
 COMMENT ON FUNCTION amplitude_sync._run_progress() IS 'The rows of amplitude_sync.run_progress.';
 CREATE VIEW amplitude_sync.run_progress AS SELECT * FROM amplitude_sync._run_progress();
 COMMENT ON VIEW amplitude_sync.run_progress IS
-    'Runs under way (one-shot calls and saved syncs) of the roles you have the privileges of; all with pg_read_all_stats.';
+    'Runs under way in this database (one-shot calls and saved syncs) of the roles you have the privileges of; all with pg_read_all_stats.';
 COMMENT ON COLUMN amplitude_sync.run_progress.pid IS 'The backend running it.';
 COMMENT ON COLUMN amplitude_sync.run_progress.run_id IS 'Its sync_runs row (visible to others once committed: saved syncs commit as they go).';
 COMMENT ON COLUMN amplitude_sync.run_progress.what IS 'The function, or sync "name".';

@@ -141,7 +141,8 @@ SELECT * FROM amplitude_sync.amplitude_identify('amplitude_mock', $$SELECT 'user
 
 -- min_id_length: /identify takes no options and refuses IDs shorter than 5,
 -- so a shorter minimum is refused for users and devices (and their saved
--- syncs) rather than sending rows Amplitude would refuse; 5 is what it enforces.
+-- syncs) rather than sending rows Amplitude would refuse; 5 is what it
+-- enforces, and a longer minimum is checked locally.
 SELECT * FROM amplitude_sync.amplitude_identify('amplitude_mock', $$SELECT 'abc' AS user_id$$, min_id_length => 3);
 SELECT * FROM amplitude_sync.amplitude_identify('amplitude_mock', $$SELECT 'abc' AS device_id$$, object => 'device',
     min_id_length => 3, properties_event => 'Properties Updated');
@@ -151,6 +152,10 @@ SELECT mock_reset();
 SELECT status, sent, rejected FROM amplitude_sync.amplitude_identify('amplitude_mock',
     $$SELECT 'abc' AS user_id, 'pro' AS plan$$, min_id_length => 5);
 SELECT reason FROM amplitude_sync.rejected_records WHERE run_id = (SELECT max(run_id) FROM amplitude_sync.sync_runs);
+SELECT status, sent, rejected FROM amplitude_sync.amplitude_identify('amplitude_mock',
+    $$SELECT * FROM (VALUES ('user-001', 'pro'), ('user-000001', 'pro')) t(user_id, plan)$$, min_id_length => 10);
+SELECT reason FROM amplitude_sync.rejected_records WHERE run_id = (SELECT max(run_id) FROM amplitude_sync.sync_runs);
+SELECT u->>'user_id' AS identified FROM mock_users() u ORDER BY 1;
 -- The way to reach users with shorter IDs: events, where the option exists.
 SELECT status, sent FROM amplitude_sync.amplitude_send_events('amplitude_mock',
     $$SELECT 'Plan Changed' AS event_type, 'abc' AS user_id, '{"plan": "pro"}'::jsonb AS user_properties$$,

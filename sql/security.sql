@@ -290,6 +290,44 @@ DROP TABLE blocked_users;
 DROP TABLE blocked_users CASCADE;
 SELECT count(*) AS blocked_syncs FROM amplitude_sync.syncs WHERE name = 'blocked';
 
+-- A schema merely named cron is not pg_cron: a role with CREATE on the
+-- database plants one (a job table, unschedule, schedule and a trigger on its
+-- table, each a trap), then renames, drops and cascades its syncs, tries to
+-- drop the extension, and has a superuser schedule and unschedule. No trap
+-- may run: the extension uses only the schema of the extension pg_cron.
+GRANT CREATE ON DATABASE contrib_regression TO regress_hostile;
+SET ROLE regress_hostile;
+CREATE SCHEMA cron;
+CREATE TABLE cron.job (jobid bigint, jobname text, database text, command text, username text);
+INSERT INTO cron.job VALUES (1, 'amplitude_sync:hostile_cron', current_database(),
+                             'CALL amplitude_sync.run_sync(''hostile_cron'')', 'regress_hostile'),
+                            (2, 'amplitude_sync:hostile_cron2', current_database(),
+                             'CALL amplitude_sync.run_sync(''hostile_cron2'')', 'regress_hostile');
+CREATE FUNCTION cron.unschedule(bigint) RETURNS bool LANGUAGE plpgsql AS
+    $$BEGIN RAISE WARNING 'TRAP cron.unschedule RAN AS %', current_user; RETURN true; END$$;
+CREATE FUNCTION cron.schedule(text, text, text) RETURNS bigint LANGUAGE plpgsql AS
+    $$BEGIN RAISE WARNING 'TRAP cron.schedule RAN AS %', current_user; RETURN 1; END$$;
+CREATE FUNCTION cron.trap() RETURNS trigger LANGUAGE plpgsql AS
+    $$BEGIN RAISE WARNING 'TRAP cron.job trigger RAN AS %', current_user; RETURN NEW; END$$;
+CREATE TRIGGER trap BEFORE UPDATE OR DELETE ON cron.job FOR EACH ROW EXECUTE FUNCTION cron.trap();
+CREATE TABLE hostile.cron_source AS SELECT 'hostile-cron-1' AS user_id;
+SELECT name FROM amplitude_sync.create_sync('hostile_cron', 'amplitude_mock', 'user', 'hostile.cron_source');
+SELECT name FROM amplitude_sync.alter_sync('hostile_cron', new_name => 'hostile_cron2');
+SELECT amplitude_sync.drop_sync('hostile_cron2');
+SELECT name FROM amplitude_sync.create_sync('hostile_cron', 'amplitude_mock', 'user', 'hostile.cron_source');
+DROP TABLE hostile.cron_source CASCADE;
+DROP EXTENSION amplitude_sync;
+RESET ROLE;
+CREATE TABLE cron_victim AS SELECT 'victim-cron-1' AS user_id;
+SELECT name FROM amplitude_sync.create_sync('victim_cron', 'amplitude_mock', 'user', 'cron_victim');
+SELECT amplitude_sync.schedule_sync('victim_cron', '* * * * *');
+SELECT amplitude_sync.unschedule_sync('hostile_cron');
+SELECT amplitude_sync.drop_sync('victim_cron');
+DROP TABLE cron_victim;
+SELECT rolsuper AS hostile_is_superuser FROM pg_roles WHERE rolname = 'regress_hostile';
+DROP SCHEMA cron CASCADE;
+REVOKE CREATE ON DATABASE contrib_regression FROM regress_hostile;
+
 -- API keys Amplitude could echo back escaped are refused.
 CREATE USER MAPPING FOR regress_other SERVER amplitude_mock OPTIONS (api_key 'bob-sécret');
 CREATE USER MAPPING FOR regress_other SERVER amplitude_mock OPTIONS (api_key 'tab	key');

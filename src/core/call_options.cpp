@@ -94,13 +94,17 @@ CallOptions check_call_arguments(const CallArguments &a) {
     o.batch_size = a.batch_size;
     o.max_records = a.batch_size != kNotGiven ? a.batch_size : o.endpoint->max_records;
     check_range("min_id_length", a.min_id_length, 1, 1000);
-    // Only the event endpoints take options; /identify and /groupidentify
-    // refuse IDs shorter than 5 whatever the call says.
-    if (!events && a.min_id_length != 5)
-        throw PlanError("22023", "min_id_length applies to events only",
+    // Only the event endpoints take options: /identify refuses IDs shorter
+    // than 5 whatever the call says (a longer minimum is checked locally),
+    // and group identifications carry no user or device ID.
+    if (o.target == Target::kGroup && a.min_id_length != 5)
+        throw PlanError("22023", "min_id_length does not apply to groups",
+                        "Group identifications carry no user or device ID.", "Leave min_id_length out for groups.");
+    if (!events && a.min_id_length < 5)
+        throw PlanError("22023", "min_id_length below 5 applies to events only",
                         "Amplitude's /identify endpoint takes no options and refuses user and device IDs shorter "
                         "than 5 characters.",
-                        "Leave min_id_length out for object \"" + object +
+                        "Leave min_id_length out (or give 5 or more) for object \"" + object +
                             "\"; to set properties of users with shorter IDs, send events that carry them in "
                             "a user_properties column with amplitude_send_events(..., min_id_length => N).");
     o.min_id_length = a.min_id_length;

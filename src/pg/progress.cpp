@@ -22,6 +22,7 @@ namespace {
 struct ProgressSlot {
     pg_atomic_uint32 changecount;
     int pid;  // 0: no run
+    Oid database;  // runs are shown in their own database only (run_id, text encoding)
     Oid role;
     int64 run_id;
     TimestampTz started_at;
@@ -117,11 +118,15 @@ void progress_begin(int64 run_id, const char *what) {
     if (!s) return;
     begin_write(s);
     s->pid = MyProcPid;
+    s->database = MyDatabaseId;
     s->role = GetUserId();
     s->run_id = run_id;
     s->started_at = GetCurrentTimestamp();
     s->rows_read = s->sent = s->rejected = s->in_flight = 0;
-    snprintf(s->what, sizeof(s->what), "%s", what);
+    // Cut on a character boundary, in the database's encoding.
+    int length = pg_mbcliplen(what, static_cast<int>(strlen(what)), static_cast<int>(sizeof(s->what)) - 1);
+    memcpy(s->what, what, length);
+    s->what[length] = '\0';
     end_write(s);
 }
 
@@ -149,8 +154,9 @@ extern "C" {
 PG_FUNCTION_INFO_V1(amplitude_sync_run_progress);
 
 // _run_progress() RETURNS SETOF (pid, run_id, what, started_at, rows_read,
-// sent, rejected, requests_in_flight): the runs under way of the roles the
-// caller has the privileges of (all of them with pg_read_all_stats).
+// sent, rejected, requests_in_flight): the runs under way in this database
+// of the roles the caller has the privileges of (all of them with
+// pg_read_all_stats).
 Datum amplitude_sync_run_progress(PG_FUNCTION_ARGS) {
     InitMaterializedSRF(fcinfo, 0);
     ReturnSetInfo *rsinfo = reinterpret_cast<ReturnSetInfo *>(fcinfo->resultinfo);
@@ -168,7 +174,7 @@ Datum amplitude_sync_run_progress(PG_FUNCTION_ARGS) {
             CHECK_FOR_INTERRUPTS();
         }
         // A slot left by a backend that died mid-run names a process that is gone.
-        if (copy.pid == 0 || BackendPidGetProc(copy.pid) == nullptr) continue;
+        if (copy.pid == 0 || copy.database != MyDatabaseId || BackendPidGetProc(copy.pid) == nullptr) continue;
         if (!all && !has_privs_of_role(GetUserId(), copy.role)) continue;
         copy.what[sizeof(copy.what) - 1] = '\0';
         Datum values[8] = {Int32GetDatum(copy.pid), Int64GetDatum(copy.run_id), CStringGetTextDatum(copy.what),

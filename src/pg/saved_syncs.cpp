@@ -296,12 +296,23 @@ Datum sync_row(int sync_id) {
 // owner, so that a member dropping a sync removes the job of the role that
 // scheduled it; pg_cron's table is a superuser's, so an owner that is not
 // one leaves the jobs with a NOTICE.
-// Runs sql (on cron.job, with $1 and $2 text) as the extension's owner;
-// returns the rows it touched, or -1 when it could not run.
-int64 change_cron_jobs(const char *sql, const char *arg1, const char *arg2, const char *what) {
-    if (!OidIsValid(get_namespace_oid("cron", true))) return 0;
+// Only pg_cron itself is trusted: a schema merely named cron may be
+// anyone's, and its code would run as the extension's owner here; so the
+// schema comes from amplitude_sync._cron_schema() (the extension pg_cron's
+// own). Runs sql_format (its %s: that schema, every time) with $1..$3 text as
+// the extension's owner; returns the rows it touched, or -1 when it could
+// not run.
+int64 change_cron_jobs(const char *sql_format, const char *arg1, const char *arg2, const char *arg3,
+                       const char *what) {
     RoleScope scope;
     enter_extension_scope(&scope);
+    if (SPI_execute("SELECT amplitude_sync._cron_schema()", true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+        elog(ERROR, "amplitude_sync: could not look for pg_cron");
+    char *schema = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+    if (!schema) {
+        leave_role_scope(&scope);
+        return 0;
+    }
     if (!superuser()) {
         leave_role_scope(&scope);
         ereport(NOTICE, (errmsg("pg_cron jobs of %s were left as they are", what),
@@ -309,9 +320,10 @@ int64 change_cron_jobs(const char *sql, const char *arg1, const char *arg2, cons
                          errhint("See cron.job for jobs named amplitude_sync:<sync>.")));
         return -1;
     }
-    Oid types[2] = {TEXTOID, TEXTOID};
-    Datum args[2] = {CStringGetTextDatum(arg1), arg2 ? CStringGetTextDatum(arg2) : (Datum)0};
-    int rc = SPI_execute_with_args(sql, arg2 ? 2 : 1, types, args, nullptr, false, 0);
+    Oid types[3] = {TEXTOID, TEXTOID, TEXTOID};
+    Datum args[3] = {CStringGetTextDatum(arg1), CStringGetTextDatum(arg2 ? arg2 : ""),
+                     CStringGetTextDatum(arg3 ? arg3 : "")};
+    int rc = SPI_execute_with_args(psprintf(sql_format, schema, schema), 3, types, args, nullptr, false, 0);
     if (rc != SPI_OK_UPDATE && rc != SPI_OK_SELECT) elog(ERROR, "amplitude_sync: could not change pg_cron's jobs");
     int64 jobs = static_cast<int64>(SPI_processed);
     leave_role_scope(&scope);
@@ -390,18 +402,21 @@ void notice_unsent_columns(const SavedSync *sync) {
                                  quote_literal_cstr(sync->name), quote_literal_cstr(sync->source))));
 }
 
+// The jobs schedule_sync made for a sync: its job name and its command.
+#define SYNC_JOBS_WHERE                                                                     \
+    "WHERE jobname OPERATOR(pg_catalog.=) $1 "                                              \
+    "AND command OPERATOR(pg_catalog.=) pg_catalog.format('CALL amplitude_sync.run_sync(%%L)', $2) " \
+    "AND database OPERATOR(pg_catalog.=) pg_catalog.current_database()"
+
 void follow_cron_jobs(const char *old_name, const char *new_name) {
     const char *job = psprintf("amplitude_sync:%s", old_name);
+    const char *what = psprintf("sync \"%s\"", old_name);
     int64 jobs =
-        new_name ? change_cron_jobs("UPDATE cron.job SET jobname = 'amplitude_sync:' OPERATOR(pg_catalog.||) $2, "
-                                    "command = pg_catalog.format('CALL amplitude_sync.run_sync(%L)', $2) "
-                                    "WHERE jobname OPERATOR(pg_catalog.=) $1 "
-                                    "AND database OPERATOR(pg_catalog.=) pg_catalog.current_database()",
-                                    job, new_name, psprintf("sync \"%s\"", old_name))
-                 : change_cron_jobs("SELECT cron.unschedule(jobid) FROM cron.job "
-                                    "WHERE jobname OPERATOR(pg_catalog.=) $1 "
-                                    "AND database OPERATOR(pg_catalog.=) pg_catalog.current_database()",
-                                    job, nullptr, psprintf("sync \"%s\"", old_name));
+        new_name ? change_cron_jobs("UPDATE %s.job SET jobname = 'amplitude_sync:' OPERATOR(pg_catalog.||) $3, "
+                                    "command = pg_catalog.format('CALL amplitude_sync.run_sync(%%L)', $3) " SYNC_JOBS_WHERE,
+                                    job, old_name, new_name, what)
+                 : change_cron_jobs("SELECT %s.unschedule(jobid) FROM %s.job " SYNC_JOBS_WHERE, job, old_name,
+                                    nullptr, what);
     if (jobs > 0)
         ereport(NOTICE, (new_name ? errmsg("pg_cron job \"amplitude_sync:%s\" now runs sync \"%s\"", old_name,
                                            new_name)
@@ -972,6 +987,15 @@ Datum amplitude_sync_drop_extension_jobs(PG_FUNCTION_ARGS) {
     foreach (cell, castNode(DropStmt, tree)->objects)
         ours |= strcmp(strVal(lfirst(cell)), "amplitude_sync") == 0;
     if (!ours) PG_RETURN_VOID();
+    // ddl_command_start comes before PostgreSQL's own checks: nothing is
+    // done for a role that may not drop the extension (the DROP then fails).
+    Oid extension = get_extension_oid("amplitude_sync", true);
+#if PG_VERSION_NUM >= 160000
+    bool may_drop = OidIsValid(extension) && object_ownercheck(ExtensionRelationId, extension, GetUserId());
+#else
+    bool may_drop = OidIsValid(extension) && pg_extension_ownercheck(extension, GetUserId());
+#endif
+    if (!may_drop) PG_RETURN_VOID();
     static bool callback_registered = false;
     if (!callback_registered) {
         RegisterXactCallback(drop_empty_schema, nullptr);
@@ -979,10 +1003,11 @@ Datum amplitude_sync_drop_extension_jobs(PG_FUNCTION_ARGS) {
     }
     drop_schema_at_commit = true;
     if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
-    int64 jobs = change_cron_jobs("SELECT cron.unschedule(jobid) FROM cron.job "
-                                  "WHERE jobname OPERATOR(pg_catalog.~~) $1 "
+    int64 jobs = change_cron_jobs("SELECT %s.unschedule(jobid) FROM %s.job "
+                                  "WHERE jobname OPERATOR(pg_catalog.~~) $1 AND command OPERATOR(pg_catalog.~~) $2 "
                                   "AND database OPERATOR(pg_catalog.=) pg_catalog.current_database()",
-                                  "amplitude\\_sync:%", nullptr, "the extension's syncs");
+                                  "amplitude\\_sync:%", "CALL amplitude\\_sync.run\\_sync(%", nullptr,
+                                  "the extension's syncs");
     SPI_finish();
     if (jobs > 0)
         ereport(NOTICE, (errmsg("%lld pg_cron jobs of amplitude_sync's syncs were unscheduled", static_cast<long long>(jobs))));

@@ -76,7 +76,10 @@ struct RunProgress {
 // Published for other sessions (run_progress) and, when due, said in a
 // NOTICE; from inside the delivery (while it waits on Amplitude) as well as
 // from the run loop. A NOTICE returns; should it raise (out of memory), the
-// error is dropped here rather than unwound through C++ frames.
+// error is dropped here rather than unwound through C++ frames. Interrupts
+// are held meanwhile: sending a NOTICE checks for them, and a cancel raised
+// here would be lost; held, it stays pending for the delivery's
+// interrupt_pending() and the run loop's CHECK_FOR_INTERRUPTS.
 void report_progress(RunProgress *p) {
     if (!p->stats) return;
     progress_update(p->rows_read, static_cast<int64>(p->stats->sent), static_cast<int64>(p->stats->rejected),
@@ -87,6 +90,8 @@ void report_progress(RunProgress *p) {
     if (!TimestampDifferenceExceeds(p->last, now, amplitude_sync_progress_notice_interval * 1000)) return;
     p->last = now;
     MemoryContext context = CurrentMemoryContext;
+    HOLD_INTERRUPTS();
+    uint32 held = InterruptHoldoffCount;  // an ERROR resets it to 0
     PG_TRY();
     {
         ereport(NOTICE, (errmsg("%s: %lld rows read, %llu sent, %llu rejected, %zu requests in flight",
@@ -99,8 +104,10 @@ void report_progress(RunProgress *p) {
     {
         MemoryContextSwitchTo(context);
         FlushErrorState();
+        InterruptHoldoffCount = held;
     }
     PG_END_TRY();
+    RESUME_INTERRUPTS();
 }
 
 // The core's transport, with the wait on Amplitude's answers reported as a

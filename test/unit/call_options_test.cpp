@@ -73,14 +73,20 @@ TEST(CallOptions, CombinationsAmplitudeCannotTake) {
     a = args("user");
     a.properties_event = "[Amplitude] Revenue";
     EXPECT_NE(error_of(a).find("properties_event \"[Amplitude] Revenue\" is reserved for Amplitude"), std::string::npos);
-    // The form endpoints take no options: min_id_length cannot be honoured there.
-    for (const char *object : {"user", "device", "group"}) {
+    // The form endpoints take no options: a minimum below Amplitude's 5
+    // cannot be honoured there; a longer one is checked locally.
+    for (const char *object : {"user", "device"}) {
         a = args(object);
         a.min_id_length = 3;
-        EXPECT_NE(error_of(a).find("min_id_length applies to events only"), std::string::npos) << object;
+        EXPECT_NE(error_of(a).find("min_id_length below 5 applies to events only"), std::string::npos) << object;
         a.min_id_length = 5;  // what /identify enforces anyway
         EXPECT_EQ(check_call_arguments(a).min_id_length, 5) << object;
+        a.min_id_length = 10;
+        EXPECT_EQ(check_call_arguments(a).min_id_length, 10) << object;
     }
+    a = args("group");
+    a.min_id_length = 10;
+    EXPECT_NE(error_of(a).find("min_id_length does not apply to groups"), std::string::npos);
     a = args("event");
     a.min_id_length = 3;
     EXPECT_EQ(check_call_arguments(a).min_id_length, 3);
