@@ -437,7 +437,7 @@ COMMENT ON TABLE amplitude_sync.sync_claims IS
 COMMENT ON COLUMN amplitude_sync.sync_runs.run_id IS 'The run''s number (rejected_records.run_id).';
 COMMENT ON COLUMN amplitude_sync.sync_runs.sync_id IS 'The saved sync run (NULL for one-shot calls); kept when the sync is dropped.';
 COMMENT ON COLUMN amplitude_sync.sync_runs.sync_name IS 'The sync''s name when it ran.';
-COMMENT ON COLUMN amplitude_sync.sync_runs.function_name IS 'amplitude_send_events, amplitude_identify, amplitude_group_identify or run_sync.';
+COMMENT ON COLUMN amplitude_sync.sync_runs.function_name IS 'amplitude_send_events, amplitude_identify, amplitude_group_identify, run_sync or flush_outbox.';
 COMMENT ON COLUMN amplitude_sync.sync_runs.server_name IS 'The foreign server (Amplitude project) it sent to.';
 COMMENT ON COLUMN amplitude_sync.sync_runs.endpoint IS 'Amplitude''s endpoint: /2/httpapi, /batch, /identify or /groupidentify.';
 COMMENT ON COLUMN amplitude_sync.sync_runs.run_by IS 'The role that called it.';
@@ -457,7 +457,7 @@ COMMENT ON COLUMN amplitude_sync.sync_runs.encode_seconds IS 'Time spent encodin
 COMMENT ON COLUMN amplitude_sync.sync_runs.send_seconds IS 'Time spent building requests and waiting on Amplitude.';
 COMMENT ON COLUMN amplitude_sync.sync_runs.error IS 'Why the run failed or was skipped.';
 COMMENT ON COLUMN amplitude_sync.rejected_records.run_id IS 'The run (sync_runs.run_id).';
-COMMENT ON COLUMN amplitude_sync.rejected_records.row_number IS '1-based position of the row in what the run read.';
+COMMENT ON COLUMN amplitude_sync.rejected_records.row_number IS '1-based position of the row in what the run read (flush_outbox runs: the outbox entry_id).';
 COMMENT ON COLUMN amplitude_sync.rejected_records.outcome IS 'rejected (will not pass as it is) or not_sent (a re-run can send it).';
 COMMENT ON COLUMN amplitude_sync.rejected_records.field IS 'The offending column or Amplitude field.';
 COMMENT ON COLUMN amplitude_sync.rejected_records.reason IS 'Why, in words.';
@@ -490,3 +490,77 @@ COMMENT ON COLUMN amplitude_sync.sync_state.record_key IS 'user_id, device_id, g
 COMMENT ON COLUMN amplitude_sync.sync_state.fingerprint IS '128-bit hash of the payload Amplitude confirmed (with the settings that shape it).';
 COMMENT ON COLUMN amplitude_sync.sync_state.sent_at IS 'When Amplitude confirmed (or refused) it.';
 COMMENT ON COLUMN amplitude_sync.sync_state.rejected_reason IS 'Set when the record was rejected: it is not sent again until its row changes (resync forces it).';
+
+------------------------------------------------------------------------------
+-- The transactional outbox: track() and identify() write here, in the
+-- caller's transaction (nothing leaves when it rolls back; a committed entry
+-- survives a crash: the table is WAL-logged); flush_outbox() delivers the
+-- entries and removes them. Each entry is the record exactly as it will be
+-- sent (validated and encoded when it was written), under the role whose
+-- user mapping sends it. Only the extension writes it; each role sees its
+-- own entries.
+------------------------------------------------------------------------------
+CREATE TABLE amplitude_sync.outbox (
+    entry_id       bigserial PRIMARY KEY,
+    server         pg_catalog.name NOT NULL,
+    endpoint       pg_catalog.text NOT NULL
+                   CHECK (endpoint OPERATOR(pg_catalog.=) ANY (ARRAY['/2/httpapi', '/identify', '/groupidentify'])),
+    queued_by      pg_catalog.regrole NOT NULL,
+    queued_at      pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    user_id        pg_catalog.text,
+    device_id      pg_catalog.text,
+    insert_id      pg_catalog.text,
+    event_type     pg_catalog.text,
+    group_type     pg_catalog.text,
+    group_value    pg_catalog.text,
+    property_count pg_catalog.int4 NOT NULL DEFAULT 0,
+    payload        pg_catalog.json NOT NULL
+);
+CREATE INDEX ON amplitude_sync.outbox (server, queued_by, endpoint, entry_id);
+ALTER TABLE amplitude_sync.outbox ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_entries ON amplitude_sync.outbox FOR SELECT
+    USING (pg_catalog.pg_has_role(queued_by::pg_catalog.oid, 'MEMBER'));
+GRANT SELECT ON amplitude_sync.outbox TO PUBLIC;
+-- Committed entries are data: pg_dump keeps them.
+SELECT pg_catalog.pg_extension_config_dump('amplitude_sync.outbox', '');
+SELECT pg_catalog.pg_extension_config_dump('amplitude_sync.outbox_entry_id_seq', '');
+COMMENT ON TABLE amplitude_sync.outbox IS
+    'Records written by track() and identify() (and table captures), delivered after commit by flush_outbox() and removed.';
+COMMENT ON COLUMN amplitude_sync.outbox.entry_id IS 'The entry''s number: the order of delivery; rejected_records.row_number of a flush_outbox run.';
+COMMENT ON COLUMN amplitude_sync.outbox.server IS 'The foreign server (Amplitude project) it goes to, by name (flush before renaming a server).';
+COMMENT ON COLUMN amplitude_sync.outbox.endpoint IS '/2/httpapi (events), /identify (users, devices) or /groupidentify (groups).';
+COMMENT ON COLUMN amplitude_sync.outbox.queued_by IS 'The role whose user mapping (API key) sends it.';
+COMMENT ON COLUMN amplitude_sync.outbox.queued_at IS 'When it was written (the transaction commits later).';
+COMMENT ON COLUMN amplitude_sync.outbox.user_id IS 'The record''s user_id, if any.';
+COMMENT ON COLUMN amplitude_sync.outbox.device_id IS 'The record''s device_id, if any.';
+COMMENT ON COLUMN amplitude_sync.outbox.insert_id IS 'Events: the insert_id (given, or derived when the entry was written).';
+COMMENT ON COLUMN amplitude_sync.outbox.event_type IS 'Events: the event type.';
+COMMENT ON COLUMN amplitude_sync.outbox.group_type IS 'Groups: the group type.';
+COMMENT ON COLUMN amplitude_sync.outbox.group_value IS 'Groups: the group value.';
+COMMENT ON COLUMN amplitude_sync.outbox.property_count IS 'Identifications: the properties carried (Amplitude limits them per request).';
+COMMENT ON COLUMN amplitude_sync.outbox.payload IS 'The record exactly as it is sent, without the API key.';
+
+CREATE FUNCTION amplitude_sync.track(server pg_catalog.name, event pg_catalog.jsonb)
+RETURNS pg_catalog.int8
+AS 'MODULE_PATHNAME', 'amplitude_sync_track'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION amplitude_sync.track(pg_catalog.name, pg_catalog.jsonb) IS
+    'Queues one event (keys named like amplitude_send_events columns) in the outbox, in the current transaction; returns its entry_id.';
+
+CREATE FUNCTION amplitude_sync.identify(server pg_catalog.name, object pg_catalog.text, identification pg_catalog.jsonb)
+RETURNS pg_catalog.int8
+AS 'MODULE_PATHNAME', 'amplitude_sync_outbox_identify'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION amplitude_sync.identify(pg_catalog.name, pg_catalog.text, pg_catalog.jsonb) IS
+    'Queues one user, device or group identification (keys named like amplitude_identify columns) in the outbox; returns its entry_id.';
+
+CREATE FUNCTION amplitude_sync.flush_outbox(server pg_catalog.name)
+RETURNS SETOF amplitude_sync.run_report
+AS 'MODULE_PATHNAME', 'amplitude_sync_flush_outbox'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION amplitude_sync.flush_outbox(pg_catalog.name) IS
+    'Delivers the committed outbox entries of a server (of the roles you are a member of), each with its role''s key; one run per role and endpoint.';
+
+REVOKE ALL ON FUNCTION amplitude_sync.track(pg_catalog.name, pg_catalog.jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION amplitude_sync.identify(pg_catalog.name, pg_catalog.text, pg_catalog.jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION amplitude_sync.flush_outbox(pg_catalog.name) FROM PUBLIC;

@@ -36,33 +36,6 @@ constexpr long kFetchRowsMaterializing = 10000;
 // many and scaled up.
 constexpr int kTimingSample = 16;
 
-bool interrupt_pending() { return QueryCancelPending != 0 || ProcDiePending != 0; }
-
-RetryPolicy retry_policy(const AmpConnection &conn, long endpoint_throttle_pause_ms) {
-    RetryPolicy p;
-    p.max_attempts = conn.max_attempts;
-    p.max_retry_ms = conn.max_retry_seconds * 1000L;
-    p.backoff_base_ms = conn.retry_backoff_ms;
-    p.throttle_pause_ms = conn.throttle_pause_ms > 0 ? conn.throttle_pause_ms : endpoint_throttle_pause_ms;
-    // A project-wide 429 waits longer (60 s by default); the option scales both.
-    if (conn.throttle_pause_ms > 0) p.project_throttle_pause_ms = 2L * conn.throttle_pause_ms;
-    return p;
-}
-
-// A delivery with its own format and connections.
-struct Channel {
-    Channel(std::unique_ptr<PayloadFormat> f, const AmpConnection &conn, const std::string &path,
-            DeliveryLimits limits, long throttle_pause_ms)
-        : format(std::move(f)),
-          transport(make_curl_transport(static_cast<size_t>(conn.max_concurrency), transport_options(conn))),
-          delivery(*format, *transport, std::string(conn.base_url) + path, limits,
-                   retry_policy(conn, throttle_pause_ms), static_cast<size_t>(conn.max_concurrency),
-                   interrupt_pending) {}
-    std::unique_ptr<PayloadFormat> format;
-    std::unique_ptr<Transport> transport;
-    Delivery delivery;
-};
-
 // Everything C++ a run owns. Deleted by the memory-context callback.
 struct SendRun {
     std::unique_ptr<RowEncoder> encoder;
@@ -332,6 +305,27 @@ void put_preview_row(const SendSpec *spec, TupleDesc desc, Tuplestorestate *stor
 
 }  // namespace
 
+
+RetryPolicy retry_policy(const AmpConnection &conn, long endpoint_throttle_pause_ms) {
+    RetryPolicy p;
+    p.max_attempts = conn.max_attempts;
+    p.max_retry_ms = conn.max_retry_seconds * 1000L;
+    p.backoff_base_ms = conn.retry_backoff_ms;
+    p.throttle_pause_ms = conn.throttle_pause_ms > 0 ? conn.throttle_pause_ms : endpoint_throttle_pause_ms;
+    // A project-wide 429 waits longer (60 s by default); the option scales both.
+    if (conn.throttle_pause_ms > 0) p.project_throttle_pause_ms = 2L * conn.throttle_pause_ms;
+    return p;
+}
+
+Channel::Channel(std::unique_ptr<PayloadFormat> f, const AmpConnection &conn, const std::string &path,
+                 DeliveryLimits limits, long throttle_pause_ms)
+    : format(std::move(f)),
+      transport(make_curl_transport(static_cast<size_t>(conn.max_concurrency), transport_options(conn))),
+      delivery(*format, *transport, std::string(conn.base_url) + path, limits,
+               retry_policy(conn, throttle_pause_ms), static_cast<size_t>(conn.max_concurrency),
+               send_run_interrupt_pending) {}
+
+bool send_run_interrupt_pending() { return QueryCancelPending != 0 || ProcDiePending != 0; }
 
 // WARNINGs return: the C++ state they read is the run's, on the heap.
 void raise_plan_warnings(const SendRun *run) {

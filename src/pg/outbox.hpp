@@ -1,0 +1,24 @@
+// The transactional outbox (outbox.cpp): entries written in the caller's
+// transaction, delivered after commit by flush_outbox.
+#pragma once
+
+#include "call_options.hpp"
+
+#include "pg_headers.hpp"
+
+// One member of a record: a name and a typed value, like a query's column.
+struct OutboxField {
+    const char *name;
+    Oid type;
+    Datum value;
+    bool is_null;
+};
+
+// Validates and encodes one record with the field mapper of the one-shot
+// functions and writes it to the outbox, to be sent with role's user
+// mapping on the server (its USAGE and mapping are checked now). canonical:
+// a text of the record, from which (with the entry's number) an event's
+// insert_id is derived when it has none. Raises the mapper's errors, and
+// the reason Amplitude would refuse the record. Returns the entry_id.
+int64 queue_outbox_entry(const char *server_name, Oid role, amplitude_sync::Target target,
+                         const OutboxField *fields, int nfields, const char *canonical);
