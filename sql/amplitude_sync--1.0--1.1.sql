@@ -417,3 +417,121 @@ COMMENT ON FUNCTION amplitude_sync.flush_outbox(pg_catalog.name) IS
 REVOKE ALL ON FUNCTION amplitude_sync.track(pg_catalog.name, pg_catalog.jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION amplitude_sync.identify(pg_catalog.name, pg_catalog.text, pg_catalog.jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION amplitude_sync.flush_outbox(pg_catalog.name) FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Table capture: triggers that turn a table's row changes into outbox
+-- entries through the field mapper. A capture's mapping (a select list over
+-- the changed row, "new") is kept as a view, amplitude_sync.capture_<id>_mapping,
+-- owned by the capture's owner, as a sync's source is: the mapping runs as
+-- that owner (read-only), its entries go with that owner's key, DROP ROLE is
+-- refused while it owns captures (DROP OWNED drops them), dropping the table
+-- needs CASCADE (which drops the capture), and row-level security shows a
+-- capture only to members of its owner. Only the extension writes this table.
+------------------------------------------------------------------------------
+CREATE TABLE amplitude_sync.captures (
+    capture_id   serial PRIMARY KEY,
+    source       pg_catalog.regclass NOT NULL,
+    server       pg_catalog.name NOT NULL,
+    object       pg_catalog.text NOT NULL
+                 CHECK (object OPERATOR(pg_catalog.=) ANY (ARRAY['event', 'user', 'device', 'group'])),
+    mapping      pg_catalog.text NOT NULL,
+    mapping_view pg_catalog.regclass NOT NULL,
+    search_path  pg_catalog.text NOT NULL,
+    on_insert    pg_catalog.bool NOT NULL,
+    on_update    pg_catalog.bool NOT NULL,
+    on_delete    pg_catalog.bool NOT NULL,
+    created_at   pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+ALTER TABLE amplitude_sync.captures ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_captures ON amplitude_sync.captures FOR SELECT
+    USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c
+                                   WHERE c.oid OPERATOR(pg_catalog.=) mapping_view::pg_catalog.oid), 'MEMBER'));
+GRANT SELECT ON amplitude_sync.captures TO PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('amplitude_sync.captures', '');
+SELECT pg_catalog.pg_extension_config_dump('amplitude_sync.captures_capture_id_seq', '');
+COMMENT ON TABLE amplitude_sync.captures IS
+    'Table captures: triggers that queue row changes in the outbox; change them with capture() and uncapture().';
+COMMENT ON COLUMN amplitude_sync.captures.capture_id IS 'The capture''s number (its triggers are amplitude_sync_capture_<id>_<operation>).';
+COMMENT ON COLUMN amplitude_sync.captures.source IS 'The captured table.';
+COMMENT ON COLUMN amplitude_sync.captures.server IS 'The foreign server (Amplitude project) its entries go to.';
+COMMENT ON COLUMN amplitude_sync.captures.object IS 'event, user, device or group: what each row change becomes.';
+COMMENT ON COLUMN amplitude_sync.captures.mapping IS 'The select list over the changed row "new", as given (new.* when none was).';
+COMMENT ON COLUMN amplitude_sync.captures.mapping_view IS 'The view holding the mapping, owned by the capture''s owner.';
+COMMENT ON COLUMN amplitude_sync.captures.search_path IS 'The search_path the mapping was checked under; it runs with it.';
+COMMENT ON COLUMN amplitude_sync.captures.on_insert IS 'Inserted rows are queued.';
+COMMENT ON COLUMN amplitude_sync.captures.on_update IS 'Updated rows are queued (when the row changed).';
+COMMENT ON COLUMN amplitude_sync.captures.on_delete IS 'Deleted rows are queued (events only; the mapping sees the deleted row as "new").';
+COMMENT ON COLUMN amplitude_sync.captures.created_at IS 'When the capture was created.';
+
+CREATE FUNCTION amplitude_sync.capture(
+    source    pg_catalog.regclass,
+    server    pg_catalog.name,
+    object    pg_catalog.text,
+    mapping   pg_catalog.text DEFAULT NULL,
+    on_insert pg_catalog.bool DEFAULT true,
+    on_update pg_catalog.bool DEFAULT true,
+    on_delete pg_catalog.bool DEFAULT false)
+RETURNS pg_catalog.int4
+AS 'MODULE_PATHNAME', 'amplitude_sync_capture'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION amplitude_sync.capture(pg_catalog.regclass, pg_catalog.name, pg_catalog.text, pg_catalog.text, pg_catalog.bool, pg_catalog.bool, pg_catalog.bool) IS
+    'Captures a table: each inserted (updated, deleted) row, mapped by a select list over "new", is queued in the outbox in the writing transaction; returns the capture_id.';
+
+CREATE FUNCTION amplitude_sync.uncapture(source pg_catalog.regclass, server pg_catalog.name DEFAULT NULL,
+                                         object pg_catalog.text DEFAULT NULL)
+RETURNS pg_catalog.int4
+AS 'MODULE_PATHNAME', 'amplitude_sync_uncapture'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION amplitude_sync.uncapture(pg_catalog.regclass, pg_catalog.name, pg_catalog.text) IS
+    'Removes the captures of a table (of that server and object, when given) that you may manage, with their triggers; returns how many.';
+
+CREATE FUNCTION amplitude_sync._capture_trigger()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'amplitude_sync_capture_trigger'
+LANGUAGE C;
+COMMENT ON FUNCTION amplitude_sync._capture_trigger() IS
+    'The trigger of table captures (internal: capture() creates the triggers).';
+
+REVOKE ALL ON FUNCTION amplitude_sync.capture(pg_catalog.regclass, pg_catalog.name, pg_catalog.text, pg_catalog.text, pg_catalog.bool, pg_catalog.bool, pg_catalog.bool) FROM PUBLIC;
+REVOKE ALL ON FUNCTION amplitude_sync.uncapture(pg_catalog.regclass, pg_catalog.name, pg_catalog.text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION amplitude_sync._capture_trigger() FROM PUBLIC;
+
+-- When a capture's mapping view is dropped (DROP OWNED BY its owner, DROP
+-- TABLE ... CASCADE), the capture and its triggers go with it.
+CREATE FUNCTION amplitude_sync._drop_captures_of_dropped_views()
+RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    gone pg_catalog.record;
+BEGIN
+    IF pg_catalog.to_regclass('amplitude_sync.captures') IS NULL THEN
+        RETURN;  -- DROP EXTENSION
+    END IF;
+    FOR gone IN
+        DELETE FROM amplitude_sync.captures cap
+        USING pg_catalog.pg_event_trigger_dropped_objects() o
+        WHERE o.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+          AND o.objsubid OPERATOR(pg_catalog.=) 0
+          AND cap.mapping_view::pg_catalog.oid OPERATOR(pg_catalog.=) o.objid
+        RETURNING cap.capture_id, cap.source::pg_catalog.oid AS source
+    LOOP
+        IF EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) gone.source) THEN
+            EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %s',
+                                      'amplitude_sync_capture_' OPERATOR(pg_catalog.||) gone.capture_id OPERATOR(pg_catalog.||) '_insert',
+                                      gone.source::pg_catalog.regclass);
+            EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %s',
+                                      'amplitude_sync_capture_' OPERATOR(pg_catalog.||) gone.capture_id OPERATOR(pg_catalog.||) '_update',
+                                      gone.source::pg_catalog.regclass);
+            EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %s',
+                                      'amplitude_sync_capture_' OPERATOR(pg_catalog.||) gone.capture_id OPERATOR(pg_catalog.||) '_delete',
+                                      gone.source::pg_catalog.regclass);
+        END IF;
+        RAISE NOTICE 'drop cascades to capture %', gone.capture_id;
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION amplitude_sync._drop_captures_of_dropped_views() FROM PUBLIC;
+COMMENT ON FUNCTION amplitude_sync._drop_captures_of_dropped_views() IS
+    'Event trigger: removes the captures (and their triggers) whose mapping view was dropped.';
+CREATE EVENT TRIGGER amplitude_sync_dropped_captures ON sql_drop
+    EXECUTE FUNCTION amplitude_sync._drop_captures_of_dropped_views();

@@ -146,12 +146,12 @@ void insert_entry(int64 entry_id, const char *server_name, const Endpoint *endpo
 }  // namespace
 
 int64 queue_outbox_entry(const char *server_name, Oid role, Target target, const OutboxField *fields, int nfields,
-                         const char *canonical) {
+                         const char *canonical, bool check_mapping) {
     // The role's USAGE and mapping are checked now, as the one-shot
     // functions do: an entry that could never be sent is refused at once.
     ForeignServer *server = amplitude_server(server_name);
     AmpConnection conn;
-    load_connection_as(server, role, &conn, false);
+    if (check_mapping) load_connection_as(server, role, &conn, false);
 
     if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
     bool has_time = false, has_insert_id = false;
@@ -307,7 +307,7 @@ int64 queue_jsonb(FunctionCallInfo fcinfo, int json_arg, const char *argument, T
     int count = 0;
     OutboxField *fields = jsonb_fields(jb, argument, &count);
     const char *canonical = JsonbToCString(nullptr, &jb->root, VARSIZE(jb));
-    return queue_outbox_entry(server_name, GetUserId(), target, fields, count, canonical);
+    return queue_outbox_entry(server_name, GetUserId(), target, fields, count, canonical, true);
 }
 
 // ---------------------------------------------------------------------------

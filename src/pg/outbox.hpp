@@ -19,6 +19,9 @@ struct OutboxField {
 // mapping on the server (its USAGE and mapping are checked now). canonical:
 // a text of the record, from which (with the entry's number) an event's
 // insert_id is derived when it has none. Raises the mapper's errors, and
-// the reason Amplitude would refuse the record. Returns the entry_id.
+// the reason Amplitude would refuse the record. check_mapping: refuse the
+// entry when role has no USAGE or mapping (track, identify); a capture's
+// trigger queues anyway, and flush_outbox reports the entries it cannot
+// send. Returns the entry_id.
 int64 queue_outbox_entry(const char *server_name, Oid role, amplitude_sync::Target target,
-                         const OutboxField *fields, int nfields, const char *canonical);
+                         const OutboxField *fields, int nfields, const char *canonical, bool check_mapping);
