@@ -1,6 +1,7 @@
 // Module entry: the magic block and one-time libcurl set-up.
 #include <curl/curl.h>
 
+#include "outbox.hpp"
 #include "pg_headers.hpp"
 
 extern "C" {
@@ -22,6 +23,9 @@ void _PG_init(void) {
                             "Older runs are deleted when a run starts; 0 keeps everything.",
                             &amplitude_sync_history_days, 90, 0, 36500, PGC_SUSET, 0,
                             nullptr, nullptr, nullptr);
+    // The outbox worker, when preloaded (before the prefix is reserved:
+    // it defines amplitude_sync.outbox_* settings).
+    outbox_worker_init();
 #if PG_VERSION_NUM >= 150000
     MarkGUCPrefixReserved("amplitude_sync");
 #else

@@ -204,6 +204,7 @@ int64 queue_outbox_entry(const char *server_name, Oid role, Target target, const
                         errhint("The outbox takes only records Amplitude would accept; nothing was written.")));
     }
     insert_entry(entry_id, server->servername, endpoint_of(target), role, entry);
+    outbox_note_queued();
     SPI_finish();
     return entry_id;
 }

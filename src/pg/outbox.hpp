@@ -25,3 +25,9 @@ struct OutboxField {
 // send. Returns the entry_id.
 int64 queue_outbox_entry(const char *server_name, Oid role, amplitude_sync::Target target,
                          const OutboxField *fields, int nfields, const char *canonical, bool check_mapping);
+
+// The background worker (outbox_worker.cpp): registered by _PG_init when
+// the library is preloaded; outbox_note_queued() makes the commit of the
+// current transaction wake it (nothing without preload).
+void outbox_worker_init();
+void outbox_note_queued();
