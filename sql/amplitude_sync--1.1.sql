@@ -565,6 +565,26 @@ REVOKE ALL ON FUNCTION amplitude_sync.track(pg_catalog.name, pg_catalog.jsonb) F
 REVOKE ALL ON FUNCTION amplitude_sync.identify(pg_catalog.name, pg_catalog.text, pg_catalog.jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION amplitude_sync.flush_outbox(pg_catalog.name) FROM PUBLIC;
 
+-- The outbox at a glance: what waits, per server, role and endpoint, since
+-- when, and how that role's last flush to it went (security_invoker: each
+-- role sees its own entries and runs).
+CREATE VIEW amplitude_sync.outbox_health WITH (security_invoker = true) AS
+SELECT g.server, g.queued_by, g.endpoint, g.waiting, g.oldest_queued_at,
+       pg_catalog.now() OPERATOR(pg_catalog.-) g.oldest_queued_at AS oldest_age,
+       last.started_at AS last_flush_at, last.status AS last_status, last.error AS last_error
+FROM (SELECT o.server, o.queued_by, o.endpoint, pg_catalog.count(*) AS waiting,
+             pg_catalog.min(o.queued_at) AS oldest_queued_at
+      FROM amplitude_sync.outbox o GROUP BY o.server, o.queued_by, o.endpoint) g
+LEFT JOIN LATERAL (SELECT r.started_at, r.status, r.error FROM amplitude_sync.sync_runs r
+                   WHERE r.function_name OPERATOR(pg_catalog.=) 'flush_outbox'
+                     AND r.server_name OPERATOR(pg_catalog.=) g.server::pg_catalog.text
+                     AND r.run_by::pg_catalog.oid OPERATOR(pg_catalog.=) g.queued_by::pg_catalog.oid
+                     AND r.endpoint OPERATOR(pg_catalog.=) g.endpoint
+                   ORDER BY r.run_id DESC LIMIT 1) last ON true;
+GRANT SELECT ON amplitude_sync.outbox_health TO PUBLIC;
+COMMENT ON VIEW amplitude_sync.outbox_health IS
+    'Outbox entries waiting, per server, role and endpoint: how many, the oldest, and that role''s last flush (status, error).';
+
 ------------------------------------------------------------------------------
 -- Table capture: triggers that turn a table's row changes into outbox
 -- entries through the field mapper. A capture's mapping (a select list over

@@ -186,6 +186,10 @@ SELECT mock_two_keys();
 SELECT status, rows_read, sent, not_sent FROM amplitude_sync.flush_outbox('amplitude_mock') ORDER BY run_id;
 \set VERBOSITY default
 SELECT run_by, status, not_sent, error FROM amplitude_sync.sync_runs WHERE status = 'failed' ORDER BY run_id DESC LIMIT 1;
+-- The health view shows what waits and why.
+SELECT server, queued_by, endpoint, waiting, oldest_age >= '0'::interval AS has_age, last_status,
+       last_error LIKE '%no user mapping%' AS says_why
+FROM amplitude_sync.outbox_health;
 SELECT r->>'api_key' = test_api_key() AS owner_key, r->'events'->0->>'event_type' AS event_type
 FROM mock_requests() r;
 SELECT event_type, queued_by FROM amplitude_sync.outbox;
