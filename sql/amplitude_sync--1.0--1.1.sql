@@ -370,6 +370,8 @@ CREATE TABLE amplitude_sync.outbox (
     payload        pg_catalog.json NOT NULL
 );
 CREATE INDEX ON amplitude_sync.outbox (server, queued_by, endpoint, entry_id);
+-- The history prune at each run's start (frequent with the outbox worker) reads by time.
+CREATE INDEX ON amplitude_sync.sync_runs (started_at);
 ALTER TABLE amplitude_sync.outbox ENABLE ROW LEVEL SECURITY;
 CREATE POLICY own_entries ON amplitude_sync.outbox FOR SELECT
     USING (pg_catalog.pg_has_role(queued_by::pg_catalog.oid, 'MEMBER'));
