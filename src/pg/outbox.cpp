@@ -97,26 +97,53 @@ Datum utf8_text_datum(const std::string &s) {
                                               : cstring_to_text(server));
 }
 
-int64 next_entry_id() {
-    RoleScope scope;
-    enter_extension_scope(&scope);
-    if (SPI_execute("SELECT pg_catalog.nextval('amplitude_sync.outbox_entry_id_seq'::pg_catalog.regclass)", false,
-                    1) != SPI_OK_SELECT ||
-        SPI_processed != 1)
-        elog(ERROR, "amplitude_sync: could not number the outbox entry");
-    bool isnull;
-    int64 id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-    leave_role_scope(&scope);
-    return id;
+// The two statements every entry runs, prepared once per backend (and
+// again if the extension was dropped and created anew).
+struct OutboxPlans {
+    Oid extension;
+    SPIPlanPtr next_id;
+    SPIPlanPtr insert;
+};
+OutboxPlans outbox_plans = {InvalidOid, nullptr, nullptr};
+
+const Oid kInsertTypes[12] = {INT8OID, TEXTOID, TEXTOID, OIDOID, TEXTOID, TEXTOID,
+                              TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID, TEXTOID};
+
+// In the extension's scope.
+void prepare_outbox_plans() {
+    Oid extension = get_extension_oid("amplitude_sync", false);
+    if (outbox_plans.extension == extension && outbox_plans.insert) return;
+    if (outbox_plans.next_id) SPI_freeplan(outbox_plans.next_id);
+    if (outbox_plans.insert) SPI_freeplan(outbox_plans.insert);
+    outbox_plans = {InvalidOid, nullptr, nullptr};
+    SPIPlanPtr next_id =
+        SPI_prepare("SELECT pg_catalog.nextval('amplitude_sync.outbox_entry_id_seq'::pg_catalog.regclass)", 0, nullptr);
+    Oid types[12];
+    memcpy(types, kInsertTypes, sizeof(types));
+    SPIPlanPtr insert = SPI_prepare(
+        "INSERT INTO amplitude_sync.outbox (entry_id, server, endpoint, queued_by, user_id, device_id, "
+        "insert_id, event_type, group_type, group_value, property_count, payload) "
+        "VALUES ($1, $2, $3, $4::pg_catalog.regrole, $5, $6, $7, $8, $9, $10, $11, $12::pg_catalog.json)",
+        12, types);
+    if (!next_id || !insert || SPI_keepplan(next_id) != 0 || SPI_keepplan(insert) != 0)
+        elog(ERROR, "amplitude_sync: could not prepare the outbox statements");
+    outbox_plans = {extension, next_id, insert};
 }
 
+// In the extension's scope, the plans prepared.
+int64 next_entry_id() {
+    if (SPI_execute_plan(outbox_plans.next_id, nullptr, nullptr, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+        elog(ERROR, "amplitude_sync: could not number the outbox entry");
+    bool isnull;
+    return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+// In the extension's scope, the plans prepared.
 void insert_entry(int64 entry_id, const char *server_name, const Endpoint *endpoint, Oid role,
                   const EncodedEntry *entry) {
     const Record &r = entry->record;
     const std::string *texts[6] = {&r.user_id, &r.device_id, &r.insert_id, &r.event_type, &r.group_type,
                                    &r.group_value};
-    Oid argtypes[11] = {INT8OID, TEXTOID, TEXTOID, OIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-                        INT4OID};
     Datum args[12];
     char nulls[13] = "            ";
     args[0] = Int64GetDatum(entry_id);
@@ -128,19 +155,9 @@ void insert_entry(int64 entry_id, const char *server_name, const Endpoint *endpo
         else args[4 + i] = utf8_text_datum(*texts[i]);
     }
     args[10] = Int32GetDatum(static_cast<int32>(r.property_count));
-    Oid types[12];
-    memcpy(types, argtypes, sizeof(argtypes));
-    types[11] = TEXTOID;
     args[11] = utf8_text_datum(r.json);
-    RoleScope scope;
-    enter_extension_scope(&scope);
-    if (SPI_execute_with_args(
-            "INSERT INTO amplitude_sync.outbox (entry_id, server, endpoint, queued_by, user_id, device_id, "
-            "insert_id, event_type, group_type, group_value, property_count, payload) "
-            "VALUES ($1, $2, $3, $4::pg_catalog.regrole, $5, $6, $7, $8, $9, $10, $11, $12::pg_catalog.json)",
-            12, types, args, nulls, false, 0) != SPI_OK_INSERT)
+    if (SPI_execute_plan(outbox_plans.insert, args, nulls, false, 0) != SPI_OK_INSERT)
         elog(ERROR, "amplitude_sync: could not write the outbox entry");
-    leave_role_scope(&scope);
 }
 
 }  // namespace
@@ -177,6 +194,12 @@ int64 queue_outbox_entry(const char *server_name, Oid role, Target target, const
         names[n] = is_time ? "time" : fields[i].name;
         ++n;
     }
+    // Numbering, encoding (C++ only: no code of the caller's runs here) and
+    // writing happen in one stay in the extension's scope; the values were
+    // read (output functions, the caller's types) before it.
+    RoleScope scope;
+    enter_extension_scope(&scope);
+    prepare_outbox_plans();
     int64 entry_id = next_entry_id();
     bool derive_id = target == Target::kEvents && !has_insert_id;
 
@@ -204,6 +227,7 @@ int64 queue_outbox_entry(const char *server_name, Oid role, Target target, const
                         errhint("The outbox takes only records Amplitude would accept; nothing was written.")));
     }
     insert_entry(entry_id, server->servername, endpoint_of(target), role, entry);
+    leave_role_scope(&scope);
     outbox_note_queued();
     SPI_finish();
     return entry_id;
