@@ -3,6 +3,8 @@
 -- like syncs.
 \set SHOW_CONTEXT never
 SELECT mock_reset();
+-- Capture ids (and mapping view names) in this file's output do not depend on the files before.
+SELECT setval('amplitude_sync.captures_capture_id_seq', 100) AS first_capture_id_after;
 SELECT format('host=%s port=%s dbname=%s user=%s', current_setting('unix_socket_directories'),
               current_setting('port'), current_database(), current_user) AS self_conn \gset
 

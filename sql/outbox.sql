@@ -3,6 +3,8 @@
 -- the key of the role that wrote them, and removes them.
 \set SHOW_CONTEXT never
 SELECT mock_reset();
+-- Runs of earlier files are not this file's.
+SELECT coalesce(max(run_id), 0) AS runs_before FROM amplitude_sync.sync_runs \gset
 SELECT format('host=%s port=%s dbname=%s user=%s', current_setting('unix_socket_directories'),
               current_setting('port'), current_database(), current_user) AS self_conn \gset
 
@@ -41,7 +43,7 @@ SELECT status, rows_read, sent, rejected, not_sent, requests FROM amplitude_sync
 ORDER BY run_id;
 SELECT count(*) AS left_in_outbox FROM amplitude_sync.outbox;
 SELECT function_name, endpoint, run_by, status, rows_read, sent FROM amplitude_sync.sync_runs
-WHERE function_name = 'flush_outbox' ORDER BY run_id;
+WHERE function_name = 'flush_outbox' AND run_id > :runs_before ORDER BY run_id;
 -- What Amplitude holds: the events as written, with their times.
 SELECT e->>'event_type' AS event_type, e->>'user_id' AS user_id, e->>'device_id' AS device_id,
        CASE WHEN e ? 'device_id' THEN 'now: ' || (abs((e->>'time')::bigint - extract(epoch FROM now()) * 1000) < 600000)
