@@ -6,7 +6,11 @@ body, counts the events by their insert_id keys, refuses /2/httpapi bodies of
 1 MB or more with a 413 as Amplitude does, and answers the usual JSON (or
 "success" for the identify endpoints). GET /stats gives the totals and the
 sink's own CPU time, so the benchmark can show the sink is not the
-bottleneck. Usage: sink.py PORT_FILE
+bottleneck. With SINK_LATENCY=1 it also parses /2/httpapi bodies and keeps,
+per event, the delay from its "time" to the moment the sink answers (the
+outbox benchmark: time is set when the row is written, just before its
+commit); GET /latency gives count, p50, p99 and max in ms.
+Usage: sink.py PORT_FILE
 """
 import json
 import os
@@ -18,6 +22,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LOCK = threading.Lock()
 STATS = {"requests": 0, "bytes": 0, "events": 0, "refused_413": 0, "events_refused": 0}
+LATENCY = os.environ.get("SINK_LATENCY") == "1"
+DELAYS_MS = []
+
+
+def percentile(sorted_values, p):
+    if not sorted_values:
+        return None
+    k = min(len(sorted_values) - 1, max(0, int(round(p / 100.0 * len(sorted_values) + 0.5)) - 1))
+    return sorted_values[k]
 
 
 class Sink(BaseHTTPRequestHandler):
@@ -42,6 +55,12 @@ class Sink(BaseHTTPRequestHandler):
             with LOCK:
                 for k in STATS:
                     STATS[k] = 0
+                DELAYS_MS.clear()
+        if self.path == "/latency":
+            with LOCK:
+                d = sorted(DELAYS_MS)
+            return self._reply(200, json.dumps({"count": len(d), "p50_ms": percentile(d, 50),
+                                                "p99_ms": percentile(d, 99), "max_ms": d[-1] if d else None}))
         usage = resource.getrusage(resource.RUSAGE_SELF)
         with LOCK:
             out = dict(STATS, cpu_seconds=round(usage.ru_utime + usage.ru_stime, 3))
@@ -63,10 +82,18 @@ class Sink(BaseHTTPRequestHandler):
                 STATS["refused_413"] += 1
                 STATS["events_refused"] += events
             return self._reply(413, '{"code":413,"error":"Payload too large"}')
+        times = []
+        if LATENCY and self.path == "/2/httpapi":
+            try:
+                times = [e.get("time") for e in json.loads(body).get("events", [])]
+            except ValueError:
+                times = []
+        now_ms = time.time() * 1000
         with LOCK:
             STATS["requests"] += 1
             STATS["bytes"] += length
             STATS["events"] += events
+            DELAYS_MS.extend(now_ms - t for t in times if isinstance(t, (int, float)))
         self._reply(200, json.dumps({"code": 200, "events_ingested": events, "payload_size_bytes": length,
                                      "server_upload_time": int(time.time() * 1000)}))
 

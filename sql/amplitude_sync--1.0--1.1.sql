@@ -411,7 +411,7 @@ COMMENT ON TABLE amplitude_sync.sync_claims IS
 COMMENT ON COLUMN amplitude_sync.sync_runs.run_id IS 'The run''s number (rejected_records.run_id).';
 COMMENT ON COLUMN amplitude_sync.sync_runs.sync_id IS 'The saved sync run (NULL for one-shot calls); kept when the sync is dropped.';
 COMMENT ON COLUMN amplitude_sync.sync_runs.sync_name IS 'The sync''s name when it ran.';
-COMMENT ON COLUMN amplitude_sync.sync_runs.function_name IS 'amplitude_send_events, amplitude_identify, amplitude_group_identify or run_sync.';
+COMMENT ON COLUMN amplitude_sync.sync_runs.function_name IS 'amplitude_send_events, amplitude_identify, amplitude_group_identify, run_sync or flush_outbox.';
 COMMENT ON COLUMN amplitude_sync.sync_runs.server_name IS 'The foreign server (Amplitude project) it sent to.';
 COMMENT ON COLUMN amplitude_sync.sync_runs.endpoint IS 'Amplitude''s endpoint: /2/httpapi, /batch, /identify or /groupidentify.';
 COMMENT ON COLUMN amplitude_sync.sync_runs.run_by IS 'The role that called it.';
@@ -431,7 +431,7 @@ COMMENT ON COLUMN amplitude_sync.sync_runs.encode_seconds IS 'Time spent encodin
 COMMENT ON COLUMN amplitude_sync.sync_runs.send_seconds IS 'Time spent building requests and waiting on Amplitude.';
 COMMENT ON COLUMN amplitude_sync.sync_runs.error IS 'Why the run failed or was skipped.';
 COMMENT ON COLUMN amplitude_sync.rejected_records.run_id IS 'The run (sync_runs.run_id).';
-COMMENT ON COLUMN amplitude_sync.rejected_records.row_number IS '1-based position of the row in what the run read.';
+COMMENT ON COLUMN amplitude_sync.rejected_records.row_number IS '1-based position of the row in what the run read (flush_outbox runs: the outbox entry_id).';
 COMMENT ON COLUMN amplitude_sync.rejected_records.outcome IS 'rejected (will not pass as it is) or not_sent (a re-run can send it).';
 COMMENT ON COLUMN amplitude_sync.rejected_records.field IS 'The offending column or Amplitude field.';
 COMMENT ON COLUMN amplitude_sync.rejected_records.reason IS 'Why, in words.';
@@ -502,3 +502,217 @@ COMMENT ON COLUMN amplitude_sync.run_progress.sent IS 'Records Amplitude accepte
 COMMENT ON COLUMN amplitude_sync.run_progress.rejected IS 'Records rejected so far.';
 COMMENT ON COLUMN amplitude_sync.run_progress.requests_in_flight IS 'Requests sent and not yet answered.';
 GRANT SELECT ON amplitude_sync.run_progress TO PUBLIC;
+
+------------------------------------------------------------------------------
+-- The transactional outbox: track() and identify() write here, in the
+-- caller's transaction (nothing leaves when it rolls back; a committed entry
+-- survives a crash: the table is WAL-logged); flush_outbox() delivers the
+-- entries and removes them. Each entry is the record exactly as it will be
+-- sent (validated and encoded when it was written), under the role whose
+-- user mapping sends it. Only the extension writes it; each role sees its
+-- own entries.
+------------------------------------------------------------------------------
+CREATE TABLE amplitude_sync.outbox (
+    entry_id       bigserial PRIMARY KEY,
+    server         pg_catalog.name NOT NULL,
+    endpoint       pg_catalog.text NOT NULL
+                   CHECK (endpoint OPERATOR(pg_catalog.=) ANY (ARRAY['/2/httpapi', '/identify', '/groupidentify'])),
+    queued_by      pg_catalog.regrole NOT NULL,
+    queued_at      pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    user_id        pg_catalog.text,
+    device_id      pg_catalog.text,
+    insert_id      pg_catalog.text,
+    event_type     pg_catalog.text,
+    group_type     pg_catalog.text,
+    group_value    pg_catalog.text,
+    property_count pg_catalog.int4 NOT NULL DEFAULT 0,
+    payload        pg_catalog.json NOT NULL
+);
+CREATE INDEX ON amplitude_sync.outbox (server, queued_by, endpoint, entry_id);
+-- The history prune at each run's start (frequent with the outbox worker) reads by time.
+CREATE INDEX ON amplitude_sync.sync_runs (started_at);
+ALTER TABLE amplitude_sync.outbox ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_entries ON amplitude_sync.outbox FOR SELECT
+    USING (pg_catalog.pg_has_role(queued_by::pg_catalog.oid, 'MEMBER'));
+GRANT SELECT ON amplitude_sync.outbox TO PUBLIC;
+-- Committed entries are data: pg_dump keeps them.
+SELECT pg_catalog.pg_extension_config_dump('amplitude_sync.outbox', '');
+SELECT pg_catalog.pg_extension_config_dump('amplitude_sync.outbox_entry_id_seq', '');
+COMMENT ON TABLE amplitude_sync.outbox IS
+    'Records written by track() and identify() (and table captures), delivered after commit by flush_outbox() and removed.';
+COMMENT ON COLUMN amplitude_sync.outbox.entry_id IS 'The entry''s number: the order of delivery; rejected_records.row_number of a flush_outbox run.';
+COMMENT ON COLUMN amplitude_sync.outbox.server IS 'The foreign server (Amplitude project) it goes to, by name (flush before renaming a server).';
+COMMENT ON COLUMN amplitude_sync.outbox.endpoint IS '/2/httpapi (events), /identify (users, devices) or /groupidentify (groups).';
+COMMENT ON COLUMN amplitude_sync.outbox.queued_by IS 'The role whose user mapping (API key) sends it.';
+COMMENT ON COLUMN amplitude_sync.outbox.queued_at IS 'When it was written (the transaction commits later).';
+COMMENT ON COLUMN amplitude_sync.outbox.user_id IS 'The record''s user_id, if any.';
+COMMENT ON COLUMN amplitude_sync.outbox.device_id IS 'The record''s device_id, if any.';
+COMMENT ON COLUMN amplitude_sync.outbox.insert_id IS 'Events: the insert_id (given, or derived when the entry was written).';
+COMMENT ON COLUMN amplitude_sync.outbox.event_type IS 'Events: the event type.';
+COMMENT ON COLUMN amplitude_sync.outbox.group_type IS 'Groups: the group type.';
+COMMENT ON COLUMN amplitude_sync.outbox.group_value IS 'Groups: the group value.';
+COMMENT ON COLUMN amplitude_sync.outbox.property_count IS 'Identifications: the properties carried (Amplitude limits them per request).';
+COMMENT ON COLUMN amplitude_sync.outbox.payload IS 'The record exactly as it is sent, without the API key.';
+
+CREATE FUNCTION amplitude_sync.track(server pg_catalog.name, event pg_catalog.jsonb)
+RETURNS pg_catalog.int8
+AS 'MODULE_PATHNAME', 'amplitude_sync_track'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION amplitude_sync.track(pg_catalog.name, pg_catalog.jsonb) IS
+    'Queues one event (keys named like amplitude_send_events columns) in the outbox, in the current transaction; returns its entry_id.';
+
+CREATE FUNCTION amplitude_sync.identify(server pg_catalog.name, object pg_catalog.text, identification pg_catalog.jsonb)
+RETURNS pg_catalog.int8
+AS 'MODULE_PATHNAME', 'amplitude_sync_outbox_identify'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION amplitude_sync.identify(pg_catalog.name, pg_catalog.text, pg_catalog.jsonb) IS
+    'Queues one user, device or group identification (keys named like amplitude_identify columns) in the outbox; returns its entry_id.';
+
+CREATE FUNCTION amplitude_sync.flush_outbox(server pg_catalog.name)
+RETURNS SETOF amplitude_sync.run_report
+AS 'MODULE_PATHNAME', 'amplitude_sync_flush_outbox'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION amplitude_sync.flush_outbox(pg_catalog.name) IS
+    'Delivers the committed outbox entries of a server (of the roles you are a member of), each with its role''s key; one run per role and endpoint.';
+
+REVOKE ALL ON FUNCTION amplitude_sync.track(pg_catalog.name, pg_catalog.jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION amplitude_sync.identify(pg_catalog.name, pg_catalog.text, pg_catalog.jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION amplitude_sync.flush_outbox(pg_catalog.name) FROM PUBLIC;
+
+-- The outbox at a glance: what waits, per server, role and endpoint, since
+-- when, and how that role's last flush to it went (security_invoker: each
+-- role sees its own entries and runs).
+CREATE VIEW amplitude_sync.outbox_health WITH (security_invoker = true) AS
+SELECT g.server, g.queued_by, g.endpoint, g.waiting, g.oldest_queued_at,
+       pg_catalog.now() OPERATOR(pg_catalog.-) g.oldest_queued_at AS oldest_age,
+       last.started_at AS last_flush_at, last.status AS last_status, last.error AS last_error
+FROM (SELECT o.server, o.queued_by, o.endpoint, pg_catalog.count(*) AS waiting,
+             pg_catalog.min(o.queued_at) AS oldest_queued_at
+      FROM amplitude_sync.outbox o GROUP BY o.server, o.queued_by, o.endpoint) g
+LEFT JOIN LATERAL (SELECT r.started_at, r.status, r.error FROM amplitude_sync.sync_runs r
+                   WHERE r.function_name OPERATOR(pg_catalog.=) 'flush_outbox'
+                     AND r.server_name OPERATOR(pg_catalog.=) g.server::pg_catalog.text
+                     AND r.run_by::pg_catalog.oid OPERATOR(pg_catalog.=) g.queued_by::pg_catalog.oid
+                     AND r.endpoint OPERATOR(pg_catalog.=) g.endpoint
+                   ORDER BY r.run_id DESC LIMIT 1) last ON true;
+GRANT SELECT ON amplitude_sync.outbox_health TO PUBLIC;
+COMMENT ON VIEW amplitude_sync.outbox_health IS
+    'Outbox entries waiting, per server, role and endpoint: how many, the oldest, and that role''s last flush (status, error).';
+
+------------------------------------------------------------------------------
+-- Table capture: triggers that turn a table's row changes into outbox
+-- entries through the field mapper. A capture's mapping (a select list over
+-- the changed row, "new") is kept as a view, amplitude_sync.capture_<id>_mapping,
+-- owned by the capture's owner, as a sync's source is: the mapping runs as
+-- that owner (read-only), its entries go with that owner's key, DROP ROLE is
+-- refused while it owns captures (DROP OWNED drops them), dropping the table
+-- needs CASCADE (which drops the capture), and row-level security shows a
+-- capture only to members of its owner. Only the extension writes this table.
+------------------------------------------------------------------------------
+CREATE TABLE amplitude_sync.captures (
+    capture_id   serial PRIMARY KEY,
+    source       pg_catalog.regclass NOT NULL,
+    server       pg_catalog.name NOT NULL,
+    object       pg_catalog.text NOT NULL
+                 CHECK (object OPERATOR(pg_catalog.=) ANY (ARRAY['event', 'user', 'device', 'group'])),
+    mapping      pg_catalog.text NOT NULL,
+    mapping_view pg_catalog.regclass NOT NULL,
+    search_path  pg_catalog.text NOT NULL,
+    on_insert    pg_catalog.bool NOT NULL,
+    on_update    pg_catalog.bool NOT NULL,
+    on_delete    pg_catalog.bool NOT NULL,
+    created_at   pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+ALTER TABLE amplitude_sync.captures ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_captures ON amplitude_sync.captures FOR SELECT
+    USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c
+                                   WHERE c.oid OPERATOR(pg_catalog.=) mapping_view::pg_catalog.oid), 'MEMBER'));
+GRANT SELECT ON amplitude_sync.captures TO PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('amplitude_sync.captures', '');
+SELECT pg_catalog.pg_extension_config_dump('amplitude_sync.captures_capture_id_seq', '');
+COMMENT ON TABLE amplitude_sync.captures IS
+    'Table captures: triggers that queue row changes in the outbox; change them with capture() and uncapture().';
+COMMENT ON COLUMN amplitude_sync.captures.capture_id IS 'The capture''s number (its triggers are amplitude_sync_capture_<id>_<operation>).';
+COMMENT ON COLUMN amplitude_sync.captures.source IS 'The captured table.';
+COMMENT ON COLUMN amplitude_sync.captures.server IS 'The foreign server (Amplitude project) its entries go to.';
+COMMENT ON COLUMN amplitude_sync.captures.object IS 'event, user, device or group: what each row change becomes.';
+COMMENT ON COLUMN amplitude_sync.captures.mapping IS 'The select list over the changed row "new", as given (new.* when none was).';
+COMMENT ON COLUMN amplitude_sync.captures.mapping_view IS 'The view holding the mapping, owned by the capture''s owner.';
+COMMENT ON COLUMN amplitude_sync.captures.search_path IS 'The search_path the mapping was checked under; it runs with it.';
+COMMENT ON COLUMN amplitude_sync.captures.on_insert IS 'Inserted rows are queued.';
+COMMENT ON COLUMN amplitude_sync.captures.on_update IS 'Updated rows are queued (when the row changed).';
+COMMENT ON COLUMN amplitude_sync.captures.on_delete IS 'Deleted rows are queued (events only; the mapping sees the deleted row as "new").';
+COMMENT ON COLUMN amplitude_sync.captures.created_at IS 'When the capture was created.';
+
+CREATE FUNCTION amplitude_sync.capture(
+    source    pg_catalog.regclass,
+    server    pg_catalog.name,
+    object    pg_catalog.text,
+    mapping   pg_catalog.text DEFAULT NULL,
+    on_insert pg_catalog.bool DEFAULT true,
+    on_update pg_catalog.bool DEFAULT true,
+    on_delete pg_catalog.bool DEFAULT false)
+RETURNS pg_catalog.int4
+AS 'MODULE_PATHNAME', 'amplitude_sync_capture'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION amplitude_sync.capture(pg_catalog.regclass, pg_catalog.name, pg_catalog.text, pg_catalog.text, pg_catalog.bool, pg_catalog.bool, pg_catalog.bool) IS
+    'Captures a table: each inserted (updated, deleted) row, mapped by a select list over "new", is queued in the outbox in the writing transaction; returns the capture_id.';
+
+CREATE FUNCTION amplitude_sync.uncapture(source pg_catalog.regclass, server pg_catalog.name DEFAULT NULL,
+                                         object pg_catalog.text DEFAULT NULL)
+RETURNS pg_catalog.int4
+AS 'MODULE_PATHNAME', 'amplitude_sync_uncapture'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION amplitude_sync.uncapture(pg_catalog.regclass, pg_catalog.name, pg_catalog.text) IS
+    'Removes the captures of a table (of that server and object, when given) that you may manage, with their triggers; returns how many.';
+
+CREATE FUNCTION amplitude_sync._capture_trigger()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'amplitude_sync_capture_trigger'
+LANGUAGE C;
+COMMENT ON FUNCTION amplitude_sync._capture_trigger() IS
+    'The trigger of table captures (internal: capture() creates the triggers).';
+
+REVOKE ALL ON FUNCTION amplitude_sync.capture(pg_catalog.regclass, pg_catalog.name, pg_catalog.text, pg_catalog.text, pg_catalog.bool, pg_catalog.bool, pg_catalog.bool) FROM PUBLIC;
+REVOKE ALL ON FUNCTION amplitude_sync.uncapture(pg_catalog.regclass, pg_catalog.name, pg_catalog.text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION amplitude_sync._capture_trigger() FROM PUBLIC;
+
+-- When a capture's mapping view is dropped (DROP OWNED BY its owner, DROP
+-- TABLE ... CASCADE), the capture and its triggers go with it.
+CREATE FUNCTION amplitude_sync._drop_captures_of_dropped_views()
+RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    gone pg_catalog.record;
+BEGIN
+    IF pg_catalog.to_regclass('amplitude_sync.captures') IS NULL THEN
+        RETURN;  -- DROP EXTENSION
+    END IF;
+    FOR gone IN
+        DELETE FROM amplitude_sync.captures cap
+        USING pg_catalog.pg_event_trigger_dropped_objects() o
+        WHERE o.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+          AND o.objsubid OPERATOR(pg_catalog.=) 0
+          AND cap.mapping_view::pg_catalog.oid OPERATOR(pg_catalog.=) o.objid
+        RETURNING cap.capture_id, cap.source::pg_catalog.oid AS source
+    LOOP
+        IF EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) gone.source) THEN
+            EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %s',
+                                      'amplitude_sync_capture_' OPERATOR(pg_catalog.||) gone.capture_id OPERATOR(pg_catalog.||) '_insert',
+                                      gone.source::pg_catalog.regclass);
+            EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %s',
+                                      'amplitude_sync_capture_' OPERATOR(pg_catalog.||) gone.capture_id OPERATOR(pg_catalog.||) '_update',
+                                      gone.source::pg_catalog.regclass);
+            EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %s',
+                                      'amplitude_sync_capture_' OPERATOR(pg_catalog.||) gone.capture_id OPERATOR(pg_catalog.||) '_delete',
+                                      gone.source::pg_catalog.regclass);
+        END IF;
+        RAISE NOTICE 'drop cascades to capture %', gone.capture_id;
+    END LOOP;
+END $$;
+REVOKE ALL ON FUNCTION amplitude_sync._drop_captures_of_dropped_views() FROM PUBLIC;
+COMMENT ON FUNCTION amplitude_sync._drop_captures_of_dropped_views() IS
+    'Event trigger: removes the captures (and their triggers) whose mapping view was dropped.';
+CREATE EVENT TRIGGER amplitude_sync_dropped_captures ON sql_drop
+    EXECUTE FUNCTION amplitude_sync._drop_captures_of_dropped_views();

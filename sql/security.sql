@@ -19,6 +19,8 @@ CALL create_test_mapping('regress_hostile', 'amplitude_mock');
 GRANT EXECUTE ON FUNCTION amplitude_sync.amplitude_send_events, amplitude_sync.amplitude_identify,
     amplitude_sync.amplitude_group_identify, amplitude_sync.send_test_event TO regress_hostile;
 GRANT EXECUTE ON PROCEDURE amplitude_sync.run_sync TO regress_hostile;
+GRANT EXECUTE ON FUNCTION amplitude_sync.track, amplitude_sync.identify, amplitude_sync.flush_outbox,
+    amplitude_sync.capture, amplitude_sync.uncapture TO regress_hostile;
 GRANT CREATE ON SCHEMA public TO regress_hostile;
 
 SET ROLE regress_hostile;
@@ -88,6 +90,8 @@ CREATE VIEW hostile.sync_claims AS SELECT * FROM hostile.trap_rows('table sync_c
 CREATE VIEW hostile.rejected_records AS SELECT * FROM hostile.trap_rows('table rejected_records') AS t(x int);
 CREATE VIEW hostile.pg_locks AS SELECT * FROM hostile.trap_rows('table pg_locks') AS t(x int);
 CREATE VIEW hostile.pg_class AS SELECT * FROM hostile.trap_rows('table pg_class') AS t(x int);
+CREATE VIEW hostile.outbox AS SELECT * FROM hostile.trap_rows('table outbox') AS t(x int);
+CREATE VIEW hostile.captures AS SELECT * FROM hostile.trap_rows('table captures') AS t(x int);
 CREATE TABLE hostile.players AS SELECT 'player-' || g AS user_id, g AS level FROM generate_series(1, 5) g;
 
 SET search_path = hostile, pg_catalog, public;
@@ -123,6 +127,24 @@ CALL amplitude_sync.run_sync('hostile_players2') \gset
 SELECT amplitude_sync.schedule_sync('hostile_players2', '* * * * *');
 SELECT amplitude_sync.unschedule_sync('hostile_players2');
 SELECT amplitude_sync.drop_sync('hostile_events');
+-- The outbox and table capture (the capture's trigger fires for a row the
+-- superuser writes below).
+SELECT amplitude_sync.track('amplitude_mock', '{"event_type": "Trap", "user_id": "hostile-user-1"}') > 0 AS queued;
+SELECT amplitude_sync.identify('amplitude_mock', 'user', '{"user_id": "hostile-user-1", "plan": "x"}') > 0 AS queued;
+SELECT amplitude_sync.capture('players', 'amplitude_mock', 'event',
+    $$'Player Changed' AS event_type, new.user_id, new.level$$) > 0 AS captured;
+INSERT INTO players VALUES ('player-6', 6);
+SELECT status, rows_read, sent FROM amplitude_sync.flush_outbox('amplitude_mock');
+RESET search_path;
+RESET ROLE;
+SET search_path = hostile, pg_catalog, public;
+INSERT INTO hostile.players VALUES ('player-7', 7);
+SELECT status, rows_read, sent FROM amplitude_sync.flush_outbox('amplitude_mock');
+RESET search_path;
+SET ROLE regress_hostile;
+SET search_path = hostile, pg_catalog, public;
+SELECT amplitude_sync.uncapture('players');
+DELETE FROM players WHERE level > 5;
 RESET search_path;
 RESET ROLE;
 SELECT rolsuper AS hostile_is_superuser FROM pg_roles WHERE rolname = 'regress_hostile';

@@ -16,7 +16,9 @@
 # with -Werror, installed into the assembled tree (never into the system's),
 # a throwaway cluster (non-root user), the mock Amplitude server, the Makefile's
 # REGRESS list except `cron` (pg_cron for 17/18 does not load on Debian 12's
-# glibc), and the search of the server log for the API key.
+# glibc), the outbox worker test (test/outbox_worker.sh, on a second cluster
+# that preloads the library; AMPLITUDE_SYNC_WORKER_TEST=0 skips it) and the
+# search of the server log for the API key.
 #
 # AMPLITUDE_SYNC_PG_KEEP=1 keeps the work directory ($WORK/<version>/build/results holds
 # each test's output, to compare with expected/).
@@ -218,6 +220,12 @@ run_version() {
             echo "last lines of process $pid:"
             grep -F "[$pid]" "$HARNESS_DIR/server.log" | tail -12
         done
+    fi
+
+    # The outbox worker needs a cluster that preloads the library: its own.
+    if [ "${AMPLITUDE_SYNC_WORKER_TEST:-1}" = 1 ]; then
+        log "PostgreSQL $v: the outbox background worker (test/outbox_worker.sh)"
+        PSQL_BINDIR="$PSQL_BINDIR" bash "$HARNESS_REPO/test/outbox_worker.sh" || failed=1
     fi
 
     log "PostgreSQL $v: searching the server log for the API key"

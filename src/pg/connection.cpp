@@ -167,7 +167,7 @@ Datum amplitude_sync_fdw_validator(PG_FUNCTION_ARGS) {
 
 }  // extern "C"
 
-void load_connection(const char *server_name, AmpConnection *conn) {
+ForeignServer *amplitude_server(const char *server_name) {
     ForeignServer *server = GetForeignServerByName(server_name, false);
     ForeignDataWrapper *fdw = GetForeignDataWrapper(server->fdwid);
     if (strcmp(fdw->fdwname, "amplitude_sync") != 0) {
@@ -175,13 +175,30 @@ void load_connection(const char *server_name, AmpConnection *conn) {
                         errmsg("server \"%s\" does not use the amplitude_sync foreign-data wrapper",
                                server_name)));
     }
-#if PG_VERSION_NUM >= 160000
-    AclResult acl = object_aclcheck(ForeignServerRelationId, server->serverid, GetUserId(), ACL_USAGE);
-#else
-    AclResult acl = pg_foreign_server_aclcheck(server->serverid, GetUserId(), ACL_USAGE);
-#endif
-    if (acl != ACLCHECK_OK) aclcheck_error(acl, OBJECT_FOREIGN_SERVER, server->servername);
+    return server;
+}
 
+bool has_server_usage(const ForeignServer *server, Oid role) {
+#if PG_VERSION_NUM >= 160000
+    return object_aclcheck(ForeignServerRelationId, server->serverid, role, ACL_USAGE) == ACLCHECK_OK;
+#else
+    return pg_foreign_server_aclcheck(server->serverid, role, ACL_USAGE) == ACLCHECK_OK;
+#endif
+}
+
+void load_connection(const char *server_name, AmpConnection *conn) {
+    ForeignServer *server = amplitude_server(server_name);
+    load_connection_as(server, GetUserId(), conn, false);
+}
+
+bool load_connection_as(const ForeignServer *server, Oid role, AmpConnection *conn, bool missing_ok) {
+    if (!has_server_usage(server, role)) {
+        if (missing_ok) return false;
+        if (role == GetUserId()) aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_FOREIGN_SERVER, server->servername);
+        ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+                        errmsg("role \"%s\" has no USAGE on server \"%s\"", GetUserNameFromId(role, false),
+                               server->servername)));
+    }
     *conn = AmpConnection{};
     conn->server_name = pstrdup(server->servername);
     conn->base_url = "https://api2.amplitude.com";
@@ -228,11 +245,12 @@ void load_connection(const char *server_name, AmpConnection *conn) {
         conn->allow_plain_http = strncmp(url, "http://", 7) == 0;
     }
 
-    HeapTuple tp = find_user_mapping(GetUserId(), server->serverid);
+    HeapTuple tp = find_user_mapping(role, server->serverid);
     if (!HeapTupleIsValid(tp)) {
+        if (missing_ok) return false;
         ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
                         errmsg("no user mapping for role \"%s\" on server \"%s\"",
-                               GetUserNameFromId(GetUserId(), false), server->servername),
+                               GetUserNameFromId(role, false), server->servername),
                         errdetail("The Amplitude API key is kept in a user mapping."),
                         errhint("Create one: CREATE USER MAPPING FOR CURRENT_USER SERVER %s OPTIONS (api_key '...');",
                                 quote_identifier(server->servername))));
@@ -246,9 +264,11 @@ void load_connection(const char *server_name, AmpConnection *conn) {
         if (strcmp(def->defname, "api_key") == 0) conn->api_key = pstrdup(defGetString(def));
     }
     if (!conn->api_key) {
+        if (missing_ok) return false;
         ereport(ERROR, (errcode(ERRCODE_FDW_OPTION_NAME_NOT_FOUND),
                         errmsg("user mapping for server \"%s\" has no \"api_key\"", server->servername),
                         errhint("Use ALTER USER MAPPING FOR CURRENT_USER SERVER %s OPTIONS (ADD api_key '...');",
                                 quote_identifier(server->servername))));
     }
+    return true;
 }

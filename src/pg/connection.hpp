@@ -3,6 +3,8 @@
 // an option of a user mapping (hidden from other roles by pg_user_mappings).
 #pragma once
 
+#include "pg_headers.hpp"
+
 struct AmpConnection {
     const char *server_name;
     const char *base_url;  // no trailing slash
@@ -21,3 +23,12 @@ struct AmpConnection {
 // Looks up the server and the current user's (or PUBLIC's) mapping, checking
 // USAGE on the server. Raises PostgreSQL errors; strings are palloc'd.
 void load_connection(const char *server_name, AmpConnection *conn);
+
+// The server of that name, checked to be of the amplitude_sync wrapper.
+ForeignServer *amplitude_server(const char *server_name);
+// Whether role has USAGE on the server.
+bool has_server_usage(const ForeignServer *server, Oid role);
+// The connection as role: its USAGE on the server and its own (or PUBLIC's)
+// mapping, never another role's. missing_ok: false instead of an error when
+// role lacks USAGE, a mapping or its api_key.
+bool load_connection_as(const ForeignServer *server, Oid role, AmpConnection *conn, bool missing_ok);

@@ -1,6 +1,7 @@
 // Module entry: the magic block and one-time libcurl set-up.
 #include <curl/curl.h>
 
+#include "outbox.hpp"
 #include "pg_headers.hpp"
 #include "progress.hpp"
 
@@ -33,6 +34,9 @@ void _PG_init(void) {
                             "0 turns them off.", &amplitude_sync_progress_notice_interval, 10, 0, 86400,
                             PGC_USERSET, GUC_UNIT_S, nullptr, nullptr, nullptr);
     if (process_shared_preload_libraries_in_progress) progress_request_shared_memory();
+    // The outbox worker, when preloaded (before the prefix is reserved:
+    // it defines amplitude_sync.outbox_* settings).
+    outbox_worker_init();
 #if PG_VERSION_NUM >= 150000
     MarkGUCPrefixReserved("amplitude_sync");
 #else

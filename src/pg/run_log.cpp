@@ -43,10 +43,15 @@ Datum text_datum(const std::string &s) {
 void run_log_start(RunLog *log, const char *function_name, const char *server_name,
                    const char *endpoint, int sync_id, const char *sync_name, const char *status,
                    const char *error) {
+    run_log_start_as(log, GetUserId(), function_name, server_name, endpoint, sync_id, sync_name, status, error);
+}
+
+void run_log_start_as(RunLog *log, Oid run_by, const char *function_name, const char *server_name,
+                      const char *endpoint, int sync_id, const char *sync_name, const char *status,
+                      const char *error) {
     log->started_at = GetCurrentTimestamp();
     log->sync_name = sync_name ? pstrdup(sync_name) : nullptr;
     log->announced = false;
-    Oid run_by = GetUserId();
 
     RoleScope scope;
     enter_extension_scope(&scope);

@@ -26,6 +26,11 @@ struct RunLog {
 void run_log_start(RunLog *log, const char *function_name, const char *server_name,
                    const char *endpoint, int sync_id, const char *sync_name, const char *status,
                    const char *error);
+// The same, recorded as run by another role: flush_outbox records its runs
+// under the role whose entries (and key) they are, so that role sees them.
+void run_log_start_as(RunLog *log, Oid run_by, const char *function_name, const char *server_name,
+                      const char *endpoint, int sync_id, const char *sync_name, const char *status,
+                      const char *error);
 
 // Stores the rejections and empties the vector.
 void run_log_store_rejections(RunLog *log, std::vector<amplitude_sync::Rejection> *rejections);

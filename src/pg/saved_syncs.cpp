@@ -12,6 +12,7 @@
 #include "pg_headers.hpp"
 #include "role_scope.hpp"
 #include "run_log.hpp"
+#include "saved_syncs.hpp"
 #include "send_run.hpp"
 #include "source_query.hpp"
 
@@ -174,6 +175,8 @@ void sync_spec(const SavedSync *sync, const char *api, bool with_state, SendSpec
         key, view, sync->sync_id, key);
 }
 
+}  // namespace
+
 void execute_as_extension(const char *sql) {
     RoleScope scope;
     enter_extension_scope(&scope);
@@ -202,7 +205,7 @@ int64 owned_objects(Oid role) {
 // Makes the view that holds a sync's source, owned by owner: the source is
 // a relation name (read whole, its columns as they are now) or a checked
 // read-only query, resolved with the current search_path. Returns its oid.
-Oid create_source_view(const char *view_name, const char *sync_name, const char *source, Oid owner) {
+Oid create_source_view(const char *view_name, const char *what, const char *source, Oid owner) {
     Oid relation = source_relation(source);
     const char *query = OidIsValid(relation) ? psprintf("SELECT * FROM %s", qualified_relation_name(relation))
                                              : checked_source_query(source);
@@ -235,13 +238,15 @@ Oid create_source_view(const char *view_name, const char *sync_name, const char 
     // ownership for the bootstrap superuser.)
     if (!superuser_arg(owner) && owned_objects(owner) != owned_before + 1)
         ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-                        errmsg("the source of sync \"%s\" created objects while it was parsed", sync_name),
+                        errmsg("the source of %s created objects while it was parsed", what),
                         errdetail("Only its view may be made.")));
     execute_as_extension(psprintf("COMMENT ON VIEW amplitude_sync.%s IS %s", quote_identifier(view_name),
-                                  quote_literal_cstr(psprintf("The source of sync \"%s\".", sync_name))));
+                                  quote_literal_cstr(psprintf("The source of %s.", what))));
     CommandCounterIncrement();
     return get_relname_relid(view_name, schema);
 }
+
+namespace {
 
 // The sync depends on its server through its view: DROP SERVER needs
 // CASCADE (which drops the sync), and a renamed server is followed.
@@ -587,7 +592,7 @@ Datum amplitude_sync_create_sync(PG_FUNCTION_ARGS) {
     bool isnull;
     sync.sync_id = static_cast<int>(DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)));
     leave_role_scope(&scope);
-    sync.source_view = create_source_view(psprintf("sync_%d_source", sync.sync_id), sync.name, sync.source, sync.owner);
+    sync.source_view = create_source_view(psprintf("sync_%d_source", sync.sync_id), psprintf("sync \"%s\"", sync.name), sync.source, sync.owner);
     check_sync(&sync, api);
     depend_on_server(sync.source_view, sync.server);
 
@@ -659,7 +664,7 @@ Datum amplitude_sync_alter_sync(PG_FUNCTION_ARGS) {
         // sync, and then its name; the old one is dropped.
         sync.source = new_source;
         sync.search_path = pstrdup(namespace_search_path);
-        sync.source_view = create_source_view(psprintf("sync_%d_source_new", sync.sync_id), sync.name, new_source,
+        sync.source_view = create_source_view(psprintf("sync_%d_source_new", sync.sync_id), psprintf("sync \"%s\"", sync.name), new_source,
                                               sync.owner);
     }
     check_sync(&sync, api);
@@ -951,7 +956,7 @@ Datum amplitude_sync_upgrade_source_view(PG_FUNCTION_ARGS) {
     const char *query = text_to_cstring(PG_GETARG_TEXT_PP(2));
     Oid owner = PG_GETARG_OID(3);
     if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
-    Oid view = create_source_view(psprintf("sync_%d_source", sync_id), name, query, owner);
+    Oid view = create_source_view(psprintf("sync_%d_source", sync_id), psprintf("sync \"%s\"", name), query, owner);
     depend_on_server(view, NameStr(*PG_GETARG_NAME(4)));
     SPI_finish();
     PG_RETURN_OID(view);

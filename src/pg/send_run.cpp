@@ -37,19 +37,6 @@ constexpr long kFetchRowsMaterializing = 10000;
 // many and scaled up.
 constexpr int kTimingSample = 16;
 
-bool interrupt_pending() { return QueryCancelPending != 0 || ProcDiePending != 0; }
-
-RetryPolicy retry_policy(const AmpConnection &conn, long endpoint_throttle_pause_ms) {
-    RetryPolicy p;
-    p.max_attempts = conn.max_attempts;
-    p.max_retry_ms = conn.max_retry_seconds * 1000L;
-    p.backoff_base_ms = conn.retry_backoff_ms;
-    p.throttle_pause_ms = conn.throttle_pause_ms > 0 ? conn.throttle_pause_ms : endpoint_throttle_pause_ms;
-    // A project-wide 429 waits longer (60 s by default); the option scales both.
-    if (conn.throttle_pause_ms > 0) p.project_throttle_pause_ms = 2L * conn.throttle_pause_ms;
-    return p;
-}
-
 // The wait event pg_stat_activity shows while a run waits on Amplitude:
 // "AmplitudeResponse" (PostgreSQL 17+ names extension wait events), else
 // the generic "Extension".
@@ -63,6 +50,8 @@ uint32 amplitude_wait_event() {
 #endif
 }
 
+}  // namespace
+
 // How a long run is going, said to an interactive caller every
 // amplitude_sync.progress_notice_interval seconds.
 struct RunProgress {
@@ -72,6 +61,8 @@ struct RunProgress {
     size_t in_flight = 0;                  // requests, over the run's channels
     TimestampTz last = 0;
 };
+
+namespace {
 
 // Published for other sessions (run_progress) and, when due, said in a
 // NOTICE; from inside the delivery (while it waits on Amplitude) as well as
@@ -120,6 +111,7 @@ public:
     void start(size_t slot, const std::string &url, const std::string &content_type,
                const std::string &body) override {
         inner_->start(slot, url, content_type, body);
+        if (!progress_) return;
         progress_->in_flight++;
         report_progress(progress_);
     }
@@ -128,33 +120,19 @@ public:
         pgstat_report_wait_start(amplitude_wait_event());
         inner_->wait(timeout_ms, done);
         pgstat_report_wait_end();
+        if (!progress_) return;
         progress_->in_flight -= done.size() - before;
         report_progress(progress_);
     }
     void advance(std::vector<std::pair<size_t, HttpResponse>> &done) override {
         size_t before = done.size();
         inner_->advance(done);
-        progress_->in_flight -= done.size() - before;
+        if (progress_) progress_->in_flight -= done.size() - before;
     }
 
 private:
     std::unique_ptr<Transport> inner_;
-    RunProgress *progress_;
-};
-
-// A delivery with its own format and connections.
-struct Channel {
-    Channel(std::unique_ptr<PayloadFormat> f, const AmpConnection &conn, const std::string &path,
-            DeliveryLimits limits, long throttle_pause_ms, RunProgress *progress)
-        : format(std::move(f)),
-          transport(std::make_unique<ReportingTransport>(
-              make_curl_transport(static_cast<size_t>(conn.max_concurrency), transport_options(conn)), progress)),
-          delivery(*format, *transport, std::string(conn.base_url) + path, limits,
-                   retry_policy(conn, throttle_pause_ms), static_cast<size_t>(conn.max_concurrency),
-                   interrupt_pending) {}
-    std::unique_ptr<PayloadFormat> format;
-    std::unique_ptr<Transport> transport;
-    Delivery delivery;
+    RunProgress *progress_;  // or nullptr: no run to report on (flush_outbox)
 };
 
 // Everything C++ a run owns. Deleted by the memory-context callback.
@@ -447,6 +425,28 @@ void put_preview_rows(const SendSpec *spec, TupleDesc desc, Tuplestorestate *sto
 
 }  // namespace
 
+
+RetryPolicy retry_policy(const AmpConnection &conn, long endpoint_throttle_pause_ms) {
+    RetryPolicy p;
+    p.max_attempts = conn.max_attempts;
+    p.max_retry_ms = conn.max_retry_seconds * 1000L;
+    p.backoff_base_ms = conn.retry_backoff_ms;
+    p.throttle_pause_ms = conn.throttle_pause_ms > 0 ? conn.throttle_pause_ms : endpoint_throttle_pause_ms;
+    // A project-wide 429 waits longer (60 s by default); the option scales both.
+    if (conn.throttle_pause_ms > 0) p.project_throttle_pause_ms = 2L * conn.throttle_pause_ms;
+    return p;
+}
+
+Channel::Channel(std::unique_ptr<PayloadFormat> f, const AmpConnection &conn, const std::string &path,
+                 DeliveryLimits limits, long throttle_pause_ms, RunProgress *progress)
+    : format(std::move(f)),
+      transport(std::make_unique<ReportingTransport>(
+          make_curl_transport(static_cast<size_t>(conn.max_concurrency), transport_options(conn)), progress)),
+      delivery(*format, *transport, std::string(conn.base_url) + path, limits,
+               retry_policy(conn, throttle_pause_ms), static_cast<size_t>(conn.max_concurrency),
+               send_run_interrupt_pending) {}
+
+bool send_run_interrupt_pending() { return QueryCancelPending != 0 || ProcDiePending != 0; }
 
 // WARNINGs return: the C++ state they read is the run's, on the heap.
 void raise_plan_warnings(const SendRun *run) {

@@ -4,7 +4,11 @@
 // only in their SendSpec.
 #pragma once
 
+#include <memory>
+#include <string>
+
 #include "call_options.hpp"
+#include "delivery.hpp"
 #include "http_transport.hpp"
 
 #include "connection.hpp"
@@ -58,6 +62,25 @@ struct SendSpec {
 
 // The connection's timeouts and TLS settings for the HTTP transport.
 amplitude_sync::TransportOptions transport_options(const AmpConnection &conn);
+
+// The connection's retry options, with the endpoint's throttle pause.
+amplitude_sync::RetryPolicy retry_policy(const AmpConnection &conn, long endpoint_throttle_pause_ms);
+
+// Cancel or terminate is pending (polled by deliveries while they wait).
+bool send_run_interrupt_pending();
+
+// One delivery (src/core/delivery.hpp) with its own payload format and
+// connections: what every sending function, and flush_outbox, sends
+// through. C++ state: keep it on the heap, owned by a memory-context
+// callback (see send_run.cpp), and reach it only through AMP_CXX.
+struct RunProgress;  // a run's counts for run_progress and its NOTICEs (send_run.cpp)
+struct Channel {
+    Channel(std::unique_ptr<amplitude_sync::PayloadFormat> f, const AmpConnection &conn, const std::string &path,
+            amplitude_sync::DeliveryLimits limits, long throttle_pause_ms, RunProgress *progress = nullptr);
+    std::unique_ptr<amplitude_sync::PayloadFormat> format;
+    std::unique_ptr<amplitude_sync::Transport> transport;
+    amplitude_sync::Delivery delivery;
+};
 
 // Checks a saved sync's source (in its scope, like a run) against the
 // field mapper; raises the mapper's errors.
