@@ -6,7 +6,11 @@ body, counts the events by their insert_id keys, refuses /2/httpapi bodies of
 1 MB or more with a 413 as Amplitude does, and answers the usual JSON (or
 "success" for the identify endpoints). GET /stats gives the totals and the
 sink's own CPU time, so the benchmark can show the sink is not the
-bottleneck. Usage: sink.py PORT_FILE
+bottleneck. Usage: sink.py PORT_FILE [DELAY_MS]
+
+DELAY_MS (the latency case; about Amplitude's real latency is 200): every
+ingestion answer is sent that long after the body was read, each request on
+its own thread, so concurrent requests overlap as they do against Amplitude.
 """
 import json
 import os
@@ -17,6 +21,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LOCK = threading.Lock()
+DELAY_S = 0.0
 STATS = {"requests": 0, "bytes": 0, "events": 0, "refused_413": 0, "events_refused": 0}
 
 
@@ -50,6 +55,8 @@ class Sink(BaseHTTPRequestHandler):
     def do_POST(self):
         length = int(self.headers.get("Content-Length", 0))
         body = self.rfile.read(length)
+        if DELAY_S:
+            time.sleep(DELAY_S)
         events = body.count(b'"insert_id"') or body.count(b'insert_id') or 1
         if self.path in ("/identify", "/groupidentify"):
             with LOCK:
@@ -72,6 +79,8 @@ class Sink(BaseHTTPRequestHandler):
 
 
 def main():
+    global DELAY_S
+    DELAY_S = int(sys.argv[2]) / 1000.0 if len(sys.argv) > 2 else 0.0
     server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
     server.daemon_threads = True
     tmp = sys.argv[1] + ".tmp"

@@ -16,6 +16,7 @@ struct AmpConnection {
     int max_retry_seconds;
     int retry_backoff_ms;
     int throttle_pause_ms;  // -1: Amplitude's documented pause for the endpoint
+    int max_events_per_second;  // the project's cap (Starter plans: about 1,000); 0: none
 };
 
 // Looks up the server and the current user's (or PUBLIC's) mapping, checking
