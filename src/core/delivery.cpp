@@ -193,17 +193,71 @@ bool Delivery::place(Record &&record, bool tried) {
 
 void Delivery::seal(size_t lane) {
     Batch &b = building_[lane];
-    b.lane = lane;
+    b.lanes.assign(1, lane);
     b.reserved = pacing_;
     queue_.push_back(std::move(b));
     building_[lane] = Batch{};
 }
 
+bool Delivery::fits_together(const Batch &a, const Batch &b) const {
+    size_t n = a.records.size() + b.records.size();
+    size_t separators = n > 0 ? (n - 1) * format_.separator_bytes() : 0;
+    return n <= max_records_ && format_.overhead_bytes() + a.bytes + b.bytes + separators <= limits_.max_bytes &&
+           (limits_.max_properties == 0 || a.properties + b.properties <= limits_.max_properties);
+}
+
+bool Delivery::shares_lane(const Batch &a, const std::vector<size_t> &lanes) const {
+    for (size_t l : a.lanes)
+        if (std::find(lanes.begin(), lanes.end(), l) != lanes.end()) return true;
+    return false;
+}
+
 void Delivery::seal_idle_lanes() {
     std::fill(lane_seen_.begin(), lane_seen_.end(), 0);
-    for (const Batch &b : queue_) lane_seen_[b.lane] = 1;
+    for (const Batch &b : queue_)
+        for (size_t l : b.lanes) lane_seen_[l] = 1;
+    std::vector<size_t> idle;
     for (size_t lane = 0; lane < lanes_; ++lane)
-        if (!lane_seen_[lane] && !building_[lane].records.empty()) seal(lane);
+        if (!lane_seen_[lane] && !building_[lane].records.empty()) idle.push_back(lane);
+    if (idle.empty()) return;
+    if (idle.size() == 1) {
+        seal(idle.front());
+        return;
+    }
+    // First fit, largest tails first: whole tails, so that merged requests
+    // share no key and go out concurrently. Every tail fits a request alone.
+    std::stable_sort(idle.begin(), idle.end(), [this](size_t a, size_t b) {
+        return building_[a].records.size() > building_[b].records.size();
+    });
+    std::vector<Batch> bins;
+    for (size_t lane : idle) {
+        Batch &tail = building_[lane];
+        Batch *bin = nullptr;
+        for (Batch &candidate : bins)
+            if (fits_together(candidate, tail)) {
+                bin = &candidate;
+                break;
+            }
+        if (!bin) {
+            bins.emplace_back();
+            bin = &bins.back();
+            bin->records.reserve(max_records_);
+        }
+        bin->lanes.push_back(lane);
+        bin->bytes += tail.bytes;
+        bin->properties += tail.properties;
+        bin->tried |= tail.tried;
+        for (Record &r : tail.records) bin->records.push_back(std::move(r));
+        building_[lane] = Batch{};
+    }
+    for (Batch &bin : bins) {
+        // Query order inside the request: each key's records keep theirs.
+        std::stable_sort(bin.records.begin(), bin.records.end(),
+                         [](const Record &a, const Record &b) { return a.row_number < b.row_number; });
+        std::sort(bin.lanes.begin(), bin.lanes.end());
+        bin.reserved = pacing_;
+        queue_.push_back(std::move(bin));
+    }
 }
 
 void Delivery::progress() {
@@ -303,9 +357,12 @@ void Delivery::launch_ready() {
     if (now < project_paused_until_) return;
     std::fill(lane_seen_.begin(), lane_seen_.end(), 0);
     for (auto it = queue_.begin(); it != queue_.end(); ++it) {
-        // Only the first unfinished batch of a lane may go: the lane's order.
-        bool first = !lane_seen_[it->lane];
-        lane_seen_[it->lane] = 1;
+        // Only the first unfinished batch of its lanes may go: the lanes' order.
+        bool first = true;
+        for (size_t l : it->lanes) {
+            if (lane_seen_[l]) first = false;
+            lane_seen_[l] = 1;
+        }
         if (!first || it->slot >= 0 || now < it->not_before) continue;
         auto free_slot = std::find(slots_.begin(), slots_.end(), queue_.end());
         if (free_slot == slots_.end()) return;  // every slot busy
@@ -419,7 +476,7 @@ void Delivery::hold(Record &&record, bool tried) {
     held_[key].records.push_back({std::move(record), tried});
 }
 
-void Delivery::hold_keys(Queue::iterator later, size_t lane, std::vector<Record> &&records,
+void Delivery::hold_keys(Queue::iterator later, const std::vector<size_t> &lanes, std::vector<Record> &&records,
                          const std::unordered_set<std::string> &keys, Clock::time_point until) {
     std::unordered_map<std::string, std::vector<HeldRecord>> moved;
     for (Record &r : records) moved[r.ordering_key()].push_back({std::move(r), true});
@@ -440,9 +497,9 @@ void Delivery::hold_keys(Queue::iterator later, size_t lane, std::vector<Record>
         }
         b.records.resize(kept);
     };
-    // The lane's later batches are all still queued: one batch per lane is unfinished.
+    // The lanes' later batches are all still queued: one batch per lane is unfinished.
     for (auto it = later; it != queue_.end();) {
-        if (it->lane == lane && it->slot < 0 && !it->split) {
+        if (shares_lane(*it, lanes) && it->slot < 0 && !it->split) {
             take(*it);
             if (it->records.empty()) {
                 it = queue_.erase(it);
@@ -451,7 +508,7 @@ void Delivery::hold_keys(Queue::iterator later, size_t lane, std::vector<Record>
         }
         ++it;
     }
-    take(building_[lane]);
+    for (size_t lane : lanes) take(building_[lane]);
     for (auto &[key, list] : moved) {
         Held &h = held_[key];
         for (const HeldRecord &r : list) held_bytes_ += r.record.wire_bytes + sizeof(HeldRecord);
@@ -493,8 +550,8 @@ void Delivery::release_held_records(Clock::time_point now) {
 
 // --------------------------------------------------------------- answers
 
-void Delivery::requeue(Queue::iterator at, size_t lane, Batch &&batch) {
-    batch.lane = lane;
+void Delivery::requeue(Queue::iterator at, const std::vector<size_t> &lanes, Batch &&batch) {
+    if (&batch.lanes != &lanes) batch.lanes = lanes;
     batch.slot = -1;
     batch.tried = true;
     batch.reserved = false;
@@ -507,7 +564,7 @@ void Delivery::handle(Queue::iterator it, const HttpResponse &response) {
     Batch batch = std::move(*it);
     auto at = queue_.erase(it);  // replacements go where the batch was
     batch.slot = -1;
-    const size_t lane = batch.lane;
+    const std::vector<size_t> lane = batch.lanes;
     auto now = now_();
     if (batch.reserved) {
         count_answered(batch.records, now);
@@ -628,7 +685,7 @@ void Delivery::handle(Queue::iterator it, const HttpResponse &response) {
 }
 
 void Delivery::throttled(Queue::iterator at, Batch &&batch, const ResponseVerdict &v) {
-    const size_t lane = batch.lane;
+    const std::vector<size_t> lane = batch.lanes;
     auto now = now_();
     auto give_up_throttled = [&] {
         give_up(std::move(batch), Outcome::kNotSent, "", "not sent: still throttled: " + v.error);
@@ -714,8 +771,8 @@ void Delivery::retry_later(Queue::iterator at, Batch &&batch, const std::string 
     // Equal jitter: half fixed, half random, so retries of many runs spread out.
     long delay = backoff / 2 + static_cast<long>(jitter_() % static_cast<unsigned long>(backoff / 2 + 1));
     batch.not_before = now + std::chrono::milliseconds(delay);
-    size_t lane = batch.lane;
-    requeue(at, lane, std::move(batch));
+    const std::vector<size_t> lanes = batch.lanes;
+    requeue(at, lanes, std::move(batch));
 }
 
 void Delivery::split(Queue::iterator at, Batch &&batch, const std::string &refusal) {
@@ -731,8 +788,8 @@ void Delivery::split(Queue::iterator at, Batch &&batch, const std::string &refus
         target.bytes += batch.records[i].wire_bytes;
         target.records.push_back(std::move(batch.records[i]));
     }
-    requeue(at, batch.lane, std::move(first));
-    requeue(at, batch.lane, std::move(second));
+    requeue(at, batch.lanes, std::move(first));
+    requeue(at, batch.lanes, std::move(second));
 }
 
 void Delivery::give_up(Batch &&batch, Outcome outcome, const std::string &field,

@@ -9,7 +9,12 @@
 // and has at most one batch unfinished (in flight or waiting to retry);
 // batches of different lanes share no device and go out concurrently. The
 // queue keeps sealed batches in sealing order; a batch starts when it is the
-// first of its lane in the queue and a slot is free.
+// first of its lanes in the queue and a slot is free. A lane's batch is
+// sealed when full; at the end of input (and whenever records must go) the
+// partial batches of lanes with nothing unfinished are merged into as few
+// requests as the limits allow, each in query order, so a run that fits in
+// one request is one request in query order. A merged request belongs to
+// all its lanes: their later batches wait for it.
 //
 // Pacing: Amplitude throttles each user_id and device_id above a rate over a
 // window (30 events/s over ~30 s on /2/httpapi). A record enters a lane only
@@ -186,7 +191,8 @@ private:
         int attempts = 0;  // failed attempts (5xx, timeouts)
         bool tried = false;
         bool reserved = false;  // its records hold per-ID allowance until answered
-        size_t lane = 0;
+        // Its lanes: one, or several for the tails merged at the end of input.
+        std::vector<size_t> lanes;
         int slot = -1;     // transport slot while in flight
         Clock::time_point not_before{};
         Clock::time_point first_failure{};
@@ -216,7 +222,11 @@ private:
     // Puts an admitted record into its lane's batch; true when that sealed one.
     bool place(Record &&record, bool tried);
     void seal(size_t lane);
-    void seal_idle_lanes();  // partial batches of lanes with nothing queued
+    // The partial batches of lanes with nothing queued, merged into as few
+    // requests as the limits allow (one when they fit), each in query order.
+    void seal_idle_lanes();
+    bool fits_together(const Batch &a, const Batch &b) const;
+    bool shares_lane(const Batch &a, const std::vector<size_t> &lanes) const;
     void finish_sending();
     void pump(int timeout_ms, bool flush = false);
     // Per-ID pacing.
@@ -228,7 +238,7 @@ private:
     void hold(Record &&record, bool tried);
     // Moves the records of keys (this batch's, then the later ones of its
     // lane still queued or being filled) back to the held ones, paused.
-    void hold_keys(Queue::iterator later, size_t lane, std::vector<Record> &&records,
+    void hold_keys(Queue::iterator later, const std::vector<size_t> &lanes, std::vector<Record> &&records,
                    const std::unordered_set<std::string> &keys, Clock::time_point until);
     void release_held_records(Clock::time_point now);
     bool project_allows(size_t records, Clock::time_point now);
@@ -237,7 +247,7 @@ private:
     void launch_ready();
     void handle(Queue::iterator batch, const HttpResponse &response);
     // Puts batch (or what is left of it) back in the queue at position at.
-    void requeue(Queue::iterator at, size_t lane, Batch &&batch);
+    void requeue(Queue::iterator at, const std::vector<size_t> &lanes, Batch &&batch);
     void throttled(Queue::iterator at, Batch &&batch, const ResponseVerdict &verdict);
     void retry_later(Queue::iterator at, Batch &&batch, const std::string &error);
     void split(Queue::iterator at, Batch &&batch, const std::string &refusal = "");

@@ -537,6 +537,56 @@ TEST(DeliveryOrdering, KeysOfDifferentLanesFillTheirOwnBatches) {
     EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 3, 5}, {2, 4, 6}, {7}}));
 }
 
+TEST(DeliveryOrdering, ARunThatFitsOneRequestIsOneRequestInQueryOrder) {
+    // Keys spread over every lane, far fewer records than a request holds:
+    // the lanes' partial batches are merged at the end of input.
+    std::vector<std::string> keys = KeysInLanes(4, 4, false);
+    Harness h(Always(Ok()), Limits(2000), FastPolicy(), 4);
+    for (uint64_t n = 1; n <= 10; ++n) h.delivery.add(MakeRecord(n, keys[n % 4]));
+    h.delivery.finish();
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{Range(1, 10)}));
+    EXPECT_EQ(h.delivery.stats().requests, 1u);
+    EXPECT_EQ(h.delivery.stats().sent, 10u);
+}
+
+TEST(DeliveryOrdering, PartialBatchesMergeIntoFewRequestsThatShareNoKey) {
+    // Four lanes with two records each, requests of at most 4: whole lane
+    // tails are packed two by two, so the two requests share no key and go
+    // concurrently, each in query order.
+    std::vector<std::string> keys = KeysInLanes(4, 4, false);
+    Harness h(Always(Ok()), Limits(4), FastPolicy(), 4);
+    for (uint64_t n = 1; n <= 8; ++n) h.delivery.add(MakeRecord(n, keys[n % 4]));
+    h.delivery.finish();
+    std::vector<Rows> sent = h.RequestRows();
+    ASSERT_EQ(sent.size(), 2u);
+    std::set<std::string> first_keys(h.transport.requests[0].keys.begin(), h.transport.requests[0].keys.end());
+    for (const std::string &k : h.transport.requests[1].keys) EXPECT_EQ(first_keys.count(k), 0u) << k;
+    for (const Rows &rows : sent) {
+        EXPECT_EQ(rows.size(), 4u);
+        EXPECT_TRUE(std::is_sorted(rows.begin(), rows.end()));
+    }
+    EXPECT_EQ(h.transport.max_in_flight, 2u);
+    EXPECT_EQ(h.delivery.stats().sent, 8u);
+}
+
+TEST(DeliveryOrdering, ATailGoesWithoutWaitingForAnotherLanesBatch) {
+    // Lane of keys[0]: a full batch (rows 1-2) refused once with 503. The
+    // other lane's tail (row 3) is not merged behind it: it goes at once;
+    // keys[0]'s tail (row 5) goes after rows 1-2 were accepted.
+    std::vector<std::string> keys = KeysInLanes(2, 2, false);
+    Harness h(Script({Answer(503, "busy")}), Limits(2), FastPolicy(), 2);
+    h.delivery.add(MakeRecord(1, keys[0]));
+    h.delivery.add(MakeRecord(2, keys[0]));
+    h.delivery.add(MakeRecord(3, keys[1]));
+    h.delivery.add(MakeRecord(5, keys[0]));
+    h.delivery.finish();
+    ASSERT_EQ(h.delivery.stats().sent, 4u);
+    const auto &req = h.transport.requests;
+    ASSERT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2}, {3}, {1, 2}, {5}}));
+    EXPECT_EQ(req[1].answered_before, 0u);  // beside rows 1-2's first try
+    EXPECT_TRUE(h.transport.AnsweredBeforeStart(2, 3));
+}
+
 TEST(DeliveryOrdering, BatchesWithoutSharedKeysGoConcurrently) {
     std::vector<std::string> keys = KeysInLanes(2, 2, false);
     Harness h(Always(Ok()), Limits(2), FastPolicy(), 2);
@@ -1581,11 +1631,12 @@ TEST(DeliveryBisection, RecordsRefusedAlikeBeforeAnyAcceptanceStopTheRun) {
     // request. The run stops loudly with Amplitude's text; nothing is blamed
     // on a record. (Halves of one batch share its lane and go one after the
     // other, so within a lane the first half is isolated before the second.)
+    // Full batches (4 records): tails would be merged into one request.
     std::vector<std::string> users = KeysInLanes(2, 4, false);
     FormHarness h([](const Request &r) {
         return Contains(r.rows, 2) || Contains(r.rows, 7) ? Answer(400, "invalid field values: user_id")
                                                           : FormOk();
-    }, Limits(1024), FastPolicy(), 4);
+    }, Limits(4), FastPolicy(), 4);
     h.AddRows(1, 4, users[0]);
     h.AddRows(5, 8, users[1]);
     h.delivery.finish();
