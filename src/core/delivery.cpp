@@ -199,11 +199,10 @@ void Delivery::seal(size_t lane) {
     building_[lane] = Batch{};
 }
 
-bool Delivery::fits_together(const Batch &a, const Batch &b) const {
-    size_t n = a.records.size() + b.records.size();
-    size_t separators = n > 0 ? (n - 1) * format_.separator_bytes() : 0;
-    return n <= max_records_ && format_.overhead_bytes() + a.bytes + b.bytes + separators <= limits_.max_bytes &&
-           (limits_.max_properties == 0 || a.properties + b.properties <= limits_.max_properties);
+bool Delivery::fits_size(size_t records, size_t bytes, size_t properties) const {
+    size_t separators = records > 0 ? (records - 1) * format_.separator_bytes() : 0;
+    return records <= max_records_ && format_.overhead_bytes() + bytes + separators <= limits_.max_bytes &&
+           (limits_.max_properties == 0 || properties <= limits_.max_properties);
 }
 
 bool Delivery::shares_lane(const Batch &a, const std::vector<size_t> &lanes) const {
@@ -224,39 +223,89 @@ void Delivery::seal_idle_lanes() {
         seal(idle.front());
         return;
     }
-    // First fit, largest tails first: whole tails, so that merged requests
-    // share no key and go out concurrently. Every tail fits a request alone.
-    std::stable_sort(idle.begin(), idle.end(), [this](size_t a, size_t b) {
+    // Two ways to merge the tails (each fits a request alone):
+    // - whole tails packed first fit, largest first: the requests share no
+    //   key and go out concurrently;
+    // - all their records in query order, cut where a request is full: the
+    //   fewest requests, but consecutive ones that share a lane go one
+    //   after the other (a lane split between them).
+    // The first when it needs no more requests than the second.
+    std::vector<size_t> by_size = idle;
+    std::stable_sort(by_size.begin(), by_size.end(), [this](size_t a, size_t b) {
         return building_[a].records.size() > building_[b].records.size();
     });
-    std::vector<Batch> bins;
-    for (size_t lane : idle) {
-        Batch &tail = building_[lane];
-        Batch *bin = nullptr;
-        for (Batch &candidate : bins)
-            if (fits_together(candidate, tail)) {
-                bin = &candidate;
-                break;
-            }
-        if (!bin) {
-            bins.emplace_back();
-            bin = &bins.back();
-            bin->records.reserve(max_records_);
+    struct Size {
+        size_t records = 0, bytes = 0, properties = 0;
+    };
+    std::vector<std::vector<size_t>> packed;  // lanes per request
+    std::vector<Size> sizes;
+    for (size_t lane : by_size) {
+        const Batch &tail = building_[lane];
+        size_t k = 0;
+        while (k < sizes.size() && !fits_size(sizes[k].records + tail.records.size(), sizes[k].bytes + tail.bytes,
+                                              sizes[k].properties + tail.properties))
+            ++k;
+        if (k == sizes.size()) {
+            sizes.emplace_back();
+            packed.emplace_back();
         }
-        bin->lanes.push_back(lane);
-        bin->bytes += tail.bytes;
-        bin->properties += tail.properties;
-        bin->tried |= tail.tried;
-        for (Record &r : tail.records) bin->records.push_back(std::move(r));
-        building_[lane] = Batch{};
+        sizes[k].records += tail.records.size();
+        sizes[k].bytes += tail.bytes;
+        sizes[k].properties += tail.properties;
+        packed[k].push_back(lane);
     }
-    for (Batch &bin : bins) {
-        // Query order inside the request: each key's records keep theirs.
-        std::stable_sort(bin.records.begin(), bin.records.end(),
-                         [](const Record &a, const Record &b) { return a.row_number < b.row_number; });
-        std::sort(bin.lanes.begin(), bin.lanes.end());
-        bin.reserved = pacing_;
-        queue_.push_back(std::move(bin));
+    std::vector<Record> all;
+    bool tried = false;
+    for (size_t lane : idle) {
+        tried |= building_[lane].tried;
+        for (Record &r : building_[lane].records) all.push_back(std::move(r));
+    }
+    for (size_t lane : idle) building_[lane] = Batch{};
+    std::stable_sort(all.begin(), all.end(),
+                     [](const Record &a, const Record &b) { return a.row_number < b.row_number; });
+    std::vector<Batch> out;
+    size_t cut_count = 1;
+    Size cut;
+    for (const Record &r : all) {
+        if (cut.records > 0 && !fits_size(cut.records + 1, cut.bytes + r.wire_bytes, cut.properties + r.property_count)) {
+            ++cut_count;
+            cut = Size{};
+        }
+        cut.records++;
+        cut.bytes += r.wire_bytes;
+        cut.properties += r.property_count;
+    }
+    auto add_lane = [](Batch &b, size_t lane) {
+        if (std::find(b.lanes.begin(), b.lanes.end(), lane) == b.lanes.end()) b.lanes.push_back(lane);
+    };
+    if (packed.size() <= cut_count) {
+        std::vector<size_t> bin_of(lanes_, 0);
+        for (size_t k = 0; k < packed.size(); ++k)
+            for (size_t lane : packed[k]) bin_of[lane] = k;
+        out.resize(packed.size());
+        for (size_t k = 0; k < packed.size(); ++k) out[k].lanes = packed[k];
+        for (Record &r : all) {
+            Batch &b = out[bin_of[lane_of(r.ordering_key(), lanes_)]];
+            b.bytes += r.wire_bytes;
+            b.properties += r.property_count;
+            b.records.push_back(std::move(r));
+        }
+    } else {
+        out.emplace_back();
+        for (Record &r : all) {
+            if (!out.back().records.empty() && !fits(out.back(), r)) out.emplace_back();
+            Batch &b = out.back();
+            add_lane(b, lane_of(r.ordering_key(), lanes_));
+            b.bytes += r.wire_bytes;
+            b.properties += r.property_count;
+            b.records.push_back(std::move(r));
+        }
+    }
+    for (Batch &b : out) {
+        std::sort(b.lanes.begin(), b.lanes.end());
+        b.tried = tried;
+        b.reserved = pacing_;
+        queue_.push_back(std::move(b));
     }
 }
 

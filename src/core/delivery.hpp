@@ -225,7 +225,7 @@ private:
     // The partial batches of lanes with nothing queued, merged into as few
     // requests as the limits allow (one when they fit), each in query order.
     void seal_idle_lanes();
-    bool fits_together(const Batch &a, const Batch &b) const;
+    bool fits_size(size_t records, size_t bytes, size_t properties) const;
     bool shares_lane(const Batch &a, const std::vector<size_t> &lanes) const;
     void finish_sending();
     void pump(int timeout_ms, bool flush = false);

@@ -569,6 +569,20 @@ TEST(DeliveryOrdering, PartialBatchesMergeIntoFewRequestsThatShareNoKey) {
     EXPECT_EQ(h.delivery.stats().sent, 8u);
 }
 
+TEST(DeliveryOrdering, TailsThatWholeWouldNeedMoreRequestsGoInQueryOrderChunks) {
+    // Four lanes with three records each, requests of at most 4: whole tails
+    // would need four requests, query order needs three. The chunks share
+    // keys, so each waits for the one before it.
+    std::vector<std::string> keys = KeysInLanes(4, 4, false);
+    Harness h(Always(Ok()), Limits(4), FastPolicy(), 4);
+    for (uint64_t n = 1; n <= 12; ++n) h.delivery.add(MakeRecord(n, keys[n % 4]));
+    h.delivery.finish();
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{Range(1, 4), Range(5, 8), Range(9, 12)}));
+    EXPECT_TRUE(h.transport.AnsweredBeforeStart(0, 1));
+    EXPECT_TRUE(h.transport.AnsweredBeforeStart(1, 2));
+    EXPECT_EQ(h.delivery.stats().sent, 12u);
+}
+
 TEST(DeliveryOrdering, ATailGoesWithoutWaitingForAnotherLanesBatch) {
     // Lane of keys[0]: a full batch (rows 1-2) refused once with 503. The
     // other lane's tail (row 3) is not merged behind it: it goes at once;
