@@ -26,13 +26,14 @@ long millis_between(Delivery::Clock::time_point from, Delivery::Clock::time_poin
 
 }  // namespace
 
-DeliveryLimits delivery_limits(const Endpoint &endpoint, size_t max_records, double max_events_per_second) {
+DeliveryLimits delivery_limits(const Endpoint &endpoint, size_t max_records, double max_events_per_second,
+                               long rate_window_ms) {
     DeliveryLimits l;
     l.max_records = max_records;
     l.max_bytes = static_cast<size_t>(endpoint.max_bytes);
     l.max_properties = endpoint.max_properties;
     l.per_id_events_per_second = endpoint.per_id_events_per_second;
-    l.per_id_window_ms = endpoint.per_id_window_ms;
+    l.per_id_window_ms = rate_window_ms > 0 ? rate_window_ms : endpoint.per_id_window_ms;
     l.max_events_per_second = max_events_per_second;
     return l;
 }
@@ -212,9 +213,14 @@ bool Delivery::shares_lane(const Batch &a, const std::vector<size_t> &lanes) con
 }
 
 void Delivery::seal_idle_lanes() {
+    // A lane whose batches are in flight or ready to go joins the merge (the
+    // merged request waits for them: about one answer); a lane with a batch
+    // waiting out a backoff keeps its tail for later.
+    auto now = now_();
     std::fill(lane_seen_.begin(), lane_seen_.end(), 0);
     for (const Batch &b : queue_)
-        for (size_t l : b.lanes) lane_seen_[l] = 1;
+        if (b.slot < 0 && now < b.not_before)
+            for (size_t l : b.lanes) lane_seen_[l] = 1;
     std::vector<size_t> idle;
     for (size_t lane = 0; lane < lanes_; ++lane)
         if (!lane_seen_[lane] && !building_[lane].records.empty()) idle.push_back(lane);
@@ -349,6 +355,8 @@ void Delivery::finish() {
     network_time_ += now_() - started;
     stats_.pacing_wait_ms = static_cast<uint64_t>(
         std::chrono::duration_cast<std::chrono::milliseconds>(pacing_wait_).count());
+    stats_.id_pacing_wait_ms = static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(id_pacing_wait_).count());
 }
 
 void Delivery::finish_sending() {
@@ -456,9 +464,13 @@ void Delivery::pump(int timeout_ms, bool flush) {
     for (const auto &[key, h] : held_) until(h.not_before);
     until(project_paused_until_);
     if (project_capped_ && !project_log_.empty()) until(project_log_.front().first + std::chrono::seconds(1));
-    bool paced = !in_flight() && (!held_.empty() || now < project_paused_until_ || project_capped_);
+    bool project_held = now < project_paused_until_ || project_capped_;
+    bool paced = !in_flight() && (!held_.empty() || project_held);
     collect(timeout_ms);
-    if (paced) pacing_wait_ += now_() - now;
+    if (paced) {
+        pacing_wait_ += now_() - now;
+        if (!project_held) id_pacing_wait_ += now_() - now;
+    }
 }
 
 // ---------------------------------------------------------------- pacing
@@ -769,11 +781,12 @@ void Delivery::throttled(Queue::iterator at, Batch &&batch, const ResponseVerdic
             (!r.device_id.empty() && paused_devices.count(r.device_id)))
             paused_keys.insert(r.ordering_key());
     }
-    // Throttled again after max_retry_ms: pacing did not get these through.
+    // Throttled again after max_retry_ms (at once when it is 0): pacing did
+    // not get these through.
     bool expired = false;
     for (const std::string &key : paused_keys) {
-        auto [since, fresh] = throttled_since_.emplace(key, now);
-        if (!fresh && now - since->second >= std::chrono::milliseconds(policy_.max_retry_ms)) expired = true;
+        auto since = throttled_since_.emplace(key, now).first;
+        if (now - since->second >= std::chrono::milliseconds(policy_.max_retry_ms)) expired = true;
     }
     if (expired) return give_up_throttled();
     auto until = now + std::chrono::milliseconds(policy_.throttle_pause_ms);

@@ -109,7 +109,10 @@ struct DeliveryLimits {
 
 // The limits of an endpoint: max_records per request (batch_size or the
 // endpoint's maximum), its size limit and per-ID rate, and the project cap.
-DeliveryLimits delivery_limits(const Endpoint &endpoint, size_t max_records, double max_events_per_second = 0);
+// rate_window_ms > 0 replaces the endpoint's window of per-ID rates (the
+// rate stays the endpoint's).
+DeliveryLimits delivery_limits(const Endpoint &endpoint, size_t max_records, double max_events_per_second = 0,
+                               long rate_window_ms = 0);
 
 struct RetryPolicy {
     int max_attempts = 8;              // per batch, for 5xx/timeouts/resets
@@ -130,6 +133,9 @@ struct DeliveryStats {
     // Time nothing was in flight because pacing held records back (per-ID
     // allowance, 429 pauses, the project cap).
     uint64_t pacing_wait_ms = 0;
+    // Of it, the time only per-ID allowance or pauses held records back
+    // (nothing held by the project's cap or a project-wide pause).
+    uint64_t id_pacing_wait_ms = 0;
 };
 
 enum class DeliveryState {
@@ -288,6 +294,7 @@ private:
     size_t project_counted_ = 0;
     bool project_capped_ = false;  // the cap held a launch back
     Clock::duration pacing_wait_{};
+    Clock::duration id_pacing_wait_{};
     std::vector<char> lane_seen_;
     size_t since_progress_ = 0;
     Clock::duration network_time_{};

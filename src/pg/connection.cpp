@@ -30,6 +30,7 @@ const OptionSpec kOptions[] = {
     {"retry_backoff_ms", ForeignServerRelationId, OptionKind::kInt, false, 1, 600000},
     {"throttle_pause_ms", ForeignServerRelationId, OptionKind::kInt, false, 1, 3600000},
     {"max_events_per_second", ForeignServerRelationId, OptionKind::kInt, false, 1, 1000000},
+    {"rate_window_ms", ForeignServerRelationId, OptionKind::kInt, false, 1000, 600000},
     {"api_key", UserMappingRelationId, OptionKind::kSecret, false, 0, 0},
 };
 
@@ -220,6 +221,7 @@ void load_connection(const char *server_name, AmpConnection *conn) {
             else if (strcmp(name, "retry_backoff_ms") == 0) conn->retry_backoff_ms = v;
             else if (strcmp(name, "throttle_pause_ms") == 0) conn->throttle_pause_ms = v;
             else if (strcmp(name, "max_events_per_second") == 0) conn->max_events_per_second = v;
+            else if (strcmp(name, "rate_window_ms") == 0) conn->rate_window_ms = v;
         }
     }
     if (endpoint) {

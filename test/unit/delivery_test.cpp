@@ -583,10 +583,11 @@ TEST(DeliveryOrdering, TailsThatWholeWouldNeedMoreRequestsGoInQueryOrderChunks) 
     EXPECT_EQ(h.delivery.stats().sent, 12u);
 }
 
-TEST(DeliveryOrdering, ATailGoesWithoutWaitingForAnotherLanesBatch) {
-    // Lane of keys[0]: a full batch (rows 1-2) refused once with 503. The
-    // other lane's tail (row 3) is not merged behind it: it goes at once;
-    // keys[0]'s tail (row 5) goes after rows 1-2 were accepted.
+TEST(DeliveryOrdering, AMergedTailWaitsForTheEarlierBatchesOfItsLanes) {
+    // Lane of keys[0]: a full batch (rows 1-2) in flight at the end of
+    // input, refused once with 503. Its tail (row 5) and the other lane's
+    // (row 3) merge into one request, which goes after rows 1-2 were
+    // accepted: keys[0]'s order holds.
     std::vector<std::string> keys = KeysInLanes(2, 2, false);
     Harness h(Script({Answer(503, "busy")}), Limits(2), FastPolicy(), 2);
     h.delivery.add(MakeRecord(1, keys[0]));
@@ -595,10 +596,8 @@ TEST(DeliveryOrdering, ATailGoesWithoutWaitingForAnotherLanesBatch) {
     h.delivery.add(MakeRecord(5, keys[0]));
     h.delivery.finish();
     ASSERT_EQ(h.delivery.stats().sent, 4u);
-    const auto &req = h.transport.requests;
-    ASSERT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2}, {3}, {1, 2}, {5}}));
-    EXPECT_EQ(req[1].answered_before, 0u);  // beside rows 1-2's first try
-    EXPECT_TRUE(h.transport.AnsweredBeforeStart(2, 3));
+    ASSERT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2}, {1, 2}, {3, 5}}));
+    EXPECT_TRUE(h.transport.AnsweredBeforeStart(1, 2));
 }
 
 TEST(DeliveryOrdering, BatchesWithoutSharedKeysGoConcurrently) {
@@ -956,6 +955,19 @@ TEST(DeliveryThrottling, ThrottledLongerThanMaxRetryTimeFails) {
     EXPECT_EQ(h.RejectionFor(3)->reason, "not sent: gave up on throttled records: Too many requests");
     EXPECT_EQ(h.delivery.stats().sent, 0u);
     EXPECT_EQ(h.delivery.stats().not_sent, 4u);
+}
+
+TEST(DeliveryThrottling, ThrottledIdsWithNoRetryBudgetAreNotSentAfterOneRequest) {
+    // max_retry_seconds 0: the first 429 naming the device ends it.
+    RetryPolicy policy = FastPolicy();
+    policy.max_retry_ms = 0;
+    Harness h(Always(Answer(429, R"({"code":429,"error":"Too many requests for some devices and users","throttled_devices":{"device-1":31}})")),
+              Limits(2), policy, 4);
+    h.delivery.add(MakeRecord(1, "", 0, "device-1"));
+    h.delivery.finish();
+    EXPECT_EQ(h.delivery.state(), DeliveryState::kFailed);
+    EXPECT_EQ(h.transport.requests.size(), 1u);
+    EXPECT_EQ(h.RejectedRows(Outcome::kNotSent), (Rows{1}));
 }
 
 // ================================================================= retries
