@@ -44,7 +44,7 @@ harness_start_cluster "shared_buffers = '256MB'" "work_mem = '64MB'" "synchronou
 SINK_PID=$!
 for _ in $(seq 1 50); do [ -s "$HARNESS_DIR/sink.port" ] && break; sleep 0.1; done
 SINK="http://127.0.0.1:$(cat "$HARNESS_DIR/sink.port")"
-harness_start_mock --enforce-id-rates --response-delay-ms "$DELAY_MS" || exit 1
+harness_start_mock --api-key bench-key-0123456789 --enforce-id-rates --response-delay-ms "$DELAY_MS" || exit 1
 
 q() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 createdb bench
@@ -77,7 +77,7 @@ run_case() {
     curl -s "$SINK/reset" >/dev/null
     q -At -F "$(printf '\t')" <<SQL >>"$RESULTS" || { echo "case $order $api $slots failed"; exit 1; }
 SELECT clock_timestamp() AS t0 \gset
-SELECT '$order', '$api', $slots, round(extract(epoch FROM clock_timestamp() - :'t0')::numeric, 2), requests,
+SELECT '$order', '$api', $slots, round(extract(epoch FROM clock_timestamp() - :'t0')::numeric, 2), s.requests,
        round(r.pacing_seconds::numeric, 1)
 FROM amplitude_sync.amplitude_send_events('sink_$slots',
     \$q\$SELECT event_type, user_id, time, insert_id, n, p_text FROM events $by\$q\$,

@@ -1868,6 +1868,36 @@ TEST(DeliveryLanes, ALoneHeavyDeviceDoesNotStallTheOtherLanes) {
     EXPECT_LT(h.Seconds(), 3.0);
 }
 
+TEST(DeliveryLanes, AThrottledUserDoesNotStallTheOtherLanes) {
+    // Amplitude throttles one user three times in a row (30 s pauses): the
+    // 499 other users' events, interleaved with it, are all accepted within
+    // the first two seconds; the throttled user's arrive later, once, in order.
+    int refusals = 0;
+    Responder responder = [&](const Request &r) {
+        if (refusals < 3 && std::count(r.keys.begin(), r.keys.end(), "user-stuck")) {
+            ++refusals;
+            return Answer(429, R"({"code":429,"error":"Too many requests for some devices and users","throttled_users":{"user-stuck":31}})");
+        }
+        return Ok();
+    };
+    SimulatedHarness h(responder, delivery_limits(kHttpApiEndpoint, 2000), 4, std::chrono::milliseconds(200));
+    const uint64_t rows = 10000;
+    for (uint64_t n = 1; n <= rows; ++n)
+        h.delivery.add(MakeRecord(n, n % 20 == 0 ? "user-stuck" : "user-" + std::to_string(n % 499)));
+    h.delivery.finish();
+
+    ASSERT_EQ(h.delivery.state(), DeliveryState::kRunning) << h.delivery.error();
+    EXPECT_EQ(refusals, 3);
+    h.ExpectExactlyOnceInOrder(rows);
+    for (const Request &r : h.transport.requests) {
+        if (h.transport.statuses[r.index] != 200) continue;
+        if (std::any_of(r.keys.begin(), r.keys.end(), [](const std::string &k) { return k != "user-stuck"; })) {
+            EXPECT_LT(h.Seconds(r.started), 2.0) << "request " << r.index;
+        }
+    }
+    EXPECT_GE(h.Seconds(), 90.0);  // three pauses of the throttled user
+}
+
 TEST(DeliveryPacing, AHeavyUserIsPacedNeverThrottledWhileOthersFlow) {
     // 3,000 events of one user among 5,000 of 500 light users on
     // /2/httpapi (900 events of one ID per 30 s).
