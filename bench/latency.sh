@@ -6,7 +6,7 @@
 # (default 1,000,000) of ROWS/10 users
 #   - in time order (users interleaved) and ordered by user,
 #   - on /2/httpapi and /batch,
-#   - with max_concurrency 1, 4 and 16,
+#   - with max_concurrency 1, 4 and 16 (BENCH_SLOTS to choose),
 # beside the ceiling max_concurrency x 2,000 events / latency. Then the
 # heavy-user case against the mock with Amplitude's per-ID rates enforced
 # (test/mock_amplitude.py --enforce-id-rates, its response delay DELAY_MS):
@@ -77,18 +77,18 @@ run_case() {
     curl -s "$SINK/reset" >/dev/null
     q -At -F "$(printf '\t')" <<SQL >>"$RESULTS" || { echo "case $order $api $slots failed"; exit 1; }
 SELECT clock_timestamp() AS t0 \gset
-SELECT '$order', '$api', $slots, round(extract(epoch FROM clock_timestamp() - :'t0')::numeric, 2), s.requests,
-       round(r.pacing_seconds::numeric, 1)
-FROM amplitude_sync.amplitude_send_events('sink_$slots',
+SELECT run_id, requests FROM amplitude_sync.amplitude_send_events('sink_$slots',
     \$q\$SELECT event_type, user_id, time, insert_id, n, p_text FROM events $by\$q\$,
-    api => '$api') s
-JOIN amplitude_sync.sync_runs r USING (run_id);
+    api => '$api') \gset
+-- The run record is the call's own (a later statement sees it).
+SELECT '$order', '$api', $slots, round(extract(epoch FROM clock_timestamp() - :'t0')::numeric, 2), :requests,
+       round(pacing_seconds::numeric, 1) FROM amplitude_sync.sync_runs WHERE run_id = :run_id;
 SQL
 }
 log "latency cases: ${DELAY_MS} ms answers"
 for order in time user; do
     for api in httpapi batch; do
-        for slots in 1 4 16; do run_case "$order" "$api" "$slots"; done
+        for slots in ${BENCH_SLOTS:-1 4 16}; do run_case "$order" "$api" "$slots"; done
     done
 done
 
@@ -108,12 +108,11 @@ SELECT row_number() OVER (ORDER BY k) AS n, user_id FROM (
     FROM generate_series(1, :heavy_users * :heavy_events) g
     UNION ALL
     SELECT g::float8 / :light, 'light-' || (g % (:light / 5)) FROM generate_series(1, :light) g) s;
-SELECT '$api', round(extract(epoch FROM clock_timestamp() - :'t0')::numeric, 1), s.status, s.sent, s.not_sent,
-       s.requests, round(r.pacing_seconds::numeric, 1)
-FROM amplitude_sync.amplitude_send_events('mock',
+SELECT run_id, status, sent, not_sent, requests FROM amplitude_sync.amplitude_send_events('mock',
     \$q\$SELECT 'Heavy' AS event_type, user_id, n, 'h-' || n AS insert_id FROM heavy ORDER BY n\$q\$,
-    api => '$api') s
-JOIN amplitude_sync.sync_runs r USING (run_id);
+    api => '$api') \gset
+SELECT '$api', round(extract(epoch FROM clock_timestamp() - :'t0')::numeric, 1), :'status', :sent, :not_sent,
+       :requests, round(pacing_seconds::numeric, 1) FROM amplitude_sync.sync_runs WHERE run_id = :run_id;
 SQL
     # What the mock holds: each event once, each user's in order; 429s it gave.
     curl -s "$AMPLITUDE_MOCK_URL/_mock/events" >"$HARNESS_DIR/events.jsonl"
@@ -139,6 +138,8 @@ heavy_case batch
 [ "${BENCH_HEAVY_HTTPAPI:-1}" = 1 ] && heavy_case httpapi
 
 log "results"
+cat "$HEAVY_RESULTS"
+[ -n "${BENCH_KEEP:-}" ] && cp "$RESULTS" "$HEAVY_RESULTS" "$BENCH_KEEP"/
 /usr/bin/python3 - "$RESULTS" "$HEAVY_RESULTS" "$ROWS" "$DELAY_MS" "$OUT" <<'PY'
 import datetime, platform, re, subprocess, sys
 path, heavy_path, rows, delay, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
@@ -159,10 +160,15 @@ for line in open(path):
 lines += ["", "Heavy users against the mock's per-ID rates (its answers also after the delay):", "",
           "| api | wall s | status | sent | not sent | requests | pacing s | what the mock holds |",
           "|---|---:|---|---:|---:|---:|---:|---|"]
-heavy = open(heavy_path).read().splitlines()
-for i in range(0, len(heavy) - 1, 2):
-    api, secs, status, sent, not_sent, requests, pacing = heavy[i].split("\t")
-    lines.append(f"| {api} | {secs} | {status} | {sent} | {not_sent} | {requests} | {pacing} | {heavy[i + 1].strip()} |")
+row = None
+for line in open(heavy_path).read().splitlines():
+    fields = line.split("\t")
+    if len(fields) == 7:
+        row = fields
+    elif line.startswith("    ") and row:
+        api, secs, status, sent, not_sent, requests, pacing = row
+        lines.append(f"| {api} | {secs} | {status} | {sent} | {not_sent} | {requests} | {pacing} | {line.strip()} |")
+        row = None
 text = "\n".join(lines) + "\n"
 print(text)
 begin, end = "<!-- latency: bench/latency.sh -->", "<!-- /latency -->"
