@@ -228,8 +228,9 @@ private:
     // Puts an admitted record into its lane's batch; true when that sealed one.
     bool place(Record &&record, bool tried);
     void seal(size_t lane);
-    // The partial batches of lanes with nothing queued, merged into as few
-    // requests as the limits allow (one when they fit), each in query order.
+    // The partial batches of lanes with nothing waiting out a backoff,
+    // merged into as few requests as the limits allow (one when they fit),
+    // each in query order; a merged request belongs to all its lanes.
     void seal_idle_lanes();
     bool fits_size(size_t records, size_t bytes, size_t properties) const;
     bool shares_lane(const Batch &a, const std::vector<size_t> &lanes) const;
