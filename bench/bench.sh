@@ -196,5 +196,11 @@ for name in sorted(cases):
     lines.append(f"| {name} | {secs:.2f} | {rows / secs:,.0f} | {secs / lower:.2f} | {peak:.0f} | {sent:.1f} | {extra} |")
 text = "\n".join(lines) + "\n"
 print(text)
-open(out, "w").write(text)
+# The latency section (bench/latency.sh) stays.
+import re
+try:
+    kept = re.search(r"<!-- latency: bench/latency.sh -->.*?<!-- /latency -->\n?", open(out).read(), re.S)
+except FileNotFoundError:
+    kept = None
+open(out, "w").write(text + ("\n" + kept.group(0) if kept else ""))
 PY

@@ -10,7 +10,11 @@ bottleneck. With SINK_LATENCY=1 it also parses /2/httpapi bodies and keeps,
 per event, the delay from its "time" to the moment the sink answers (the
 outbox benchmark: time is set when the row is written, just before its
 commit); GET /latency gives count, p50, p99 and max in ms.
-Usage: sink.py PORT_FILE
+Usage: sink.py PORT_FILE [DELAY_MS]
+
+DELAY_MS (the latency case; about Amplitude's real latency is 200): every
+ingestion answer is sent that long after the body was read, each request on
+its own thread, so concurrent requests overlap as they do against Amplitude.
 """
 import json
 import os
@@ -21,6 +25,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LOCK = threading.Lock()
+DELAY_S = 0.0
 STATS = {"requests": 0, "bytes": 0, "events": 0, "refused_413": 0, "events_refused": 0}
 LATENCY = os.environ.get("SINK_LATENCY") == "1"
 DELAYS_MS = []
@@ -69,6 +74,8 @@ class Sink(BaseHTTPRequestHandler):
     def do_POST(self):
         length = int(self.headers.get("Content-Length", 0))
         body = self.rfile.read(length)
+        if DELAY_S:
+            time.sleep(DELAY_S)
         events = body.count(b'"insert_id"') or body.count(b'insert_id') or 1
         if self.path in ("/identify", "/groupidentify"):
             with LOCK:
@@ -99,6 +106,8 @@ class Sink(BaseHTTPRequestHandler):
 
 
 def main():
+    global DELAY_S
+    DELAY_S = int(sys.argv[2]) / 1000.0 if len(sys.argv) > 2 else 0.0
     server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
     server.daemon_threads = True
     tmp = sys.argv[1] + ".tmp"

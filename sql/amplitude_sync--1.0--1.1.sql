@@ -5,6 +5,7 @@
 
 -- Run history by sync id; skipped runs.
 ALTER TABLE amplitude_sync.sync_runs ADD COLUMN sync_id pg_catalog.int4;
+ALTER TABLE amplitude_sync.sync_runs ADD COLUMN pacing_seconds pg_catalog.float8;
 -- (1.0 linked runs by name: a run is the sync's if it ran as a member of its owner.)
 UPDATE amplitude_sync.sync_runs r SET sync_id = s.sync_id
 FROM amplitude_sync.syncs s WHERE s.name OPERATOR(pg_catalog.=) r.sync_name
@@ -429,6 +430,7 @@ COMMENT ON COLUMN amplitude_sync.sync_runs.bytes_sent IS 'Request body bytes sen
 COMMENT ON COLUMN amplitude_sync.sync_runs.read_seconds IS 'Time spent reading the source (sampled).';
 COMMENT ON COLUMN amplitude_sync.sync_runs.encode_seconds IS 'Time spent encoding JSON (sampled).';
 COMMENT ON COLUMN amplitude_sync.sync_runs.send_seconds IS 'Time spent building requests and waiting on Amplitude.';
+COMMENT ON COLUMN amplitude_sync.sync_runs.pacing_seconds IS 'Time nothing was in flight because pacing held records back (per-ID rates, 429 pauses, max_events_per_second).';
 COMMENT ON COLUMN amplitude_sync.sync_runs.error IS 'Why the run failed or was skipped.';
 COMMENT ON COLUMN amplitude_sync.rejected_records.run_id IS 'The run (sync_runs.run_id).';
 COMMENT ON COLUMN amplitude_sync.rejected_records.row_number IS '1-based position of the row in what the run read (flush_outbox runs: the outbox entry_id).';

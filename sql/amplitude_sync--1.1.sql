@@ -42,6 +42,7 @@ CREATE TABLE amplitude_sync.sync_runs (
     read_seconds   pg_catalog.float8,
     encode_seconds pg_catalog.float8,
     send_seconds   pg_catalog.float8,
+    pacing_seconds pg_catalog.float8,  -- of send_seconds: nothing in flight, held back by pacing
     error         pg_catalog.text
 );
 COMMENT ON TABLE amplitude_sync.sync_runs IS
@@ -569,6 +570,7 @@ COMMENT ON COLUMN amplitude_sync.sync_runs.bytes_sent IS 'Request body bytes sen
 COMMENT ON COLUMN amplitude_sync.sync_runs.read_seconds IS 'Time spent reading the source (sampled).';
 COMMENT ON COLUMN amplitude_sync.sync_runs.encode_seconds IS 'Time spent encoding JSON (sampled).';
 COMMENT ON COLUMN amplitude_sync.sync_runs.send_seconds IS 'Time spent building requests and waiting on Amplitude.';
+COMMENT ON COLUMN amplitude_sync.sync_runs.pacing_seconds IS 'Time nothing was in flight because pacing held records back (per-ID rates, 429 pauses, max_events_per_second).';
 COMMENT ON COLUMN amplitude_sync.sync_runs.error IS 'Why the run failed or was skipped.';
 COMMENT ON COLUMN amplitude_sync.rejected_records.run_id IS 'The run (sync_runs.run_id).';
 COMMENT ON COLUMN amplitude_sync.rejected_records.row_number IS '1-based position of the row in what the run read (flush_outbox runs: the outbox entry_id).';

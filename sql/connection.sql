@@ -9,12 +9,16 @@ CREATE SERVER bad FOREIGN DATA WRAPPER amplitude_sync OPTIONS (max_concurrency '
 CREATE SERVER bad FOREIGN DATA WRAPPER amplitude_sync OPTIONS (request_timeout_ms 'soon');
 CREATE SERVER bad FOREIGN DATA WRAPPER amplitude_sync OPTIONS (endpoint 'ftp://example.com');
 CREATE SERVER bad FOREIGN DATA WRAPPER amplitude_sync OPTIONS (verify_tls 'maybe');
+CREATE SERVER bad FOREIGN DATA WRAPPER amplitude_sync OPTIONS (max_events_per_second '0');
+CREATE SERVER bad FOREIGN DATA WRAPPER amplitude_sync OPTIONS (max_events_per_second 'fast');
+CREATE SERVER bad FOREIGN DATA WRAPPER amplitude_sync OPTIONS (rate_window_ms '10');
 ALTER FOREIGN DATA WRAPPER amplitude_sync OPTIONS (region 'us');
 
 -- Good servers: the region picks the host; tuning options are checked.
 CREATE SERVER amp_us FOREIGN DATA WRAPPER amplitude_sync;
 CREATE SERVER amp_eu FOREIGN DATA WRAPPER amplitude_sync
-    OPTIONS (region 'eu', max_concurrency '2', request_timeout_ms '5000', max_attempts '3');
+    OPTIONS (region 'eu', max_concurrency '2', request_timeout_ms '5000', max_attempts '3',
+             max_events_per_second '1000', rate_window_ms '30000');
 ALTER SERVER amp_eu OPTIONS (SET max_concurrency '64');
 
 -- User mappings: api_key is required and is the only option.

@@ -3,8 +3,10 @@
 -- batches without those IDs go on), and a project-wide 429 pauses the batch.
 SELECT url AS mock_url FROM mock_config \gset
 SELECT mock_reset();
+-- One slot (one lane): the batches are the query's rows in order, so the
+-- first request (the one the fault throttles) holds user-00002 and user-00004.
 CREATE SERVER amplitude_throttled FOREIGN DATA WRAPPER amplitude_sync
-    OPTIONS (endpoint :'mock_url', throttle_pause_ms '300', retry_backoff_ms '1');
+    OPTIONS (endpoint :'mock_url', throttle_pause_ms '300', retry_backoff_ms '1', max_concurrency '1');
 CALL create_test_mapping(current_user, 'amplitude_throttled');
 
 SELECT mock_faults('[{"action": "throttle", "users": ["user-00002"], "quota_users": ["user-00004"]}]');

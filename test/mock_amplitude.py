@@ -25,6 +25,9 @@ Control API (never recorded as requests)
     GET    /_mock/faults    JSON Lines: the rules with their remaining uses
     POST   /_mock/config    {"api_keys": [...]} | {"silenced_devices": [...]}
                             | {"server_upload_time": MS or null}  (fixes the time in 200 answers)
+    POST   /_mock/pacing    {"id_rates": true|false, "window_ms": MS, "response_delay_ms": MS}
+                            (any subset; see "Per-ID rates and latency" below; reset restores
+                            the command line's --enforce-id-rates/--rate-window-ms/--response-delay-ms)
     POST   /_mock/reset     forget requests, events, profiles, groups, faults, counters, config
                             (API keys go back to those from the command line)
     GET    /_mock/requests  JSON Lines: every request to an ingestion path, in arrival order
@@ -75,6 +78,17 @@ Decisions where the contract is uncertain (the mock chooses the stricter reading
       validity, options, size (bytes as received, then event count), then the per-event checks,
       then silenced devices, then deduplication and profile updates (all or nothing).
 
+Per-ID rates and latency (off unless asked for)
+    * With id_rates on, /2/httpapi and /batch throttle each user_id and device_id as Amplitude
+      documents it: a request is refused with 429 when, for one of its IDs, the request's events
+      plus the ID's events ingested in the last window (30 s) exceed EPS_THRESHOLD x window
+      (900 per 30 s on /2/httpapi, 30,000 on /batch). The 429 body is the documented one, naming
+      every ID over its allowance (eps_threshold + the ID's events in the request) and the indices
+      of their events; nothing in the request is ingested, and refused events do not count.
+      Checked after the request-level and per-event checks, after scripted faults.
+    * response_delay_ms: every answer on an ingestion path is sent that long after the request
+      was processed (the real service answers in about 200 ms); other requests go on meanwhile.
+
 Fault-script semantics chosen here
     * Fault rules are looked at after the request is read and parsed but before any validation:
       status, reset, pass, too_large and a project-level throttle match any request (even an
@@ -91,6 +105,7 @@ Fault-script semantics chosen here
 """
 
 import argparse
+import collections
 import copy
 import itertools
 import json
@@ -140,6 +155,7 @@ RESERVED_EVENT_TYPES = frozenset({
 })
 DEFAULT_MIN_ID_LENGTH = 5
 EPS_THRESHOLD = {"/2/httpapi": 30, "/batch": 1000}
+RATE_WINDOW_MS = 30000           # per-ID rates are averaged over about 30 s
 DAILY_QUOTA_USER_COUNT = 500200  # the values Amplitude's example 429 reports
 DAILY_QUOTA_DEVICE_COUNT = 500900
 
@@ -1253,9 +1269,10 @@ def dedup_key(event):
 # --------------------------------------------------------------------------------------------
 
 class MockState:
-    def __init__(self, api_keys):
+    def __init__(self, api_keys, pacing=None):
         self.lock = threading.Lock()
         self.cli_api_keys = frozenset(api_keys)
+        self.cli_pacing = dict(pacing or {})
         self.reset()
 
     def reset(self):
@@ -1273,6 +1290,7 @@ class MockState:
         self.faults = []
         self.duplicates_dropped = 0
         self.kept_counts = {"strings_truncated": 0, "groups_trimmed": 0}
+        self.reset_pacing()
 
     # -- request log --
 
@@ -1348,7 +1366,13 @@ class MockState:
             refusal = silenced_reply(req.events, self.silenced_devices)
             if refusal is not None:
                 return refusal
-            return self._store_events(req, seq)
+            refusal = self.id_rate_refusal(req)
+            if refusal is not None:
+                return refusal
+            reply = self._store_events(req, seq)
+            if reply.status == 200:
+                self.count_id_rates(req)
+            return reply
 
     def _store_events(self, req, seq):
         tx = ProfileTx(self)
@@ -1409,6 +1433,79 @@ class MockState:
         if req.path in EVENT_PATHS:
             return self.ingest_events(req, seq)
         return self.ingest_identifications(req)
+
+    # -- per-ID rates and latency (callers hold the lock) --
+
+    def reset_pacing(self):
+        self.id_rates = bool(self.cli_pacing.get("id_rates", False))
+        self.rate_window_ms = int(self.cli_pacing.get("window_ms", RATE_WINDOW_MS))
+        self.response_delay_ms = int(self.cli_pacing.get("response_delay_ms", 0))
+        self.id_history = {}    # ("user"|"device", path, id) -> deque of (monotonic s, count)
+
+    def _recent(self, key, now):
+        history = self.id_history.get(key)
+        if not history:
+            return 0
+        window = self.rate_window_ms / 1000.0
+        while history and now - history[0][0] >= window:
+            history.popleft()
+        return sum(count for _, count in history)
+
+    def _request_ids(self, req):
+        """(kind, id) -> indices of the request's events carrying it."""
+        ids = {}
+        for index, event in enumerate(req.events):
+            for kind in ("user", "device"):
+                value = _string_id(event, f"{kind}_id")
+                if value is not None:
+                    ids.setdefault((kind, value), []).append(index)
+        return ids
+
+    def id_rate_refusal(self, req):
+        """The documented 429 naming the IDs over their allowance, or None."""
+        if not self.id_rates or req.path not in EPS_THRESHOLD:
+            return None
+        threshold = EPS_THRESHOLD[req.path]
+        allowance = threshold * self.rate_window_ms / 1000.0
+        now = time.monotonic()
+        over = {"user": {}, "device": {}}
+        indices = set()
+        for (kind, value), where in self._request_ids(req).items():
+            if self._recent((kind, req.path, value), now) + len(where) > allowance:
+                over[kind][value] = threshold + len(where)
+                indices.update(where)
+        if not indices:
+            return None
+        return throttle_reply(req.path, over["user"], over["device"], sorted(indices), {}, {})
+
+    def count_id_rates(self, req):
+        if not self.id_rates or req.path not in EPS_THRESHOLD:
+            return
+        now = time.monotonic()
+        for (kind, value), where in self._request_ids(req).items():
+            self.id_history.setdefault((kind, req.path, value), collections.deque()).append(
+                (now, len(where)))
+
+    def configure_pacing(self, config):
+        if not isinstance(config, dict):
+            raise FaultError("pacing must be an object")
+        unknown = set(config) - {"id_rates", "window_ms", "response_delay_ms"}
+        if unknown:
+            raise FaultError(f"unknown pacing keys: {sorted(unknown)}")
+        if "id_rates" in config and not isinstance(config["id_rates"], bool):
+            raise FaultError("id_rates must be true or false")
+        for key in ("window_ms", "response_delay_ms"):
+            if key in config and not (is_json_int(config[key]) and 0 <= config[key] <= 600000):
+                raise FaultError(f"{key} must be an integer from 0 to 600000")
+        if config.get("window_ms") == 0:
+            raise FaultError("window_ms must be positive")
+        with self.lock:
+            if "id_rates" in config:
+                self.id_rates = config["id_rates"]
+            if "window_ms" in config:
+                self.rate_window_ms = config["window_ms"]
+            if "response_delay_ms" in config:
+                self.response_delay_ms = config["response_delay_ms"]
 
     # -- control API views (callers hold no lock) --
 
@@ -1552,10 +1649,18 @@ class MockHandler(BaseHTTPRequestHandler):
         reply, fault_name = self._answer(req, record["seq"], fault)
         if fault is not None and fault[0].delay_ms:
             time.sleep(fault[0].delay_ms / 1000.0)    # outside the lock: other requests go on
+        self._response_delay()
         self.state.close_record(record, req, reply, fault_name)
         if reply is None:
             return self._reset_connection()
         self._send(reply)
+
+    def _response_delay(self):
+        """Network latency of the real service, outside the lock."""
+        with self.state.lock:
+            delay_ms = self.state.response_delay_ms
+        if delay_ms:
+            time.sleep(delay_ms / 1000.0)
 
     def _parse(self, path, raw):
         with self.state.lock:
@@ -1603,6 +1708,8 @@ class MockHandler(BaseHTTPRequestHandler):
             with state.lock:
                 state.faults = []
             return self._send(json_reply(200, {"code": 200, "faults": 0}))
+        if route == ("POST", "/_mock/pacing"):
+            return self._send(self._control_pacing(raw))
         if route in (("POST", "/_mock/faults"), ("POST", "/_mock/config")):
             return self._send(self._control_update(path, raw))
         self._send(not_found())
@@ -1613,6 +1720,13 @@ class MockHandler(BaseHTTPRequestHandler):
             if path == "/_mock/faults":
                 return json_reply(200, {"code": 200, "faults": self.state.add_faults(payload)})
             self.state.configure(payload)
+            return json_reply(200, {"code": 200})
+        except (BadJSON, FaultError) as exc:
+            return json_reply(400, {"code": 400, "error": str(exc)})
+
+    def _control_pacing(self, raw):
+        try:
+            self.state.configure_pacing(loads_strict(raw))
             return json_reply(200, {"code": 200})
         except (BadJSON, FaultError) as exc:
             return json_reply(400, {"code": 400, "error": str(exc)})
@@ -1714,9 +1828,10 @@ class MockServer(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
-def make_server(host="127.0.0.1", port=0, api_keys=(DEFAULT_API_KEY,), log_file=None):
-    """Create (but don't start) a mock server; its port is server.server_address[1]."""
-    return MockServer((host, port), MockState(api_keys), log_file)
+def make_server(host="127.0.0.1", port=0, api_keys=(DEFAULT_API_KEY,), log_file=None, pacing=None):
+    """Create (but don't start) a mock server; its port is server.server_address[1].
+    pacing: {"id_rates", "window_ms", "response_delay_ms"} as /_mock/pacing takes them."""
+    return MockServer((host, port), MockState(api_keys, pacing), log_file)
 
 
 def write_port_file(path, port):
@@ -1727,6 +1842,22 @@ def write_port_file(path, port):
     os.replace(temp, path)
 
 
+def add_pacing_arguments(parser):
+    parser.add_argument("--enforce-id-rates", action="store_true",
+                        help="throttle each user_id/device_id over its documented rate (429)")
+    parser.add_argument("--rate-window-ms", type=int, default=RATE_WINDOW_MS,
+                        help=f"the window of --enforce-id-rates (default {RATE_WINDOW_MS})")
+    parser.add_argument("--response-delay-ms", type=int, default=0,
+                        help="answer ingestion requests this long after processing them")
+
+
+def pacing_from_arguments(args):
+    if args.rate_window_ms <= 0 or args.response_delay_ms < 0:
+        raise SystemExit("--rate-window-ms must be positive and --response-delay-ms not negative")
+    return {"id_rates": args.enforce_id_rates, "window_ms": args.rate_window_ms,
+            "response_delay_ms": args.response_delay_ms}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Strict mock of Amplitude's ingestion API.")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
@@ -1735,10 +1866,12 @@ def main(argv=None):
     parser.add_argument("--api-key", action="append", dest="api_keys",
                         help=f"a valid API key (repeatable; default {DEFAULT_API_KEY})")
     parser.add_argument("--log", help="append one line per request to this file")
+    add_pacing_arguments(parser)
     args = parser.parse_args(argv)
 
     log_file = open(args.log, "a", encoding="utf-8") if args.log else None
-    server = make_server(args.host, args.port, args.api_keys or [DEFAULT_API_KEY], log_file)
+    server = make_server(args.host, args.port, args.api_keys or [DEFAULT_API_KEY], log_file,
+                         pacing_from_arguments(args))
 
     def stop(signum, frame):
         # shutdown() waits for serve_forever to return, so it cannot run in this (main) thread.

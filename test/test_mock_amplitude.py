@@ -1128,3 +1128,123 @@ class ControlTest(MockTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+# ------------------------------------------------------------------------------------------
+# Per-ID rates and latency (POST /_mock/pacing, --enforce-id-rates, --response-delay-ms)
+# ------------------------------------------------------------------------------------------
+
+def pacing(**settings):
+    status, body = control("POST", "pacing", settings)
+    assert status == 200, body
+
+
+class IdRateTest(MockTestCase):
+    def test_off_by_default(self):
+        self.assertAccepted([ev(1, insert_id=f"i-{n}") for n in range(1000)])
+
+    def test_a_request_over_the_allowance_by_itself_is_throttled_every_time(self):
+        pacing(id_rates=True)
+        events = [ev(1, insert_id=f"i-{n}") for n in range(901)]   # 30/s x 30 s = 900
+        for _ in range(2):
+            status, resp = send(events)
+            self.assertEqual(status, 429, resp)
+            self.assertEqual(resp["throttled_users"], {"user-0001": 30 + 901})
+            self.assertEqual(resp["throttled_events"], list(range(901)))
+            self.assertEqual(resp["eps_threshold"], 30)
+        self.assertEqual(stats()["events_stored"], 0)
+        self.assertAccepted(events[:900])
+
+    def test_the_ids_recent_events_count_with_the_request(self):
+        pacing(id_rates=True)
+        self.assertAccepted([ev(1, insert_id=f"a-{n}") for n in range(600)])
+        mixed = [ev(2, insert_id="b-0"), ev(1, insert_id="a-600", device_id="device-x")] + \
+                [ev(1, insert_id=f"a-{n}") for n in range(601, 901)]
+        status, resp = send(mixed)
+        self.assertEqual(status, 429, resp)
+        # user-0001: 600 recent + 301 > 900; its device and user-0002 are within theirs.
+        self.assertEqual((resp["throttled_users"], resp["throttled_devices"]),
+                         ({"user-0001": 30 + 301}, {}))
+        self.assertEqual(resp["throttled_events"], list(range(1, 302)))
+        self.assertEqual(stats()["events_stored"], 600)     # nothing of the request ingested
+        self.assertAccepted(mixed[:-1])                      # 600 + 300: exactly the allowance
+
+    def test_devices_are_counted_on_their_own(self):
+        pacing(id_rates=True)
+        self.assertAccepted([ev(n, device_id="device-1", insert_id=f"i-{n}") for n in range(900)])
+        status, resp = send([ev(5000, device_id="device-1", insert_id="last")])
+        self.assertEqual((status, resp["throttled_devices"], resp["throttled_users"]),
+                         (429, {"device-1": 31}, {}))
+
+    def test_batch_allows_1000_per_second(self):
+        pacing(id_rates=True)
+        for chunk in range(15):
+            self.assertAccepted([ev(1, insert_id=f"i-{chunk}-{n}") for n in range(2000)], "/batch")
+        status, resp = send([ev(1, insert_id="one-more")], "/batch")
+        self.assertEqual((status, resp["eps_threshold"], resp["throttled_users"]),
+                         (429, 1000, {"user-0001": 1001}))
+
+    def test_the_allowance_comes_back_after_the_window(self):
+        pacing(id_rates=True, window_ms=300)
+        allowance = 30 * 0.3    # 9 events per 300 ms
+        self.assertAccepted([ev(1, insert_id=f"a-{n}") for n in range(int(allowance))])
+        self.assertEqual(send([ev(1, insert_id="b")])[0], 429)
+        time.sleep(0.35)
+        self.assertAccepted([ev(1, insert_id="b")])
+
+    def test_scripted_faults_still_apply_first(self):
+        pacing(id_rates=True)
+        faults({"action": "status", "status": 503})
+        self.assertEqual(send([ev(1)])[0], 503)
+        self.assertAccepted([ev(1)])
+
+    def test_form_endpoints_are_not_rate_limited(self):
+        pacing(id_rates=True)
+        identification = [{"user_id": "user-0001", "user_properties": {"$set": {"n": n}}}
+                          for n in range(1000)]
+        self.assertEqual(post_form("/identify", identification=identification), (200, "success"))
+
+    def test_reset_turns_it_off_and_bad_settings_are_refused(self):
+        pacing(id_rates=True, window_ms=1000, response_delay_ms=5)
+        control("POST", "reset")
+        self.assertAccepted([ev(1, insert_id=f"i-{n}") for n in range(1000)])
+        for bad in ({"id_rates": 1}, {"window_ms": 0}, {"response_delay_ms": -1}, {"speed": 2}):
+            status, body = control("POST", "pacing", bad)
+            self.assertEqual(status, 400, bad)
+
+
+class ResponseDelayTest(MockTestCase):
+    def test_answers_come_after_the_delay_and_requests_overlap(self):
+        pacing(response_delay_ms=200)
+        started = time.monotonic()
+        results = []
+        threads = [threading.Thread(target=lambda i=i: results.append(send([ev(i)])[0]))
+                   for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - started
+        self.assertEqual(results, [200] * 4)
+        self.assertGreaterEqual(elapsed, 0.2)
+        self.assertLess(elapsed, 0.6)          # concurrent, not 4 x 200 ms
+        started = time.monotonic()
+        self.assertEqual(control("GET", "stats")[0], 200)
+        self.assertLess(time.monotonic() - started, 0.15)  # the control API is not delayed
+
+    def test_command_line_options(self):
+        with tempfile.TemporaryDirectory() as d:
+            proc, port = start_mock(d, "--enforce-id-rates", "--rate-window-ms", "1000",
+                                    "--response-delay-ms", "100")
+            try:
+                body = json.dumps({"api_key": "mock-key-0123456789abcdef",
+                                   "events": [ev(1, insert_id=f"i-{n}") for n in range(31)]}).encode()
+                started = time.monotonic()
+                status, _, data = request("POST", "/2/httpapi", body,
+                                          {"Content-Type": "application/json"}, port=port)
+                self.assertGreaterEqual(time.monotonic() - started, 0.1)
+                self.assertEqual(status, 429, data)     # 31 > 30/s x 1 s
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.communicate(timeout=10)
+            self.assertEqual(proc.returncode, 0)

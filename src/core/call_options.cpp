@@ -10,12 +10,14 @@ namespace amplitude_sync {
 // Amplitude's contract (see the README's "Amplitude's answers"): at most
 // 2,000 events and < 1 MB per /2/httpapi request, 20 MB on /batch; 1,024
 // identifications per form request; throttled IDs wait 30 s on /2/httpapi
-// and 15 s elsewhere.
-const Endpoint kHttpApiEndpoint = {"/2/httpapi", 2000, 1000000 - 1, 30000, false, 0};
-const Endpoint kBatchEndpoint = {"/batch", 2000, 20000000, 15000, false, 0};
-const Endpoint kIdentifyEndpoint = {"/identify", 1024, 1000000 - 1, 15000, true, 0};
-// "At most 1024 identifications, 1024 properties and 1 MB per request."
-const Endpoint kGroupIdentifyEndpoint = {"/groupidentify", 1024, 1000000 - 1, 15000, true, 1024};
+// and 15 s elsewhere; one user_id or device_id may send 30 events/s on
+// /2/httpapi and 1,000 on /batch, averaged over about 30 s (the identify
+// APIs document no per-ID rate). Group identify: "at most 1024
+// identifications, 1024 properties and 1 MB per request".
+const Endpoint kHttpApiEndpoint = {"/2/httpapi", 2000, 1000000 - 1, 30000, false, 0, 30, 30000};
+const Endpoint kBatchEndpoint = {"/batch", 2000, 20000000, 15000, false, 0, 1000, 30000};
+const Endpoint kIdentifyEndpoint = {"/identify", 1024, 1000000 - 1, 15000, true, 0, 0, 30000};
+const Endpoint kGroupIdentifyEndpoint = {"/groupidentify", 1024, 1000000 - 1, 15000, true, 1024, 0, 30000};
 
 namespace {
 

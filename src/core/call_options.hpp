@@ -1,6 +1,6 @@
 // The arguments of every sending call, one-shot or saved sync, checked in
 // one place; and Amplitude's endpoint contract (paths, per-request limits,
-// pauses) that they select. Core file: no postgres.h. Errors are PlanError
+// per-ID rates, pauses) that they select. Core file: no postgres.h. Errors are PlanError
 // (SQLSTATE 22023) with a hint listing the supported values.
 #pragma once
 
@@ -19,6 +19,10 @@ struct Endpoint {
     long throttle_pause_ms;  // how long throttled IDs wait after a 429
     bool form_encoded;       // api_key=..&identification=.. (plain-text errors) vs JSON
     size_t max_properties;   // per request, summed over its records; 0: no limit
+    // Events of one user_id or device_id Amplitude accepts per second,
+    // averaged over the window (0: not documented, no pacing).
+    double per_id_events_per_second;
+    long per_id_window_ms;
 };
 
 extern const Endpoint kHttpApiEndpoint;        // /2/httpapi

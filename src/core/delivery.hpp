@@ -3,11 +3,26 @@
 // (partial refusals, splitting, throttling, retries) so that every record
 // ends up sent, rejected with a reason, or reported as not sent.
 //
-// Ordering: batches are filled in query order and kept in a queue in that
-// order. A batch starts only when no earlier unfinished batch (in flight,
-// waiting to retry, or paused by a 429) holds a record of the same device_id
-// (else user_id), so one device's records reach Amplitude in the query's
-// order while batches of unrelated devices go out concurrently.
+// Ordering: Amplitude keeps the arrival order of one device's events only,
+// so records go to lanes by a hash of their ordering key (device_id, else
+// user_id, else the group). Each lane fills its own batches in query order
+// and has at most one batch unfinished (in flight or waiting to retry);
+// batches of different lanes share no device and go out concurrently. The
+// queue keeps sealed batches in sealing order; a batch starts when it is the
+// first of its lanes in the queue and a slot is free. A lane's batch is
+// sealed when full; at the end of input (and whenever records must go) the
+// partial batches of lanes with nothing unfinished are merged into as few
+// requests as the limits allow, each in query order, so a run that fits in
+// one request is one request in query order. A merged request belongs to
+// all its lanes: their later batches wait for it.
+//
+// Pacing: Amplitude throttles each user_id and device_id above a rate over a
+// window (30 events/s over ~30 s on /2/httpapi). A record enters a lane only
+// while its IDs have allowance left in the window; the others wait, per
+// ordering key and in order, while other keys flow. A 429 naming IDs moves
+// their records (and their key's later records still queued) back to the
+// held ones, paused; a project-wide 429 or the project's own rate cap holds
+// every launch. Time comes from an injectable clock.
 //
 // Core file: no postgres.h. Interrupts arrive through the should_stop
 // callback, polled at least every 50 ms while waiting.
@@ -15,14 +30,18 @@
 
 #include <chrono>
 #include <cstdint>
-#include <list>
+#include <deque>
 #include <functional>
+#include <list>
 #include <memory>
 #include <random>
 #include <string>
+#include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "amplitude_response.hpp"
+#include "call_options.hpp"
 #include "http_transport.hpp"
 #include "records.hpp"
 
@@ -80,7 +99,20 @@ struct DeliveryLimits {
     // /groupidentify ("1024 properties per request"). A record over it alone
     // is the encoder's to refuse.
     size_t max_properties = 0;
+    // Per-ID pacing (0: none): at most rate x window events of one user_id
+    // or device_id within any window, counted until answered.
+    double per_id_events_per_second = 0;
+    long per_id_window_ms = 30000;
+    // The project's own cap (0: unlimited), over any second.
+    double max_events_per_second = 0;
 };
+
+// The limits of an endpoint: max_records per request (batch_size or the
+// endpoint's maximum), its size limit and per-ID rate, and the project cap.
+// rate_window_ms > 0 replaces the endpoint's window of per-ID rates (the
+// rate stays the endpoint's).
+DeliveryLimits delivery_limits(const Endpoint &endpoint, size_t max_records, double max_events_per_second = 0,
+                               long rate_window_ms = 0);
 
 struct RetryPolicy {
     int max_attempts = 8;              // per batch, for 5xx/timeouts/resets
@@ -98,6 +130,12 @@ struct DeliveryStats {
     uint64_t requests = 0;
     uint64_t retries = 0;  // requests that carried records already tried
     uint64_t bytes_sent = 0;
+    // Time nothing was in flight because pacing held records back (per-ID
+    // allowance, 429 pauses, the project cap).
+    uint64_t pacing_wait_ms = 0;
+    // Of it, the time only per-ID allowance or pauses held records back
+    // (nothing held by the project's cap or a project-wide pause).
+    uint64_t id_pacing_wait_ms = 0;
 };
 
 enum class DeliveryState {
@@ -109,9 +147,14 @@ enum class DeliveryState {
 
 class Delivery {
 public:
+    using Clock = std::chrono::steady_clock;
+    // now: the clock (tests pass a fake one that their transport advances).
     Delivery(const PayloadFormat &format, Transport &transport, std::string url,
              DeliveryLimits limits, RetryPolicy policy, size_t concurrency,
-             std::function<bool()> should_stop);
+             std::function<bool()> should_stop, std::function<Clock::time_point()> now = nullptr);
+
+    // The lane of an ordering key among lanes (one per slot).
+    static size_t lane_of(const std::string &ordering_key, size_t lanes);
 
     // Queues a record; may wait for the network when the queue is full.
     void add(Record &&record);
@@ -134,7 +177,6 @@ public:
     std::vector<ConfirmedRecord> &confirmed() { return confirmed_; }
 
 private:
-    using Clock = std::chrono::steady_clock;
     struct Batch;
     // The two halves of a batch refused whole. When both are refused with
     // their parent's message before Amplitude accepted anything, the
@@ -154,26 +196,66 @@ private:
         size_t properties = 0;  // sum of property counts, while the batch is built
         int attempts = 0;  // failed attempts (5xx, timeouts)
         bool tried = false;
+        bool reserved = false;  // its records hold per-ID allowance until answered
+        // Its lanes: one, or several for the tails merged at the end of input.
+        std::vector<size_t> lanes;
         int slot = -1;     // transport slot while in flight
         Clock::time_point not_before{};
         Clock::time_point first_failure{};
         std::string body;  // while in flight
-        std::vector<uint64_t> keys;  // hashes of the ordering keys, sorted
         std::shared_ptr<Split> split;  // set on the halves of a batch refused whole
     };
     using Queue = std::list<Batch>;
+    // Events of one ID counted in the window: admitted ones until answered,
+    // then by the time of their answer (Amplitude saw them before it).
+    struct IdWindow {
+        uint32_t reserved = 0;
+        uint32_t counted = 0;  // answered within the window (see answered_)
+        Clock::time_point paused_until{};  // after a 429 naming the ID
+    };
+    using Windows = std::unordered_map<std::string, IdWindow>;
+    struct HeldRecord {
+        Record record;
+        bool tried;  // sent before (a 429): its next request counts as a retry
+    };
+    // Records of one ordering key waiting for allowance or a pause, in order.
+    struct Held {
+        std::deque<HeldRecord> records;
+        Clock::time_point not_before{};
+    };
 
     bool fits(const Batch &batch, const Record &record) const;
-    static void index_keys(Batch &batch);
-    void seal();
+    // Puts an admitted record into its lane's batch; true when that sealed one.
+    bool place(Record &&record, bool tried);
+    void seal(size_t lane);
+    // The partial batches of lanes with nothing waiting out a backoff,
+    // merged into as few requests as the limits allow (one when they fit),
+    // each in query order; a merged request belongs to all its lanes.
+    void seal_idle_lanes();
+    bool fits_size(size_t records, size_t bytes, size_t properties) const;
+    bool shares_lane(const Batch &a, const std::vector<size_t> &lanes) const;
     void finish_sending();
-    void pump(int timeout_ms);
+    void pump(int timeout_ms, bool flush = false);
+    // Per-ID pacing.
+    bool admit(const Record &record, Clock::time_point now);
+    void unreserve(const Record &record);
+    void count_answered(const std::vector<Record> &records, Clock::time_point now);
+    void prune(Clock::time_point now);
+    void sweep_windows(Clock::time_point now);
+    void hold(Record &&record, bool tried);
+    // Moves the records of keys (this batch's, then the later ones of its
+    // lane still queued or being filled) back to the held ones, paused.
+    void hold_keys(Queue::iterator later, const std::vector<size_t> &lanes, std::vector<Record> &&records,
+                   const std::unordered_set<std::string> &keys, Clock::time_point until);
+    void release_held_records(Clock::time_point now);
+    bool project_allows(size_t records, Clock::time_point now);
     void progress();  // moves requests in flight along without waiting
     void collect(int timeout_ms);  // waits (not at all if < 0) for answers and handles them
     void launch_ready();
     void handle(Queue::iterator batch, const HttpResponse &response);
     // Puts batch (or what is left of it) back in the queue at position at.
-    void requeue(Queue::iterator at, Batch &&batch);
+    void requeue(Queue::iterator at, const std::vector<size_t> &lanes, Batch &&batch);
+    void throttled(Queue::iterator at, Batch &&batch, const ResponseVerdict &verdict);
     void retry_later(Queue::iterator at, Batch &&batch, const std::string &error);
     void split(Queue::iterator at, Batch &&batch, const std::string &refusal = "");
     // Decides a held half once its sibling's fate is known.
@@ -183,6 +265,7 @@ private:
     void stop(DeliveryState state, const std::string &error, StopReason reason = StopReason::kNone);
     bool in_flight() const;
 
+    std::function<Clock::time_point()> now_;
     const PayloadFormat &format_;
     Transport &transport_;
     std::string url_;
@@ -190,16 +273,37 @@ private:
     RetryPolicy policy_;
     std::function<bool()> should_stop_;
     size_t concurrency_;
-    Batch building_;
-    Queue queue_;                           // query order; finished batches leave it
+    size_t lanes_;
+    std::vector<Batch> building_;           // per lane
+    Queue queue_;                           // sealing order; finished batches leave it
     std::vector<Queue::iterator> slots_;    // in-flight batch per slot, or queue_.end()
     size_t max_records_;  // lowered after a 413
+    // Pacing state.
+    bool pacing_ = false;
+    uint32_t id_budget_ = 0;  // events of one ID per window
+    Clock::duration id_window_{};
+    Windows users_, devices_;
+    // The IDs of each answer, oldest first: their counts leave the window
+    // together (map nodes stay put until swept, and a swept ID counts none).
+    std::deque<std::pair<Clock::time_point, std::vector<IdWindow *>>> answered_;
+    size_t sweep_at_ = 0;
+    std::unordered_map<std::string, Held> held_;  // by ordering key
+    size_t held_bytes_ = 0;
+    std::unordered_map<std::string, Clock::time_point> throttled_since_;  // by ordering key
+    Clock::time_point project_paused_until_{};
+    std::deque<std::pair<Clock::time_point, size_t>> project_log_;  // launches in the last second
+    size_t project_counted_ = 0;
+    bool project_capped_ = false;  // the cap held a launch back
+    Clock::duration pacing_wait_{};
+    Clock::duration id_pacing_wait_{};
+    std::vector<char> lane_seen_;
     size_t since_progress_ = 0;
     Clock::duration network_time_{};
     DeliveryState state_ = DeliveryState::kRunning;
     std::string error_;
     StopReason stop_reason_ = StopReason::kNone;
     bool accepted_any_ = false;  // Amplitude accepted a request of this run
+    std::string first_refusal_;  // of a whole batch (not a half), before any acceptance
     DeliveryStats stats_;
     std::vector<Rejection> rejections_;
     std::vector<ConfirmedRecord> confirmed_;

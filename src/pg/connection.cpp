@@ -29,6 +29,8 @@ const OptionSpec kOptions[] = {
     {"max_retry_seconds", ForeignServerRelationId, OptionKind::kInt, false, 0, 86400},
     {"retry_backoff_ms", ForeignServerRelationId, OptionKind::kInt, false, 1, 600000},
     {"throttle_pause_ms", ForeignServerRelationId, OptionKind::kInt, false, 1, 3600000},
+    {"max_events_per_second", ForeignServerRelationId, OptionKind::kInt, false, 1, 1000000},
+    {"rate_window_ms", ForeignServerRelationId, OptionKind::kInt, false, 1000, 600000},
     {"api_key", UserMappingRelationId, OptionKind::kSecret, false, 0, 0},
 };
 
@@ -235,6 +237,8 @@ bool load_connection_as(const ForeignServer *server, Oid role, AmpConnection *co
             else if (strcmp(name, "max_retry_seconds") == 0) conn->max_retry_seconds = v;
             else if (strcmp(name, "retry_backoff_ms") == 0) conn->retry_backoff_ms = v;
             else if (strcmp(name, "throttle_pause_ms") == 0) conn->throttle_pause_ms = v;
+            else if (strcmp(name, "max_events_per_second") == 0) conn->max_events_per_second = v;
+            else if (strcmp(name, "rate_window_ms") == 0) conn->rate_window_ms = v;
         }
     }
     if (endpoint) {

@@ -18,6 +18,8 @@ struct AmpConnection {
     int max_retry_seconds;
     int retry_backoff_ms;
     int throttle_pause_ms;  // -1: Amplitude's documented pause for the endpoint
+    int max_events_per_second;  // the project's cap (Starter plans: about 1,000); 0: none
+    int rate_window_ms;  // window of the per-ID rates; 0: the endpoint's (about 30 s)
 };
 
 // Looks up the server and the current user's (or PUBLIC's) mapping, checking

@@ -347,10 +347,9 @@ struct FlushRun {
 void delete_flush_run(void *arg) { delete static_cast<FlushRun *>(arg); }
 
 void make_flush_run(FlushRun *run, const AmpConnection &conn, const Endpoint *endpoint) {
-    DeliveryLimits limits;
-    limits.max_records = static_cast<size_t>(endpoint->max_records);
-    limits.max_bytes = static_cast<size_t>(endpoint->max_bytes);
-    limits.max_properties = static_cast<size_t>(endpoint->max_properties);
+    // The endpoint's limits, per-ID pacing and the project's cap, as for every run.
+    DeliveryLimits limits = delivery_limits(*endpoint, static_cast<size_t>(endpoint->max_records),
+                                            conn.max_events_per_second, conn.rate_window_ms);
     std::unique_ptr<PayloadFormat> format;
     if (endpoint->form_encoded) format = std::make_unique<IdentificationFormat>(conn.api_key);
     else format = std::make_unique<EventsFormat>(conn.api_key, 5);

@@ -228,9 +228,9 @@ void run_log_finish(RunLog *log, const char *status, int64 rows_read, int64 unch
                     const RunTimings *timings) {
     RoleScope scope;
     enter_extension_scope(&scope);
-    Oid argtypes[14] = {INT8OID, TEXTOID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID,
-                        INT8OID, INT8OID, TEXTOID, INT8OID, FLOAT8OID, FLOAT8OID, FLOAT8OID};
-    Datum args[14] = {Int64GetDatum(log->run_id),
+    Oid argtypes[15] = {INT8OID, TEXTOID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID,
+                        INT8OID, INT8OID, TEXTOID, INT8OID, FLOAT8OID, FLOAT8OID, FLOAT8OID, FLOAT8OID};
+    Datum args[15] = {Int64GetDatum(log->run_id),
                       CStringGetTextDatum(status),
                       Int64GetDatum(rows_read),
                       Int64GetDatum(static_cast<int64>(stats->sent)),
@@ -243,15 +243,16 @@ void run_log_finish(RunLog *log, const char *status, int64 rows_read, int64 unch
                       Int64GetDatum(unchanged),
                       Float8GetDatum(timings->read_seconds),
                       Float8GetDatum(timings->encode_seconds),
-                      Float8GetDatum(timings->send_seconds)};
-    char nulls[15] = "              ";
+                      Float8GetDatum(timings->send_seconds),
+                      Float8GetDatum(static_cast<double>(stats->pacing_wait_ms) / 1000.0)};
+    char nulls[16] = "               ";
     if (!error) nulls[9] = 'n';
     int rc = SPI_execute_with_args(
         "UPDATE amplitude_sync.sync_runs SET status = $2, finished_at = pg_catalog.clock_timestamp(), "
         "rows_read = $3, sent = $4, rejected = $5, not_sent = $6, requests = $7, retries = $8, "
         "bytes_sent = $9, error = $10, unchanged = $11, read_seconds = $12, encode_seconds = $13, "
-        "send_seconds = $14 WHERE run_id OPERATOR(pg_catalog.=) $1",
-        14, argtypes, args, nulls, false, 0);
+        "send_seconds = $14, pacing_seconds = $15 WHERE run_id OPERATOR(pg_catalog.=) $1",
+        15, argtypes, args, nulls, false, 0);
     if (rc != SPI_OK_UPDATE) elog(ERROR, "amplitude_sync: could not record the run's end");
     if (error) notify_failure(log, error);
     leave_role_scope(&scope);

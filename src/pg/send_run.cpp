@@ -187,10 +187,10 @@ SendRun *make_send_run(const AmpConnection &conn, const SendSpec &spec,
     run->preview = spec.preview;
     run->signature = std::string(options.endpoint->path) + '\x1f' +
                       (options.properties_event ? options.properties_event : "");
-    DeliveryLimits limits;
-    limits.max_records = static_cast<size_t>(options.max_records);
-    limits.max_bytes = static_cast<size_t>(options.endpoint->max_bytes);
-    limits.max_properties = static_cast<size_t>(options.endpoint->max_properties);
+    // Two channels (identifications and their events) share the project's cap.
+    double cap = conn.max_events_per_second / (options.properties_event ? 2.0 : 1.0);
+    DeliveryLimits limits =
+        delivery_limits(*options.endpoint, static_cast<size_t>(options.max_records), cap, conn.rate_window_ms);
     long pause_ms = options.endpoint->throttle_pause_ms;
     if (options.target == Target::kEvents) {
         EventOptions event_options;
@@ -223,9 +223,9 @@ SendRun *make_send_run(const AmpConnection &conn, const SendSpec &spec,
     run->progress.stats = &run->main->delivery.stats();
     if (options.properties_event) {
         run->properties_event = options.properties_event;
-        DeliveryLimits event_limits;
-        event_limits.max_records = static_cast<size_t>(kHttpApiEndpoint.max_records);
-        event_limits.max_bytes = static_cast<size_t>(kHttpApiEndpoint.max_bytes);
+        DeliveryLimits event_limits =
+            delivery_limits(kHttpApiEndpoint, static_cast<size_t>(kHttpApiEndpoint.max_records), cap,
+                            conn.rate_window_ms);
         run->events = std::make_unique<Channel>(std::make_unique<EventsFormat>(conn.api_key, options.min_id_length),
                                                 conn, kHttpApiEndpoint.path, event_limits,
                                                 kHttpApiEndpoint.throttle_pause_ms, &run->progress);
@@ -456,6 +456,8 @@ void raise_plan_warnings(const SendRun *run) {
                           w.hint.empty() ? 0 : errhint("%s", w.hint.c_str())));
     }
 }
+
+bool options_are_httpapi(const SendSpec *spec) { return spec->options.endpoint == &kHttpApiEndpoint; }
 
 TransportOptions transport_options(const AmpConnection &conn) {
     TransportOptions t;
@@ -779,10 +781,11 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
 
     // Requests and retries count the synthetic events' too; sent, rejected,
     // not_sent and unchanged count rows, so they add up to rows_read.
-    uint64_t requests = stats->requests, retries = stats->retries;
+    uint64_t requests = stats->requests, retries = stats->retries, pacing_wait_ms = stats->pacing_wait_ms;
     if (run->events) {
         requests += run->events->delivery.stats().requests;
         retries += run->events->delivery.stats().retries;
+        pacing_wait_ms = std::max(pacing_wait_ms, run->events->delivery.stats().pacing_wait_ms);
     }
     int64 unchanged = static_cast<int64>(run->unchanged);
     bool failed = run->state() == DeliveryState::kFailed;
@@ -796,6 +799,7 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
     DeliveryStats logged = *stats;
     logged.requests = requests;
     logged.retries = retries;
+    logged.pacing_wait_ms = pacing_wait_ms;
     RunTimings timings = {INSTR_TIME_GET_DOUBLE(read_time), 0, 0};
     AMP_CXX(timings.encode_seconds = seconds(run->encode_time);
             timings.send_seconds = seconds(run->main->delivery.network_time() +
@@ -822,6 +826,18 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
         ereport(WARNING, (errmsg("amplitude_sync run failed: %s", run->error().c_str()), errdetail("%s", detail),
                           errhint("%s", hint)));
     }
+
+    // Pacing that held most of the run back on /2/httpapi: /batch allows
+    // 1,000 events per second and ID instead of 30.
+    double elapsed_ms = static_cast<double>(GetCurrentTimestamp() - log->started_at) / 1000.0;
+    if (options_are_httpapi(spec) && stats->id_pacing_wait_ms > 1000 && stats->id_pacing_wait_ms * 2 > elapsed_ms)
+        ereport(NOTICE, (errmsg("pacing held the run back most of its time: Amplitude takes at most %.0f events "
+                                "per second of one user or device on %s",
+                                kHttpApiEndpoint.per_id_events_per_second, kHttpApiEndpoint.path),
+                         errdetail("Per-ID pacing held the run back %.1f s of %.1f s.",
+                                   static_cast<double>(stats->id_pacing_wait_ms) / 1000.0, elapsed_ms / 1000.0),
+                         errhint("Send heavy users' events with api => 'batch' (%.0f per second and ID).",
+                                 kBatchEndpoint.per_id_events_per_second)));
 
     // A saved sync's run that rejected rows says so: its status alone
     // ("succeeded": everything was accounted for) would hide them.

@@ -106,7 +106,7 @@ public:
             r.keys.push_back(event.contains("device_id") ? event["device_id"].get<std::string>()
                                                          : event["user_id"].get<std::string>());
         }
-        r.started = Clock::now();
+        r.started = Now();
         r.answered_before = answer_order.size();
         r.in_flight_before = pending_.size();
         max_in_flight = std::max(max_in_flight, pending_.size() + 1);
@@ -121,11 +121,19 @@ public:
     void wait(int timeout_ms, std::vector<std::pair<size_t, HttpResponse>> &done) override {
         wait_timeouts.push_back(timeout_ms);
         const auto timeout = std::chrono::milliseconds(std::max(timeout_ms, 0));
-        if (pending_.empty()) {
+        if (virtual_now) {
+            // Simulated time: jump to the first answer or the timeout.
+            Clock::time_point until = *virtual_now + timeout;
+            for (size_t index : pending_) until = std::min(until, requests[index].started + answer_delay);
+            until = std::max(until, *virtual_now);
+            busy_slot_time += (until - *virtual_now) * static_cast<long>(pending_.size());
+            *virtual_now = until;
+        } else if (pending_.empty()) {
             std::this_thread::sleep_for(timeout);
             return;
         }
-        if (answer_delay.count() > 0) {
+        if (pending_.empty()) return;
+        if (answer_delay.count() > 0 && !virtual_now) {
             Clock::time_point first_ready = Clock::time_point::max();
             for (size_t index : pending_)
                 first_ready = std::min(first_ready, requests[index].started + answer_delay);
@@ -134,7 +142,7 @@ public:
                 std::this_thread::sleep_for(std::min<Clock::duration>(first_ready - now, timeout));
         }
         std::vector<size_t> not_ready;
-        auto now = Clock::now();
+        auto now = Now();
         for (size_t index : pending_) {
             const Request &r = requests[index];
             if (now < r.started + answer_delay) {
@@ -166,6 +174,11 @@ public:
     int overlapping_starts = 0;  // a start on a slot whose request was not answered
     std::chrono::milliseconds answer_delay{0};  // how long after its start a request is answered
     std::vector<int> wait_timeouts;             // timeout_ms of every wait() call
+    // Simulated time (the Delivery's clock), advanced by wait() instead of sleeping.
+    Clock::time_point *virtual_now = nullptr;
+    Clock::duration busy_slot_time{};  // simulated: sum over time of requests in flight
+
+    Clock::time_point Now() const { return virtual_now ? *virtual_now : Clock::now(); }
 
 private:
     Responder responder_;
@@ -335,6 +348,21 @@ Rows Range(uint64_t first, uint64_t last) {
     return out;
 }
 
+// count keys "prefix-N" whose lanes among `lanes` are all different (same:
+// all the same lane), so a test does not depend on the hash.
+std::vector<std::string> KeysInLanes(size_t count, size_t lanes, bool same, const std::string &prefix = "user") {
+    std::vector<std::string> keys;
+    std::set<size_t> used;
+    for (int n = 0; keys.size() < count; ++n) {
+        std::string key = prefix + "-" + std::to_string(n);
+        size_t lane = Delivery::lane_of(key, lanes);
+        if (same ? (!keys.empty() && lane != *used.begin()) : used.count(lane)) continue;
+        used.insert(lane);
+        keys.push_back(key);
+    }
+    return keys;
+}
+
 long MillisBetween(Clock::time_point a, Clock::time_point b) {
     return static_cast<long>(std::chrono::duration_cast<std::chrono::milliseconds>(b - a).count());
 }
@@ -492,19 +520,93 @@ TEST(DeliveryRefusals, FieldNamedByAmplitudeWithANulIsStorable) {
 
 // =================================================== ordering, concurrency
 
-TEST(DeliveryOrdering, BatchesFillInQueryOrderWhateverTheKey) {
+TEST(DeliveryOrdering, BatchesOfALaneFillInQueryOrderWhateverTheKey) {
+    std::vector<std::string> keys = KeysInLanes(2, 4, true);
     Harness h(Always(Ok()), Limits(3), FastPolicy(), 4);
-    for (uint64_t n = 1; n <= 7; ++n) h.delivery.add(MakeRecord(n, n % 2 ? "user-a" : "user-b"));
+    for (uint64_t n = 1; n <= 7; ++n) h.delivery.add(MakeRecord(n, keys[n % 2]));
     h.delivery.finish();
     EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2, 3}, {4, 5, 6}, {7}}));
+    EXPECT_EQ(h.transport.max_in_flight, 1u);  // one lane: one request at a time
+}
+
+TEST(DeliveryOrdering, KeysOfDifferentLanesFillTheirOwnBatches) {
+    std::vector<std::string> keys = KeysInLanes(2, 4, false);
+    Harness h(Always(Ok()), Limits(3), FastPolicy(), 4);
+    for (uint64_t n = 1; n <= 7; ++n) h.delivery.add(MakeRecord(n, keys[(n + 1) % 2]));
+    h.delivery.finish();
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 3, 5}, {2, 4, 6}, {7}}));
+}
+
+TEST(DeliveryOrdering, ARunThatFitsOneRequestIsOneRequestInQueryOrder) {
+    // Keys spread over every lane, far fewer records than a request holds:
+    // the lanes' partial batches are merged at the end of input.
+    std::vector<std::string> keys = KeysInLanes(4, 4, false);
+    Harness h(Always(Ok()), Limits(2000), FastPolicy(), 4);
+    for (uint64_t n = 1; n <= 10; ++n) h.delivery.add(MakeRecord(n, keys[n % 4]));
+    h.delivery.finish();
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{Range(1, 10)}));
+    EXPECT_EQ(h.delivery.stats().requests, 1u);
+    EXPECT_EQ(h.delivery.stats().sent, 10u);
+}
+
+TEST(DeliveryOrdering, PartialBatchesMergeIntoFewRequestsThatShareNoKey) {
+    // Four lanes with two records each, requests of at most 4: whole lane
+    // tails are packed two by two, so the two requests share no key and go
+    // concurrently, each in query order.
+    std::vector<std::string> keys = KeysInLanes(4, 4, false);
+    Harness h(Always(Ok()), Limits(4), FastPolicy(), 4);
+    for (uint64_t n = 1; n <= 8; ++n) h.delivery.add(MakeRecord(n, keys[n % 4]));
+    h.delivery.finish();
+    std::vector<Rows> sent = h.RequestRows();
+    ASSERT_EQ(sent.size(), 2u);
+    std::set<std::string> first_keys(h.transport.requests[0].keys.begin(), h.transport.requests[0].keys.end());
+    for (const std::string &k : h.transport.requests[1].keys) EXPECT_EQ(first_keys.count(k), 0u) << k;
+    for (const Rows &rows : sent) {
+        EXPECT_EQ(rows.size(), 4u);
+        EXPECT_TRUE(std::is_sorted(rows.begin(), rows.end()));
+    }
+    EXPECT_EQ(h.transport.max_in_flight, 2u);
+    EXPECT_EQ(h.delivery.stats().sent, 8u);
+}
+
+TEST(DeliveryOrdering, TailsThatWholeWouldNeedMoreRequestsGoInQueryOrderChunks) {
+    // Four lanes with three records each, requests of at most 4: whole tails
+    // would need four requests, query order needs three. The chunks share
+    // keys, so each waits for the one before it.
+    std::vector<std::string> keys = KeysInLanes(4, 4, false);
+    Harness h(Always(Ok()), Limits(4), FastPolicy(), 4);
+    for (uint64_t n = 1; n <= 12; ++n) h.delivery.add(MakeRecord(n, keys[n % 4]));
+    h.delivery.finish();
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{Range(1, 4), Range(5, 8), Range(9, 12)}));
+    EXPECT_TRUE(h.transport.AnsweredBeforeStart(0, 1));
+    EXPECT_TRUE(h.transport.AnsweredBeforeStart(1, 2));
+    EXPECT_EQ(h.delivery.stats().sent, 12u);
+}
+
+TEST(DeliveryOrdering, AMergedTailWaitsForTheEarlierBatchesOfItsLanes) {
+    // Lane of keys[0]: a full batch (rows 1-2) in flight at the end of
+    // input, refused once with 503. Its tail (row 5) and the other lane's
+    // (row 3) merge into one request, which goes after rows 1-2 were
+    // accepted: keys[0]'s order holds.
+    std::vector<std::string> keys = KeysInLanes(2, 2, false);
+    Harness h(Script({Answer(503, "busy")}), Limits(2), FastPolicy(), 2);
+    h.delivery.add(MakeRecord(1, keys[0]));
+    h.delivery.add(MakeRecord(2, keys[0]));
+    h.delivery.add(MakeRecord(3, keys[1]));
+    h.delivery.add(MakeRecord(5, keys[0]));
+    h.delivery.finish();
+    ASSERT_EQ(h.delivery.stats().sent, 4u);
+    ASSERT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2}, {1, 2}, {3, 5}}));
+    EXPECT_TRUE(h.transport.AnsweredBeforeStart(1, 2));
 }
 
 TEST(DeliveryOrdering, BatchesWithoutSharedKeysGoConcurrently) {
+    std::vector<std::string> keys = KeysInLanes(2, 2, false);
     Harness h(Always(Ok()), Limits(2), FastPolicy(), 2);
-    h.AddRows(1, 2, "user-a");
-    h.AddRows(3, 4, "user-b");
-    h.AddRows(5, 6, "user-a");  // must wait for rows 1-2
-    h.AddRows(7, 8, "user-c");  // no shared key, but both slots are busy
+    h.AddRows(1, 2, keys[0]);
+    h.AddRows(3, 4, keys[1]);
+    h.AddRows(5, 6, keys[0]);  // must wait for rows 1-2
+    h.AddRows(7, 8, keys[1]);  // must wait for rows 3-4
     h.delivery.finish();
 
     const auto &req = h.transport.requests;
@@ -530,10 +632,11 @@ TEST(DeliveryOrdering, ConcurrencyOneSendsOneRequestAtATime) {
 }
 
 TEST(DeliveryOrdering, DeviceIdIsTheOrderingKeyWhenPresent) {
+    std::vector<std::string> devices = KeysInLanes(2, 3, false, "device");
     Harness h(Always(Ok()), Limits(1), FastPolicy(), 3);
-    h.delivery.add(MakeRecord(1, "user-u", 0, "device-1"));
-    h.delivery.add(MakeRecord(2, "user-u", 0, "device-2"));  // same user, other device: no wait
-    h.delivery.add(MakeRecord(3, "user-v", 0, "device-1"));  // other user, same device: waits
+    h.delivery.add(MakeRecord(1, "user-u", 0, devices[0]));
+    h.delivery.add(MakeRecord(2, "user-u", 0, devices[1]));  // same user, other device: no wait
+    h.delivery.add(MakeRecord(3, "user-v", 0, devices[0]));  // other user, same device: waits
     h.delivery.finish();
 
     ASSERT_EQ(h.RequestRows(), (std::vector<Rows>{{1}, {2}, {3}}));
@@ -541,20 +644,29 @@ TEST(DeliveryOrdering, DeviceIdIsTheOrderingKeyWhenPresent) {
     EXPECT_TRUE(h.transport.AnsweredBeforeStart(0, 2));
 }
 
-TEST(DeliveryOrdering, AWaitingBatchHoldsBackLaterBatchesSharingItsKeys) {
-    Harness h(Always(Ok()), Limits(2), FastPolicy(), 3);
-    h.delivery.add(MakeRecord(1, "user-a"));
-    h.delivery.add(MakeRecord(2, "user-a"));
-    h.delivery.add(MakeRecord(3, "user-b"));  // batch 2 waits for user-a ...
-    h.delivery.add(MakeRecord(4, "user-a"));
-    h.delivery.add(MakeRecord(5, "user-b"));  // ... so batch 3 waits for user-b,
-    h.delivery.add(MakeRecord(6, "user-c"));  // though a slot is free
+TEST(DeliveryOrdering, AWaitingBatchHoldsBackOnlyLaterBatchesOfItsLane) {
+    std::vector<std::string> same = KeysInLanes(2, 3, true);
+    std::string other;
+    for (const std::string &k : KeysInLanes(3, 3, false))
+        if (Delivery::lane_of(k, 3) != Delivery::lane_of(same[0], 3)) other = k;
+    Harness h(Script({Answer(503, "busy")}), Limits(2), FastPolicy(), 3);
+    h.delivery.add(MakeRecord(1, same[0]));
+    h.delivery.add(MakeRecord(2, same[0]));  // answered 503, retried
+    h.delivery.add(MakeRecord(3, same[1]));  // same lane: waits for rows 1-2
+    h.delivery.add(MakeRecord(4, same[0]));
+    h.delivery.add(MakeRecord(5, other));    // other lane: goes at once
+    h.delivery.add(MakeRecord(6, other));
     h.delivery.finish();
 
-    ASSERT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2}, {3, 4}, {5, 6}}));
-    EXPECT_TRUE(h.transport.AnsweredBeforeStart(0, 1));
-    EXPECT_TRUE(h.transport.AnsweredBeforeStart(1, 2));
-    EXPECT_EQ(h.transport.max_in_flight, 1u);
+    ASSERT_EQ(h.delivery.stats().sent, 6u);
+    const auto &req = h.transport.requests;
+    ASSERT_EQ(req.size(), 4u);
+    EXPECT_EQ(req[0].rows, (Rows{1, 2}));
+    EXPECT_EQ(req[1].rows, (Rows{5, 6}));
+    EXPECT_EQ(req[1].answered_before, 0u);
+    EXPECT_EQ(req[2].rows, (Rows{1, 2}));
+    EXPECT_EQ(req[3].rows, (Rows{3, 4}));
+    EXPECT_TRUE(h.transport.AnsweredBeforeStart(2, 3));
 }
 
 TEST(DeliveryOrdering, PerKeyOrderHoldsAcrossConcurrencyRetriesAndThrottling) {
@@ -845,6 +957,19 @@ TEST(DeliveryThrottling, ThrottledLongerThanMaxRetryTimeFails) {
     EXPECT_EQ(h.delivery.stats().not_sent, 4u);
 }
 
+TEST(DeliveryThrottling, ThrottledIdsWithNoRetryBudgetAreNotSentAfterOneRequest) {
+    // max_retry_seconds 0: the first 429 naming the device ends it.
+    RetryPolicy policy = FastPolicy();
+    policy.max_retry_ms = 0;
+    Harness h(Always(Answer(429, R"({"code":429,"error":"Too many requests for some devices and users","throttled_devices":{"device-1":31}})")),
+              Limits(2), policy, 4);
+    h.delivery.add(MakeRecord(1, "", 0, "device-1"));
+    h.delivery.finish();
+    EXPECT_EQ(h.delivery.state(), DeliveryState::kFailed);
+    EXPECT_EQ(h.transport.requests.size(), 1u);
+    EXPECT_EQ(h.RejectedRows(Outcome::kNotSent), (Rows{1}));
+}
+
 // ================================================================= retries
 
 TEST(DeliveryRetries, ServerErrorsAreRetriedWithTheSameBody) {
@@ -947,11 +1072,12 @@ TEST(DeliveryFatal, AnswersArrivingAfterTheStopAreCountedNotRetried) {
         if (Contains(r.rows, 5)) return Answer(503, "");
         return Ok();
     }, Limits(2), FastPolicy(), 4);
-    // Three batches of unrelated users: all in flight when the 403 (answered
-    // first) stops the run.
-    h.AddRows(1, 2, "user-a");
-    h.AddRows(3, 4, "user-b");
-    h.AddRows(5, 6, "user-c");
+    // Three batches of users in different lanes: all in flight when the 403
+    // (answered first) stops the run.
+    std::vector<std::string> users = KeysInLanes(3, 4, false);
+    h.AddRows(1, 2, users[0]);
+    h.AddRows(3, 4, users[1]);
+    h.AddRows(5, 6, users[2]);
     h.delivery.finish();
 
     EXPECT_EQ(h.delivery.state(), DeliveryState::kStopped);
@@ -1194,7 +1320,7 @@ TEST(DeliveryIdentify, Http429PausesTheWholeBatchThenSendsIt) {
     EXPECT_EQ(h.delivery.state(), DeliveryState::kRunning);
 }
 
-TEST(DeliveryIdentify, Http429HoldsBackOnlyLaterBatchesSharingItsKeys) {
+TEST(DeliveryIdentify, Http429HoldsBackOnlyTheThrottledKeys) {
     RetryPolicy policy = FastPolicy();
     policy.throttle_pause_ms = 30;
     FormHarness h(Script({Answer(429, "Too many requests")}), Limits(2), policy);
@@ -1202,15 +1328,15 @@ TEST(DeliveryIdentify, Http429HoldsBackOnlyLaterBatchesSharingItsKeys) {
     h.delivery.add(MakeIdentification(2, "user-b"));
     h.delivery.add(MakeIdentification(3, "user-c"));  // unrelated: goes at once
     h.delivery.add(MakeIdentification(4, "user-d"));
-    h.delivery.add(MakeIdentification(5, "user-a"));  // user-a's later row: waits
-    h.delivery.add(MakeIdentification(6, "user-e"));
+    h.delivery.add(MakeIdentification(5, "user-a"));  // user-a's later row: waits with it
+    h.delivery.add(MakeIdentification(6, "user-e"));  // goes at once
     h.delivery.finish();
 
-    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2}, {3, 4}, {1, 2}, {5, 6}}));
-    ASSERT_EQ(h.transport.requests.size(), 4u);
-    EXPECT_LT(MillisBetween(h.transport.requests[0].started, h.transport.requests[1].started), 30);
-    EXPECT_GE(MillisBetween(h.transport.requests[0].started, h.transport.requests[2].started), 30);
-    EXPECT_TRUE(h.transport.AnsweredBeforeStart(2, 3));
+    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{{1, 2}, {3, 4}, {6}, {1, 2}, {5}}));
+    ASSERT_EQ(h.transport.requests.size(), 5u);
+    EXPECT_LT(MillisBetween(h.transport.requests[0].started, h.transport.requests[2].started), 30);
+    EXPECT_GE(MillisBetween(h.transport.requests[0].started, h.transport.requests[3].started), 30);
+    EXPECT_TRUE(h.transport.AnsweredBeforeStart(3, 4));
     EXPECT_EQ(h.delivery.stats().sent, 6u);
     EXPECT_TRUE(h.delivery.rejections().empty());
 }
@@ -1467,7 +1593,7 @@ TEST(DeliveryBisection, RefusalAlikeForEveryPartStopsTheRunInAFewRequests) {
             EXPECT_LE(requests, 22u);  // at most one path down (log2 1000 = 10 levels) and a pair
             EXPECT_EQ(h.delivery.state(), DeliveryState::kStopped);
             EXPECT_EQ(h.delivery.stop_reason(), StopReason::kRefused);
-            EXPECT_EQ(h.delivery.error(), "HTTP 400: Bad Request (every part of a batch refused alike)");
+            EXPECT_EQ(h.delivery.error(), "HTTP 400: Bad Request (every request refused alike)");
             EXPECT_EQ(h.delivery.stats().sent, 0u);
             EXPECT_EQ(h.delivery.stats().rejected, 0u);  // nothing blamed on a record
             EXPECT_EQ(h.delivery.stats().not_sent, 1000u);
@@ -1527,18 +1653,38 @@ TEST(DeliveryBisection, RecordsRefusedAlikeAfterAnAcceptanceAreEachIsolated) {
 
 TEST(DeliveryBisection, RecordsRefusedAlikeBeforeAnyAcceptanceStopTheRun) {
     // The price of the bound: before Amplitude accepted anything, two bad
-    // records in different halves look like a refusal of the request. The
-    // run stops loudly with Amplitude's text; nothing is blamed on a record.
+    // records in batches of different lanes look like a refusal of the
+    // request. The run stops loudly with Amplitude's text; nothing is blamed
+    // on a record. (Halves of one batch share its lane and go one after the
+    // other, so within a lane the first half is isolated before the second.)
+    // Full batches (4 records): tails would be merged into one request.
+    std::vector<std::string> users = KeysInLanes(2, 4, false);
     FormHarness h([](const Request &r) {
         return Contains(r.rows, 2) || Contains(r.rows, 7) ? Answer(400, "invalid field values: user_id")
                                                           : FormOk();
-    }, Limits(1024), FastPolicy(), 4);
-    AddUsers(h, 1, 8);
+    }, Limits(4), FastPolicy(), 4);
+    h.AddRows(1, 4, users[0]);
+    h.AddRows(5, 8, users[1]);
     h.delivery.finish();
-    EXPECT_EQ(h.RequestRows(), (std::vector<Rows>{Range(1, 8), Range(1, 4), Range(5, 8)}));
+    std::vector<Rows> sent = h.RequestRows();
+    std::sort(sent.begin(), sent.end());
+    EXPECT_EQ(sent, (std::vector<Rows>{Range(1, 4), Range(5, 8)}));
     EXPECT_EQ(h.delivery.stop_reason(), StopReason::kRefused);
+    EXPECT_EQ(h.delivery.error(), "HTTP 400: invalid field values: user_id (every request refused alike)");
     EXPECT_EQ(h.delivery.stats().rejected, 0u);
     EXPECT_EQ(h.delivery.stats().not_sent, 8u);
+}
+
+TEST(DeliveryBisection, RecordsRefusedAlikeInOneLaneAreEachIsolated) {
+    FormHarness h([](const Request &r) {
+        return Contains(r.rows, 2) || Contains(r.rows, 7) ? Answer(400, "invalid field values: user_id")
+                                                          : FormOk();
+    }, Limits(1024), FastPolicy(), 1);
+    AddUsers(h, 1, 8);
+    h.delivery.finish();
+    EXPECT_EQ(h.delivery.state(), DeliveryState::kRunning);
+    EXPECT_EQ(h.RejectedRows(Outcome::kRejected), (Rows{2, 7}));
+    EXPECT_EQ(h.delivery.stats().sent, 6u);
 }
 
 TEST(DeliveryBisection, AHeldRecordIsRejectedWhenItsSiblingIsAccepted) {
@@ -1598,4 +1744,258 @@ TEST(DeliveryBatching, PropertyLimitCountsOverTheRequest) {
     }
     unlimited.delivery.finish();
     EXPECT_EQ(unlimited.RequestRows(), (std::vector<Rows>{Range(1, 11)}));
+}
+
+// ================================== lanes and pacing, on simulated time
+//
+// The clock is fake: wait() jumps to the next answer (answer_delay after a
+// request started) or to its timeout, so runs of minutes take milliseconds
+// and their timings are exact.
+
+namespace {
+
+struct SimulatedHarness {
+    SimulatedHarness(Responder responder, DeliveryLimits limits, size_t concurrency,
+                     std::chrono::milliseconds delay, RetryPolicy policy = RetryPolicy())
+        : format(kApiKey, 5),
+          transport(std::move(responder)),
+          start(Clock::now()),
+          now(start),
+          deadline(Clock::now() + std::chrono::seconds(60)),
+          delivery(format, transport, kUrl, limits, policy, concurrency,
+                   [this] { return Clock::now() > deadline; }, [this] { return now; }) {
+        transport.virtual_now = &now;
+        transport.answer_delay = delay;
+    }
+    double Seconds() const { return std::chrono::duration<double>(now - start).count(); }
+    double Seconds(Clock::time_point t) const { return std::chrono::duration<double>(t - start).count(); }
+
+    // Every row exactly once in accepted requests, each key's rows in order.
+    void ExpectExactlyOnceInOrder(uint64_t rows) {
+        std::vector<int> seen(rows + 1, 0);
+        std::map<std::string, uint64_t> last;
+        for (const Request &r : transport.requests) {
+            if (transport.statuses[r.index] != 200) continue;
+            for (size_t i = 0; i < r.rows.size(); ++i) {
+                ASSERT_LE(r.rows[i], rows);
+                seen[r.rows[i]]++;
+                uint64_t &previous = last[r.keys[i]];
+                EXPECT_LT(previous, r.rows[i]) << "key " << r.keys[i] << " out of order";
+                previous = r.rows[i];
+            }
+        }
+        for (uint64_t n = 1; n <= rows; ++n) ASSERT_EQ(seen[n], 1) << "row " << n;
+    }
+
+    EventsFormat format;
+    FakeTransport transport;
+    Clock::time_point start, now, deadline;
+    Delivery delivery;
+};
+
+// Amplitude's per-ID rule as the mock applies it: a request is throttled
+// when, for one of its IDs, its events plus the ID's events accepted in the
+// last window exceed rate x window.
+struct RateEnforcer {
+    RateEnforcer(double rate, std::chrono::milliseconds window) : budget(rate * window.count() / 1000.0), window(window) {}
+
+    HttpResponse operator()(const Request &r) {
+        std::map<std::string, size_t> in_request;
+        for (const nlohmann::json &e : r.json["events"]) {
+            if (e.contains("user_id")) in_request["u:" + e["user_id"].get<std::string>()]++;
+            if (e.contains("device_id")) in_request["d:" + e["device_id"].get<std::string>()]++;
+        }
+        std::string users;
+        for (const auto &[id, count] : in_request) {
+            auto &log = accepted[id];
+            while (!log.empty() && r.started - log.front() >= window) log.pop_front();
+            if (log.size() + count > budget) users += (users.empty() ? "" : ",") + ("\"" + id.substr(2) + "\":31");
+        }
+        if (!users.empty()) {
+            ++throttled;
+            return Answer(429, R"({"code":429,"error":"Too many requests for some devices and users","throttled_users":{)" +
+                                   users + "}}");
+        }
+        for (const auto &[id, count] : in_request)
+            for (size_t i = 0; i < count; ++i) accepted[id].push_back(r.started);
+        return Ok();
+    }
+
+    double budget;
+    std::chrono::milliseconds window;
+    std::map<std::string, std::deque<Clock::time_point>> accepted;
+    int throttled = 0;
+};
+
+}  // namespace
+
+TEST(DeliveryLanes, TimeOrderedEventsOfManyUsersKeepEverySlotBusy) {
+    // 100,000 events of 1,000 users interleaved, 200 ms answers, 4 slots:
+    // the old rule sent one request at a time (every batch shares users).
+    const uint64_t rows = 100000;
+    SimulatedHarness h(Always(Ok()), delivery_limits(kHttpApiEndpoint, 2000), 4, std::chrono::milliseconds(200));
+    for (uint64_t n = 1; n <= rows; ++n) h.delivery.add(MakeRecord(n, "user-" + std::to_string(n % 1000)));
+    h.delivery.finish();
+
+    ASSERT_EQ(h.delivery.state(), DeliveryState::kRunning) << h.delivery.error();
+    EXPECT_EQ(h.delivery.stats().sent, rows);
+    EXPECT_EQ(h.transport.overlapping_starts, 0);
+    EXPECT_EQ(h.transport.max_in_flight, 4u);
+    for (const Request &r : h.transport.requests) EXPECT_LE(r.rows.size(), 2000u);
+    h.ExpectExactlyOnceInOrder(rows);
+    double seconds = h.Seconds();
+    double busy = std::chrono::duration<double>(h.transport.busy_slot_time).count() / (4 * seconds);
+    double rate = rows / seconds;
+    RecordProperty("events_per_second", std::to_string(rate));
+    std::printf("    100k events, 1,000 users, 4 slots, 200 ms: %.2f s simulated, %.0f events/s, slots busy %.0f%%, %zu requests\n",
+                seconds, rate, busy * 100, h.transport.requests.size());
+    EXPECT_GE(busy, 0.8);
+    EXPECT_GE(rate, 0.8 * 4 * 2000 / 0.2);
+    EXPECT_EQ(h.delivery.stats().pacing_wait_ms, 0u);
+}
+
+TEST(DeliveryLanes, ALoneHeavyDeviceDoesNotStallTheOtherLanes) {
+    // One device's 20,000 events first (ordered by user), then 20,000 of
+    // many: the others flow beside the heavy lane's one-at-a-time requests.
+    SimulatedHarness h(Always(Ok()), delivery_limits(kBatchEndpoint, 2000), 4, std::chrono::milliseconds(200));
+    for (uint64_t n = 1; n <= 20000; ++n) h.delivery.add(MakeRecord(n, "user-heavy"));
+    for (uint64_t n = 20001; n <= 40000; ++n) h.delivery.add(MakeRecord(n, "user-" + std::to_string(n % 500)));
+    h.delivery.finish();
+    ASSERT_EQ(h.delivery.state(), DeliveryState::kRunning) << h.delivery.error();
+    h.ExpectExactlyOnceInOrder(40000);
+    EXPECT_GT(h.transport.max_in_flight, 1u);
+    // The heavy lane alone needs 10 answers in a row: 2 s. The rest go beside it.
+    EXPECT_LT(h.Seconds(), 3.0);
+}
+
+TEST(DeliveryLanes, AThrottledUserDoesNotStallTheOtherLanes) {
+    // Amplitude throttles one user three times in a row (30 s pauses): the
+    // 499 other users' events, interleaved with it, are all accepted within
+    // the first two seconds; the throttled user's arrive later, once, in order.
+    int refusals = 0;
+    Responder responder = [&](const Request &r) {
+        if (refusals < 3 && std::count(r.keys.begin(), r.keys.end(), "user-stuck")) {
+            ++refusals;
+            return Answer(429, R"({"code":429,"error":"Too many requests for some devices and users","throttled_users":{"user-stuck":31}})");
+        }
+        return Ok();
+    };
+    SimulatedHarness h(responder, delivery_limits(kHttpApiEndpoint, 2000), 4, std::chrono::milliseconds(200));
+    const uint64_t rows = 10000;
+    for (uint64_t n = 1; n <= rows; ++n)
+        h.delivery.add(MakeRecord(n, n % 20 == 0 ? "user-stuck" : "user-" + std::to_string(n % 499)));
+    h.delivery.finish();
+
+    ASSERT_EQ(h.delivery.state(), DeliveryState::kRunning) << h.delivery.error();
+    EXPECT_EQ(refusals, 3);
+    h.ExpectExactlyOnceInOrder(rows);
+    for (const Request &r : h.transport.requests) {
+        if (h.transport.statuses[r.index] != 200) continue;
+        if (std::any_of(r.keys.begin(), r.keys.end(), [](const std::string &k) { return k != "user-stuck"; })) {
+            EXPECT_LT(h.Seconds(r.started), 2.0) << "request " << r.index;
+        }
+    }
+    EXPECT_GE(h.Seconds(), 90.0);  // three pauses of the throttled user
+}
+
+TEST(DeliveryPacing, AHeavyUserIsPacedNeverThrottledWhileOthersFlow) {
+    // 3,000 events of one user among 5,000 of 500 light users on
+    // /2/httpapi (900 events of one ID per 30 s).
+    RateEnforcer amplitude(30, std::chrono::milliseconds(30000));
+    SimulatedHarness h(std::ref(amplitude), delivery_limits(kHttpApiEndpoint, 2000), 4,
+                       std::chrono::milliseconds(200));
+    uint64_t n = 0;
+    for (int i = 0; i < 5000; ++i) {
+        h.delivery.add(MakeRecord(++n, "user-" + std::to_string(i % 500)));
+        if (i % 5 < 3) h.delivery.add(MakeRecord(++n, "user-heavy"));
+    }
+    h.delivery.finish();
+
+    ASSERT_EQ(h.delivery.state(), DeliveryState::kRunning) << h.delivery.error();
+    EXPECT_EQ(amplitude.throttled, 0);
+    h.ExpectExactlyOnceInOrder(n);
+    EXPECT_EQ(h.delivery.stats().sent, n);
+    // Light users' events all went within the first second.
+    for (const Request &r : h.transport.requests) {
+        if (std::any_of(r.keys.begin(), r.keys.end(), [](const std::string &k) { return k != "user-heavy"; })) {
+            EXPECT_LT(h.Seconds(r.started), 1.0);
+        }
+    }
+    // 900 at once, then 900 per window: about 3 windows for 3,000.
+    std::printf("    heavy user, 3,000 events on /2/httpapi: %.1f s simulated, pacing held %.1f s, %zu requests\n",
+                h.Seconds(), h.delivery.stats().pacing_wait_ms / 1000.0, h.transport.requests.size());
+    EXPECT_GT(h.Seconds(), 90.0);
+    EXPECT_LT(h.Seconds(), 95.0);
+    EXPECT_GT(h.delivery.stats().pacing_wait_ms, 85000u);
+}
+
+TEST(DeliveryPacing, A429NamingAUserPausesItThenItResumesAtTheAllowedRate) {
+    // Amplitude throttles the user once (its own count is unknown to us):
+    // it waits the pause, then goes at the allowed rate, never in a loop.
+    RateEnforcer amplitude(30, std::chrono::milliseconds(30000));
+    bool once = false;
+    Responder responder = [&](const Request &r) {
+        if (!once && std::count(r.keys.begin(), r.keys.end(), "user-heavy")) {
+            once = true;
+            return Answer(429, R"({"code":429,"error":"Too many requests for some devices and users","throttled_users":{"user-heavy":31}})");
+        }
+        return amplitude(r);
+    };
+    SimulatedHarness h(responder, delivery_limits(kHttpApiEndpoint, 2000), 4, std::chrono::milliseconds(200));
+    for (uint64_t n = 1; n <= 1200; ++n) h.delivery.add(MakeRecord(n, n % 2 ? "user-heavy" : "user-" + std::to_string(n % 100)));
+    h.delivery.finish();
+
+    ASSERT_EQ(h.delivery.state(), DeliveryState::kRunning) << h.delivery.error();
+    EXPECT_TRUE(once);
+    EXPECT_EQ(amplitude.throttled, 0);
+    h.ExpectExactlyOnceInOrder(1200);
+    // 600 events: the first try is refused, they go after the 30 s pause
+    // (within one window's allowance, counted conservatively).
+    EXPECT_GE(h.Seconds(), 30.0);
+    EXPECT_LT(h.Seconds(), 61.0);
+}
+
+TEST(DeliveryPacing, ProjectCapSpreadsRequestsOverSeconds) {
+    DeliveryLimits limits = delivery_limits(kHttpApiEndpoint, 2000, 1000);
+    SimulatedHarness h(Always(Ok()), limits, 4, std::chrono::milliseconds(50));
+    for (uint64_t n = 1; n <= 5000; ++n) h.delivery.add(MakeRecord(n, "user-" + std::to_string(n % 300)));
+    h.delivery.finish();
+
+    ASSERT_EQ(h.delivery.state(), DeliveryState::kRunning) << h.delivery.error();
+    h.ExpectExactlyOnceInOrder(5000);
+    // No second holds more than 1,000 events' worth of request starts.
+    const auto &req = h.transport.requests;
+    for (size_t i = 0; i < req.size(); ++i) {
+        size_t events = 0;
+        for (size_t j = i; j < req.size() && req[j].started - req[i].started < std::chrono::seconds(1); ++j)
+            events += req[j].rows.size();
+        EXPECT_LE(events, 1000u) << "from request " << i;
+    }
+    EXPECT_GE(h.Seconds(), 4.0);
+    EXPECT_LT(h.Seconds(), 6.0);
+    EXPECT_GT(h.delivery.stats().pacing_wait_ms, 0u);
+}
+
+TEST(DeliveryPacing, AProjectWide429PausesEverythingOnceForThePause) {
+    RetryPolicy policy;
+    policy.project_throttle_pause_ms = 60000;
+    bool once = false;
+    Responder responder = [&](const Request &) {
+        if (once) return Ok();
+        once = true;
+        return Answer(429, R"({"code":429,"error":"Too many requests"})");
+    };
+    SimulatedHarness h(responder, delivery_limits(kHttpApiEndpoint, 2000), 4, std::chrono::milliseconds(200), policy);
+    for (uint64_t n = 1; n <= 20000; ++n) h.delivery.add(MakeRecord(n, "user-" + std::to_string(n % 1000)));
+    h.delivery.finish();
+
+    ASSERT_EQ(h.delivery.state(), DeliveryState::kRunning) << h.delivery.error();
+    h.ExpectExactlyOnceInOrder(20000);
+    const auto &req = h.transport.requests;
+    Clock::time_point refused_at = req[0].started + std::chrono::milliseconds(200);
+    for (const Request &r : req)
+        EXPECT_FALSE(r.started > refused_at && r.started < refused_at + std::chrono::seconds(60)) << r.index;
+    // The pause, then the rest at full speed: not a pause per batch.
+    EXPECT_GE(h.Seconds(), 60.2);
+    EXPECT_LT(h.Seconds(), 62.0);
 }
