@@ -295,7 +295,7 @@ void Delivery::handle(Queue::iterator it, const HttpResponse &response) {
         accepted_any_ = true;
         stats_.sent += batch.records.size();
         for (Record &r : batch.records)
-            if (!r.state_key.empty()) confirmed_.push_back({std::move(r.state_key), r.fingerprint});
+            if (!r.state_key.empty()) confirmed_.push_back({std::move(r.state_key), r.fingerprint, r.has_position, r.position});
         if (family) release_held(*family, Outcome::kRejected, family->held_reason);
         return;
     }

@@ -7,6 +7,8 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "cxx_guard.hpp"
@@ -14,6 +16,7 @@
 #include "event_encoder.hpp"
 #include "http_transport.hpp"
 #include "identify_encoder.hpp"
+#include "state_index.hpp"
 #include "value.hpp"
 
 #include "datum_values.hpp"
@@ -24,6 +27,42 @@
 
 using namespace amplitude_sync;
 
+bool cursor_type_supported(Oid type) {
+    switch (type) {
+        case INT2OID: case INT4OID: case INT8OID: case DATEOID: case TIMESTAMPOID: case TIMESTAMPTZOID: return true;
+        default: return false;
+    }
+}
+
+bool cursor_type_is_time(Oid type) { return type == DATEOID || type == TIMESTAMPOID || type == TIMESTAMPTZOID; }
+
+int64 cursor_value(Oid type, Datum value) {
+    switch (type) {
+        case INT2OID: return DatumGetInt16(value);
+        case INT4OID: return DatumGetInt32(value);
+        case DATEOID: {
+            DateADT d = DatumGetDateADT(value);
+            if (DATE_IS_NOBEGIN(d)) return PG_INT64_MIN;
+            if (DATE_IS_NOEND(d)) return PG_INT64_MAX;
+            return static_cast<int64>(d) * USECS_PER_DAY;
+        }
+        default: return DatumGetInt64(value);  // int8, timestamp, timestamptz (microseconds)
+    }
+}
+
+Datum cursor_datum(Oid type, int64 value) {
+    switch (type) {
+        case INT2OID: return Int16GetDatum(static_cast<int16>(Max(Min(value, (int64)PG_INT16_MAX), (int64)PG_INT16_MIN)));
+        case INT4OID: return Int32GetDatum(static_cast<int32>(Max(Min(value, (int64)PG_INT32_MAX), (int64)PG_INT32_MIN)));
+        case DATEOID: {
+            // The day that holds the instant (floor).
+            int64 days = value / USECS_PER_DAY - (value % USECS_PER_DAY < 0 ? 1 : 0);
+            return DateADTGetDatum(static_cast<DateADT>(Max(Min(days, (int64)PG_INT32_MAX - 1), (int64)PG_INT32_MIN + 1)));
+        }
+        default: return Int64GetDatum(value);
+    }
+}
+
 namespace {
 
 // Rows fetched from the cursor at a time: large enough to amortise the
@@ -31,6 +70,17 @@ namespace {
 constexpr long kFetchRows = 1000;
 constexpr long kFetchRowsCommitting = 100;
 constexpr long kFetchRowsMaterializing = 10000;
+constexpr long kFetchStateRows = 10000;
+
+// A sync's state up to this many records is loaded in one pass (8 bytes a
+// record while loading); a larger one in two (count, then fill), so the
+// load never holds more than the compact set (state_index.hpp).
+constexpr int64 kOnePassStateRows = 1000000;
+
+// The rows of the source that a run must still work on after its first
+// commit are kept in a tuplestore with at most this much in memory (kB);
+// the rest goes to a temporary file.
+constexpr int kMaterializedMemoryKb = 4096;
 
 // The read/encode/send timings in sync_runs are measured on one row in this
 // many and scaled up.
@@ -111,8 +161,20 @@ struct SendRun {
     bool incremental = false;
     bool append = false;  // an event sync: confirmed events are never resent
     bool preview = false;
-    std::string signature;  // settings that shape the payload, part of the fingerprint
+    std::string signature;  // columns and settings that shape the payload, part of the fingerprint
     uint64_t unchanged = 0;
+    // The sync's state as loaded when the run started (state_index.hpp):
+    // identifications confirmed as state_entry(key, fingerprint), events
+    // confirmed as their key; the keys of confirmed identifications for a
+    // preview (create or update); rejected records, by key.
+    CompactHashSet confirmed;
+    CompactHashSet known_keys;
+    struct Rejected {
+        Fingerprint fingerprint;
+        std::string reason;  // previews only
+    };
+    std::unordered_map<uint64_t, Rejected> rejected;
+    std::vector<uint64_t> loading, loading_keys;  // one-pass load
     // Said once when the run starts (Amplitude would reset fields) and
     // when it ends (Amplitude changed data silently).
     std::vector<PlanWarning> plan_warnings;
@@ -146,8 +208,13 @@ SendRun *make_send_run(const AmpConnection &conn, const SendSpec &spec,
     run->incremental = spec.sync_id != 0;
     run->append = options.target == Target::kEvents;
     run->preview = spec.preview;
+    // Everything besides the values that shapes a payload: the columns (names
+    // and types), the endpoint and the settings.
     run->signature = std::string(options.endpoint->path) + '\x1f' +
-                      (options.properties_event ? options.properties_event : "");
+                     (options.properties_event ? options.properties_event : "") + '\x1f' + options.nulls + '\x1f' +
+                     (spec.operations_json ? spec.operations_json : "");
+    for (const ColumnInput &c : columns)
+        run->signature.append("\x1e").append(c.name).append(1, static_cast<char>('0' + static_cast<int>(c.category)));
     DeliveryLimits limits;
     limits.max_records = static_cast<size_t>(options.max_records);
     limits.max_bytes = static_cast<size_t>(options.endpoint->max_bytes);
@@ -222,36 +289,64 @@ void build_properties_event(SendRun *run) {
 // unchanged since: not sent, not logged again (counted as unchanged).
 enum class RowAction { kRejected, kUnchanged, kCreate, kUpdate, kStillRejected };
 
-// What a saved sync's state holds for a row's key.
-struct StoredState {
-    const unsigned char *fingerprint;  // NULL: nothing stored
-    const char *rejected_reason;       // NULL: Amplitude confirmed it
+// What the sync's state says of a row, before it is encoded.
+struct RowCheck {
+    bool keyed = false;
+    uint64_t key = 0;
+    Fingerprint fingerprint{};
+    // kUnchanged, kStillRejected (not sent), or kCreate / kUpdate.
+    RowAction verdict = RowAction::kCreate;
+    const char *reason = nullptr;  // kStillRejected in a preview: why
 };
 
-bool same_fingerprint(const std::array<unsigned char, 16> &fingerprint, const StoredState &stored) {
-    return stored.fingerprint && std::equal(fingerprint.begin(), fingerprint.end(), stored.fingerprint);
+bool needs_work(RowAction verdict) {
+    return verdict != RowAction::kUnchanged && verdict != RowAction::kStillRejected;
 }
 
-// A rejection a saved sync remembers: keyed, with the fingerprint of what
-// was rejected (the payload, or the row when it could not be encoded).
-void remember_rejection(Rejection &rejection, const char *state_key, const std::array<unsigned char, 16> &fingerprint) {
+// Fingerprints the row's values (no JSON) and looks its key up in the
+// state loaded at the start of the run.
+RowCheck check_row(const SendRun *run, const Value *values, size_t value_count, std::string_view key) {
+    RowCheck c;
+    c.fingerprint = values_fingerprint(values, value_count, run->signature);
+    c.keyed = !key.empty();
+    if (!c.keyed) return c;
+    c.key = key_hash(key);
+    // An append sync sends an event once for its life: an insert_id that
+    // Amplitude confirmed is never sent again, whatever its row became
+    // (Amplitude would drop it within 7 days and duplicate it after).
+    if (run->append ? run->confirmed.contains(c.key) : run->confirmed.contains(state_entry(c.key, c.fingerprint))) {
+        c.verdict = RowAction::kUnchanged;
+        return c;
+    }
+    auto it = run->rejected.find(c.key);
+    if (it != run->rejected.end() && it->second.fingerprint == c.fingerprint) {
+        c.verdict = RowAction::kStillRejected;
+        c.reason = it->second.reason.c_str();
+        return c;
+    }
+    if (!run->append && run->known_keys.contains(c.key)) c.verdict = RowAction::kUpdate;
+    return c;
+}
+
+// A rejection a saved sync remembers: keyed, with the fingerprint of the
+// row's values.
+void remember_rejection(Rejection &rejection, const char *state_key, const RowCheck &check, const int64_t *position) {
     if (!state_key || !*state_key) return;
     rejection.record.state_key = state_key;
-    rejection.record.fingerprint = fingerprint;
+    rejection.record.fingerprint = check.fingerprint;
+    rejection.record.has_position = position != nullptr;
+    rejection.record.position = position ? *position : 0;
 }
 
 // Encodes a row and, unless previewing, queues it. For saved syncs a row
 // whose payload Amplitude already confirmed is skipped, and so is a row
-// rejected before and unchanged since. The encoded record (or the
-// rejection) stays in run->record / run->rejection for a preview.
-RowAction encode_and_queue(SendRun *run, uint64_t row_number, const Value *values, size_t value_count,
-                           const char *state_key, const StoredState &stored) {
-    // An append sync sends an event once for its life: an insert_id that
-    // Amplitude confirmed is never sent again, whatever its row became
-    // (Amplitude would drop it within 7 days and duplicate it after).
-    if (run->incremental && run->append && stored.fingerprint && !stored.rejected_reason) {
+// rejected before and unchanged since (check_row). The encoded record (or
+// the rejection) stays in run->record / run->rejection for a preview.
+RowAction encode_and_queue(SendRun *run, uint64_t row_number, const Value *values, const char *state_key,
+                           const RowCheck &check, const int64_t *position) {
+    if (run->incremental && !needs_work(check.verdict)) {
         run->unchanged++;
-        return RowAction::kUnchanged;
+        return check.verdict;
     }
     // Timed on one row in kTimingSample (clock reads are not free), scaled up.
     bool timed = row_number % kTimingSample == 0;
@@ -259,25 +354,13 @@ RowAction encode_and_queue(SendRun *run, uint64_t row_number, const Value *value
     bool encoded = run->encoder->encode_row(row_number, values, run->record, run->rejection);
     if (timed) run->encode_time += (std::chrono::steady_clock::now() - started) * kTimingSample;
     if (!encoded) {
-        if (run->incremental) {
-            auto fingerprint = row_fingerprint(values, value_count, run->signature);
-            if (stored.rejected_reason && same_fingerprint(fingerprint, stored)) {
-                run->unchanged++;
-                return RowAction::kStillRejected;
-            }
-            remember_rejection(run->rejection, state_key, fingerprint);
-        }
+        if (run->incremental) remember_rejection(run->rejection, state_key, check, position);
         if (!run->preview) run->main->delivery.reject(std::move(run->rejection));
         return RowAction::kRejected;
     }
     RowAction action = RowAction::kCreate;
     if (run->incremental) {
-        auto fingerprint = record_fingerprint(run->record.json, run->signature);
-        if (same_fingerprint(fingerprint, stored)) {
-            run->unchanged++;
-            return stored.rejected_reason ? RowAction::kStillRejected : RowAction::kUnchanged;
-        }
-        if (!state_key || !*state_key) {
+        if (!check.keyed) {
             // Only happens for events: the ledger needs the insert_id column.
             run->rejection = Rejection{};
             run->rejection.record = run->record;
@@ -286,10 +369,12 @@ RowAction encode_and_queue(SendRun *run, uint64_t row_number, const Value *value
             if (!run->preview) run->main->delivery.reject(std::move(run->rejection));
             return RowAction::kRejected;
         }
-        action = stored.fingerprint && !stored.rejected_reason ? RowAction::kUpdate : RowAction::kCreate;
+        action = check.verdict;
         // Amplitude's verdict on this payload is remembered either way.
         run->record.state_key = state_key;
-        run->record.fingerprint = fingerprint;
+        run->record.fingerprint = check.fingerprint;
+        run->record.has_position = position != nullptr;
+        run->record.position = position ? *position : 0;
     }
     if (run->events) build_properties_event(run);
     if (run->preview) return action;
@@ -429,8 +514,19 @@ struct RowSource {
     Tuplestorestate *store;
     TupleTableSlot *slot;
     TupleDesc desc;
+    TupleDesc stored_desc;  // the store's: desc and the row number
     ColumnReader *readers;
+    // Watermark syncs: the cursor column's index, and the highest value read.
+    int cursor_index;
+    bool has_max_position;
+    int64 max_position;
 };
+
+void note_position(RowSource *source, Datum value) {
+    int64 v = cursor_value(TupleDescAttr(source->desc, source->cursor_index)->atttypid, value);
+    if (!source->has_max_position || v > source->max_position) source->max_position = v;
+    source->has_max_position = true;
+}
 
 // What the run's memory-context callback releases. (Not the store of a
 // materialized source: a callback may run after the memory of a sibling or
@@ -441,11 +537,105 @@ struct RunResources {
 
 void release_run_resources(void *arg) { delete static_cast<RunResources *>(arg)->run; }
 
+// One pass over the sync's state (in the extension's scope): pass 0 of a
+// two-pass load counts, the last pass fills (state_index.hpp).
+void scan_sync_state(const SendSpec *spec, SendRun *run, int pass, bool two_pass) {
+    RoleScope scope;
+    enter_extension_scope(&scope);
+    Oid types[2] = {INT4OID, INT8OID};
+    Datum args[2] = {Int32GetDatum(spec->sync_id), Int64GetDatum(spec->state_floor)};
+    Portal portal = SPI_cursor_open_with_args(
+        nullptr,
+        spec->has_state_floor
+            ? "SELECT record_key, fingerprint, rejected_reason FROM amplitude_sync.sync_state "
+              "WHERE sync_id OPERATOR(pg_catalog.=) $1 AND (position IS NULL OR position OPERATOR(pg_catalog.>=) $2)"
+            : "SELECT record_key, fingerprint, rejected_reason FROM amplitude_sync.sync_state "
+              "WHERE sync_id OPERATOR(pg_catalog.=) $1",
+        spec->has_state_floor ? 2 : 1, types, args, nullptr, true, 0);
+    bool last = !two_pass || pass == 1;
+    bool keys = run->preview && !run->append;
+    for (;;) {
+        SPI_cursor_fetch(portal, true, kFetchStateRows);
+        uint64 n = SPI_processed;
+        SPITupleTable *table = SPI_tuptable;
+        for (uint64 r = 0; r < n; ++r) {
+            bool null_key, null_fp, null_reason;
+            Datum key = SPI_getbinval(table->vals[r], table->tupdesc, 1, &null_key);
+            Datum fp = SPI_getbinval(table->vals[r], table->tupdesc, 2, &null_fp);
+            Datum reason = SPI_getbinval(table->vals[r], table->tupdesc, 3, &null_reason);
+            text *t = DatumGetTextPP(key);
+            uint64_t k = 0;
+            Fingerprint f;
+            memcpy(f.data(), DatumGetUUIDP(fp)->data, f.size());
+            AMP_CXX(k = key_hash(std::string_view(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t))));
+            if (!null_reason) {
+                if (!last) continue;
+                const char *why = run->preview ? TextDatumGetCString(reason) : "";
+                AMP_CXX(run->rejected[k] = SendRun::Rejected{f, why});
+                continue;
+            }
+            uint64_t entry = run->append ? k : state_entry(k, f);
+            if (!two_pass) {
+                AMP_CXX(run->loading.push_back(entry); if (keys) run->loading_keys.push_back(k));
+            } else if (pass == 0) {
+                run->confirmed.count(entry);
+                if (keys) run->known_keys.count(k);
+            } else {
+                run->confirmed.fill(entry);
+                if (keys) run->known_keys.fill(k);
+            }
+        }
+        SPI_freetuptable(table);
+        if (n < static_cast<uint64>(kFetchStateRows)) break;
+    }
+    SPI_cursor_close(portal);
+    leave_role_scope(&scope);
+}
+
+// Loads what the sync's state holds into the run (the compact set of what
+// Amplitude confirmed, the rejected records), once per run.
+void load_sync_state(const SendSpec *spec, SendRun *run) {
+    int64 expected = 0;
+    {
+        RoleScope scope;
+        enter_extension_scope(&scope);
+        Oid types[1] = {INT4OID};
+        Datum args[1] = {Int32GetDatum(spec->sync_id)};
+        if (SPI_execute_with_args("SELECT pg_catalog.count(*) FROM amplitude_sync.sync_state "
+                                  "WHERE sync_id OPERATOR(pg_catalog.=) $1",
+                                  1, types, args, nullptr, true, 1) != SPI_OK_SELECT)
+            elog(ERROR, "amplitude_sync: could not read the sync's state");
+        bool isnull;
+        expected = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+        SPI_freetuptable(SPI_tuptable);
+        leave_role_scope(&scope);
+    }
+    bool keys = run->preview && !run->append;
+    if (expected <= kOnePassStateRows) {
+        AMP_CXX(run->loading.reserve(static_cast<size_t>(expected));
+                if (keys) run->loading_keys.reserve(static_cast<size_t>(expected)));
+        scan_sync_state(spec, run, 0, false);
+        AMP_CXX(run->confirmed.build(std::move(run->loading)); run->known_keys.build(std::move(run->loading_keys)));
+        return;
+    }
+    AMP_CXX(run->confirmed.begin(static_cast<size_t>(expected));
+            if (keys) run->known_keys.begin(static_cast<size_t>(expected)));
+    scan_sync_state(spec, run, 0, true);
+    AMP_CXX(run->confirmed.begin_fill(); if (keys) run->known_keys.begin_fill());
+    scan_sync_state(spec, run, 1, true);
+    AMP_CXX(run->confirmed.end_fill(); if (keys) run->known_keys.end_fill());
+}
+
 // Prepares the query and opens a cursor on it, in the source's scope.
 void open_source(const SendSpec *spec, RowSource *source) {
     RoleScope scope;
     enter_source_scope(spec, &scope);
-    SPIPlanPtr plan = SPI_prepare_cursor(spec->query, 0, nullptr, 0);
+    // A watermark run reads the rows at or above its bound ($1, typed as the
+    // cursor column).
+    Oid bound_type[1] = {spec->cursor_type};
+    Datum bound[1] = {spec->has_bound ? cursor_datum(spec->cursor_type, spec->bound) : (Datum)0};
+    int nargs = spec->has_bound ? 1 : 0;
+    SPIPlanPtr plan = SPI_prepare_cursor(spec->query, nargs, nargs ? bound_type : nullptr, 0);
     if (!plan)
         ereport(ERROR, (errcode(ERRCODE_SYNTAX_ERROR), errmsg("could not prepare the query: %s",
                                                              SPI_result_code_string(SPI_result))));
@@ -453,11 +643,17 @@ void open_source(const SendSpec *spec, RowSource *source) {
         ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
                         errmsg("the query must be a single statement that returns rows"),
                         errhint("Pass a SELECT (or VALUES, or TABLE name).")));
-    source->portal = SPI_cursor_open(nullptr, plan, nullptr, nullptr, false);
+    source->portal = SPI_cursor_open(nullptr, plan, nargs ? bound : nullptr, nullptr, false);
     leave_role_scope(&scope);
     source->store = nullptr;
     source->slot = nullptr;
+    source->stored_desc = nullptr;
     source->desc = CreateTupleDescCopy(source->portal->tupDesc);
+    source->cursor_index = -1;
+    source->has_max_position = false;
+    source->max_position = 0;
+    for (int i = 0; spec->cursor_column && i < source->desc->natts; ++i)
+        if (strcmp(NameStr(TupleDescAttr(source->desc, i)->attname), spec->cursor_column) == 0) source->cursor_index = i;
     source->readers = static_cast<ColumnReader *>(palloc0(sizeof(ColumnReader) * (source->desc->natts + 1)));
     for (int i = 0; i < source->desc->natts; ++i)
         init_column_reader(&source->readers[i], TupleDescAttr(source->desc, i)->atttypid);
@@ -473,25 +669,77 @@ SPITupleTable *fetch_source_rows(const SendSpec *spec, RowSource *source, long c
     return SPI_tuptable;
 }
 
-// Reads the rest of the source into a tuplestore that outlives commits.
-void materialize_source(const SendSpec *spec, RowSource *source, MemoryContext context) {
+// The tuple layout of a materialized source: its columns and the row's
+// number in what the run read.
+TupleDesc with_row_number(TupleDesc desc) {
+    TupleDesc out = CreateTemplateTupleDesc(desc->natts + 1);
+    for (int i = 1; i <= desc->natts; ++i) TupleDescCopyEntry(out, static_cast<AttrNumber>(i), desc, static_cast<AttrNumber>(i));
+    TupleDescInitEntry(out, static_cast<AttrNumber>(desc->natts + 1), "amplitude_sync.row_number", INT8OID, -1, 0);
+    return out;
+}
+
+// What a run knows of one row of a saved sync's source: its key (the
+// query's last column) and, for watermark syncs, its cursor value.
+struct RowKey {
+    const char *data;
+    size_t len;
+};
+
+RowKey row_key(Datum *datums, bool *nulls, int natts) {
+    if (nulls[natts - 1]) return {nullptr, 0};
+    text *t = DatumGetTextPP(datums[natts - 1]);
+    return {VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)};
+}
+
+// At the first commit of a run that commits as it goes: reads the rest of
+// the source (in its scope, before the commit ends the snapshot) and keeps
+// only the rows the run must still work on, with their row numbers, in a
+// tuplestore that outlives commits; rows whose payload Amplitude already
+// has are counted as read and unchanged, and not copied.
+void materialize_source(const SendSpec *spec, RowSource *source, MemoryContext context, SendRun *run,
+                        MemoryContext row_context, Datum *datums, bool *nulls, Value *values, int64 *rows_read,
+                        int64 *counts) {
     // The store outlives commits (interXact) and is ended by the run, or by
     // run_sync when the run fails (spec->segments->materialized).
     MemoryContext outer = MemoryContextSwitchTo(MemoryContextGetParent(context));
-    source->store = tuplestore_begin_heap(false, true, work_mem);
+    source->store = tuplestore_begin_heap(false, true, Min(work_mem, kMaterializedMemoryKb));
     spec->segments->materialized = source->store;
     MemoryContextSwitchTo(context);
-    source->slot = MakeSingleTupleTableSlot(source->desc, &TTSOpsMinimalTuple);
+    source->stored_desc = with_row_number(source->desc);
+    source->slot = MakeSingleTupleTableSlot(source->stored_desc, &TTSOpsMinimalTuple);
     MemoryContextSwitchTo(outer);
+    int natts = source->desc->natts;
+    int payload_natts = natts - 1;
     uint64 fetched;
     do {
         SPITupleTable *table = fetch_source_rows(spec, source, kFetchRowsMaterializing, &fetched);
-        // Values stored out of line are fetched now: after the commit no
-        // snapshot would let them be read.
         for (uint64 r = 0; r < fetched; ++r) {
-            HeapTuple flat = toast_flatten_tuple(table->vals[r], source->desc);
-            tuplestore_puttuple(source->store, flat);
-            heap_freetuple(flat);
+            MemoryContext row_outer = MemoryContextSwitchTo(row_context);
+            heap_deform_tuple(table->vals[r], source->desc, datums, nulls);
+            for (int i = 0; i < payload_natts; ++i)
+                read_column_value(&source->readers[i], datums[i], nulls[i], &values[i]);
+            RowKey key = row_key(datums, nulls, natts);
+            RowCheck check;
+            AMP_CXX(check = check_row(run, values, static_cast<size_t>(payload_natts),
+                                      std::string_view(key.data ? key.data : "", key.len)));
+            ++*rows_read;
+            if (needs_work(check.verdict)) {
+                // Values stored out of line are fetched now: after the commit
+                // no snapshot would let them be read.
+                HeapTuple flat = toast_flatten_tuple(table->vals[r], source->desc);
+                heap_deform_tuple(flat, source->desc, datums, nulls);
+                datums[natts] = Int64GetDatum(*rows_read);
+                nulls[natts] = false;
+                MemoryContextSwitchTo(row_outer);
+                tuplestore_putvalues(source->store, source->stored_desc, datums, nulls);
+            } else {
+                run->unchanged++;
+                counts[static_cast<int>(check.verdict)]++;
+                if (source->cursor_index >= 0 && !nulls[source->cursor_index])
+                    note_position(source, datums[source->cursor_index]);
+            }
+            MemoryContextSwitchTo(row_outer);
+            MemoryContextReset(row_context);
         }
         SPI_freetuptable(table);
     } while (fetched == static_cast<uint64>(kFetchRowsMaterializing));
@@ -550,9 +798,8 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
     TupleDesc desc = source.desc;
     ColumnReader *readers = source.readers;
     int natts = desc->natts;
-    // A saved sync's query ends with the stored fingerprint, the stored
-    // rejection reason and the record key.
-    int payload_natts = spec->sync_id ? natts - 3 : natts;
+    // A saved sync's query ends with the record key.
+    int payload_natts = spec->sync_id ? natts - 1 : natts;
 
     // The C++ run state, freed with this context on success and on error.
     MemoryContext run_context = AllocSetContextCreate(CurrentMemoryContext, "amplitude_sync run",
@@ -577,8 +824,8 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
     }
     TimestampTz last_commit = GetCurrentTimestamp();
 
-    Datum *datums = static_cast<Datum *>(palloc(sizeof(Datum) * (natts + 1)));
-    bool *nulls = static_cast<bool *>(palloc(sizeof(bool) * (natts + 1)));
+    Datum *datums = static_cast<Datum *>(palloc(sizeof(Datum) * (natts + 2)));
+    bool *nulls = static_cast<bool *>(palloc(sizeof(bool) * (natts + 2)));
     Value *values = static_cast<Value *>(palloc0(sizeof(Value) * (natts + 1)));
     MemoryContext row_context = AllocSetContextCreate(run_context, "amplitude_sync row",
                                                       ALLOCSET_DEFAULT_SIZES);
@@ -587,6 +834,8 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
     int64 events_previewed = 0;         // properties events a run would send beside
     instr_time read_time;            // fetching rows and reading their values
     INSTR_TIME_SET_ZERO(read_time);
+    // A saved sync compares rows with its state, loaded once.
+    if (spec->sync_id) load_sync_state(spec, run);
     bool more = true;
     while (more && run->state() == DeliveryState::kRunning) {
         CHECK_FOR_INTERRUPTS();
@@ -609,8 +858,10 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
             MemoryContext outer = MemoryContextSwitchTo(row_context);
             bool timed = (rows_read + 1) % kTimingSample == 0;
             if (timed) INSTR_TIME_SET_CURRENT(read_started);
+            int64 row_number;
             if (table) {
                 heap_deform_tuple(table->vals[r], desc, datums, nulls);
+                row_number = ++rows_read;
             } else {
                 // Materialized: up to fetch_rows rows from the tuplestore. A
                 // row read back from disk is palloc'd and freed by the slot at
@@ -625,26 +876,36 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
                     break;
                 }
                 slot_getallattrs(source.slot);
-                memcpy(datums, source.slot->tts_values, sizeof(Datum) * natts);
-                memcpy(nulls, source.slot->tts_isnull, sizeof(bool) * natts);
+                memcpy(datums, source.slot->tts_values, sizeof(Datum) * (natts + 1));
+                memcpy(nulls, source.slot->tts_isnull, sizeof(bool) * (natts + 1));
+                // Counted as read when it was stored.
+                row_number = DatumGetInt64(datums[natts]);
             }
             for (int i = 0; i < payload_natts; ++i)
                 read_column_value(&readers[i], datums[i], nulls[i], &values[i]);
             if (timed) add_elapsed(&read_time, read_started, kTimingSample);
-            StoredState stored = {nullptr, nullptr};
+            RowCheck check;
             const char *record_key = nullptr;
-            if (spec->sync_id) {
-                if (!nulls[natts - 3]) stored.fingerprint = DatumGetUUIDP(datums[natts - 3])->data;
-                if (!nulls[natts - 2]) stored.rejected_reason = TextDatumGetCString(datums[natts - 2]);
-                if (!nulls[natts - 1]) record_key = TextDatumGetCString(datums[natts - 1]);
+            int64 position = 0;
+            bool has_position = source.cursor_index >= 0 && !nulls[source.cursor_index];
+            if (has_position) {
+                position = cursor_value(TupleDescAttr(desc, source.cursor_index)->atttypid,
+                                        datums[source.cursor_index]);
+                note_position(&source, datums[source.cursor_index]);
             }
-            ++rows_read;
+            if (spec->sync_id) {
+                RowKey key = row_key(datums, nulls, natts);
+                AMP_CXX(check = check_row(run, values, static_cast<size_t>(payload_natts),
+                                          std::string_view(key.data ? key.data : "", key.len)));
+                if (key.data && (spec->preview || needs_work(check.verdict)))
+                    record_key = pnstrdup(key.data, key.len);
+            }
             RowAction action = RowAction::kCreate;
-            AMP_CXX(action = encode_and_queue(run, static_cast<uint64_t>(rows_read), values,
-                                              static_cast<size_t>(payload_natts), record_key, stored));
+            AMP_CXX(action = encode_and_queue(run, static_cast<uint64_t>(row_number), values, record_key, check,
+                                              has_position ? &position : nullptr));
             counts[static_cast<int>(action)]++;
-            if (spec->preview) put_preview_rows(spec, result_desc, preview_store, rows_read, record_key, action,
-                                                run, stored.rejected_reason, &events_previewed);
+            if (spec->preview) put_preview_rows(spec, result_desc, preview_store, row_number, record_key, action,
+                                                run, check.reason, &events_previewed);
             MemoryContextSwitchTo(outer);
             MemoryContextReset(row_context);
         }
@@ -657,8 +918,15 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
         }
         // About once a second: publish the counts, keep what Amplitude confirmed.
         if (spec->segments && more && TimestampDifferenceExceeds(last_commit, GetCurrentTimestamp(), 1000)) {
+            if (source.portal)
+                materialize_source(spec, &source, run_context, run, row_context, datums, nulls, values, &rows_read,
+                                   counts);
             run_log_progress(log, rows_read, static_cast<int64>(run->unchanged), &run->main->delivery.stats());
-            if (source.portal) materialize_source(spec, &source, run_context);
+            if (spec->counts) {
+                const DeliveryStats &so_far = run->main->delivery.stats();
+                *spec->counts = {rows_read, static_cast<int64>(so_far.sent), static_cast<int64>(so_far.rejected),
+                                 static_cast<int64>(run->unchanged)};
+            }
             spec->segments->commit(spec->segments);
             last_commit = GetCurrentTimestamp();
         }
@@ -727,6 +995,10 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
                                            (run->events ? run->events->delivery.network_time()
                                                         : std::chrono::steady_clock::duration{})));
     run_log_finish(log, failed ? "failed" : "succeeded", rows_read, unchanged, &logged, error, &timings);
+    // A watermark sync that read, and accounted for, every row it was given
+    // moves its watermark up and prunes its ledger below watermark - lookback.
+    if (spec->sync_id && spec->cursor_column && !failed && stats->not_sent == 0 && source.has_max_position)
+        run_log_advance_watermark(spec->sync_id, source.max_position, spec->lookback);
     if (failed) {
         char *detail = psprintf("Run %lld: %llu rows were sent, %llu rejected and %llu not sent.",
                                 static_cast<long long>(log->run_id), static_cast<unsigned long long>(stats->sent),

@@ -1,0 +1,82 @@
+// A saved sync's state as a run consults it: fingerprints of column values
+// (no JSON is built for a row that did not change) and a compact in-memory
+// set of what Amplitude confirmed, loaded once per run. Core file: no
+// postgres.h.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+#include "value.hpp"
+
+namespace amplitude_sync {
+
+using Fingerprint = std::array<unsigned char, 16>;
+
+// 64-bit hash of a record key (user_id, device_id, group, insert_id).
+uint64_t key_hash(std::string_view key);
+
+// 128-bit xxHash3 of the row's column values in a stable binary form (type
+// tag, NULL and infinity flags, integers and timestamps as 64-bit numbers,
+// floats as their bits, text as length and bytes, arrays with their shape)
+// and of the signature (the column names and types and the settings that
+// shape the payload). Whatever changes the payload changes it; it never
+// depends on the JSON text.
+Fingerprint values_fingerprint(const Value *values, size_t count, std::string_view signature);
+
+// The 64-bit entry of a confirmed identification: its key with its
+// payload's fingerprint.
+uint64_t state_entry(uint64_t key_hash, const Fingerprint &fingerprint);
+
+// A set of 64-bit hashes in about 5.3 bytes per entry: sorted, bucketed by
+// their top bits (b = log2(n / 8), at most 24), each entry stored as the 40
+// bits that follow. A lookup of a hash that is not in the set answers true
+// with probability about n / 2^(b + 40), about 8 / 2^40 = 7e-12 whatever
+// the size: a changed record would be taken for unchanged that rarely.
+// Built in one of two ways: from all the values at once (8 bytes each while
+// building), or in two passes over the same values (count, then fill), which
+// never holds more than the final set.
+class CompactHashSet {
+public:
+    CompactHashSet() = default;
+    ~CompactHashSet();
+    CompactHashSet(const CompactHashSet &) = delete;
+    CompactHashSet &operator=(const CompactHashSet &) = delete;
+
+    // One pass: takes the values (sorts them and compacts them in place).
+    void build(std::vector<uint64_t> &&values);
+
+    // Two passes: begin(n) with the number of values expected, count() each
+    // value, begin_fill(), fill() the same values, end_fill(). Values that
+    // differ between the passes are tolerated: a value the count did not
+    // see may be left out (never a false "present" for it).
+    void begin(size_t expected);
+    void count(uint64_t value);
+    void begin_fill();
+    void fill(uint64_t value);
+    void end_fill();
+
+    bool contains(uint64_t value) const;
+    size_t size() const { return size_; }
+    size_t memory_bytes() const;
+
+private:
+    static constexpr int kEntryBytes = 5;
+    uint64_t remainder(uint64_t value) const { return (value << bits_) >> 24; }
+    size_t bucket(uint64_t value) const { return bits_ ? static_cast<size_t>(value >> (64 - bits_)) : 0; }
+    uint64_t entry_at(size_t i) const;
+    void set_entry(size_t i, uint64_t remainder);
+    void choose_bits(size_t n);
+    void release();
+
+    int bits_ = 0;
+    size_t size_ = 0;
+    unsigned char *entries_ = nullptr;    // size_ * kEntryBytes (malloc)
+    uint32_t *offsets_ = nullptr;         // (1 << bits_) + 1 (malloc)
+    uint32_t *fill_at_ = nullptr;         // two-pass build only
+};
+
+}  // namespace amplitude_sync
