@@ -28,7 +28,8 @@ harness_start_cluster "shared_buffers = '256MB'" "work_mem = '64MB'" "max_wal_si
 SINK_PID=$!
 for _ in $(seq 1 50); do [ -s "$HARNESS_DIR/sink.port" ] && break; sleep 0.1; done
 SINK="http://127.0.0.1:$(cat "$HARNESS_DIR/sink.port")"
-trap 'kill $SINK_PID 2>/dev/null; harness_cleanup' EXIT
+# BENCH_KEEP=1: the cluster stays up at the end (for perf); its directory is printed.
+if [ -n "${BENCH_KEEP:-}" ]; then trap 'kill $SINK_PID 2>/dev/null' EXIT; else trap 'kill $SINK_PID 2>/dev/null; harness_cleanup' EXIT; fi
 
 createdb bench
 export PGDATABASE=bench
@@ -69,10 +70,29 @@ EVENTS_SOURCE="SELECT id, event_type, user_id, created_at AS time, insert_id, p_
 RESULTS="$HARNESS_DIR/results.tsv"
 : >"$RESULTS"
 
-# One case in a fresh session; appends "case secs peak_kb rows_read sent".
+# One case in a fresh session; appends "case secs peak_kb rows_read sent
+# peak_anon_kb". VmHWM counts the shared buffers the backend touched (up to
+# shared_buffers); the peak of RssAnon, sampled every 20 ms from outside, is
+# the backend's private memory alone.
 run_case() {
-    local name=$1 prepare=$2 sql=$3
-    q -At -F "$(printf '\t')" -v name="$name" <<SQL >>"$RESULTS" || { echo "case $name failed"; exit 1; }
+    local name=$1 prepare=$2 sql=$3 app="bench-$RANDOM$RANDOM" line
+    (
+        pid=""
+        for _ in $(seq 1 400); do
+            pid=$(psql -X -At -c "SELECT pid FROM pg_stat_activity WHERE application_name = '$app'" 2>/dev/null)
+            [ -n "$pid" ] && break
+            sleep 0.02
+        done
+        max=0
+        while [ -n "$pid" ] && [ -r "/proc/$pid/status" ]; do
+            a=$(awk '/^RssAnon/ {print $2}' "/proc/$pid/status" 2>/dev/null)
+            [ -n "$a" ] && [ "$a" -gt "$max" ] && max=$a
+            sleep 0.02
+        done
+        echo "$max" >"$HARNESS_DIR/anon.$app"
+    ) &
+    local sampler=$!
+    line=$(PGAPPNAME=$app q -At -F "$(printf '\t')" -v name="$name" <<SQL
 $prepare
 SELECT clock_timestamp() AS t0 \gset
 \o /dev/null
@@ -85,6 +105,9 @@ SELECT :'name', round(extract(epoch FROM clock_timestamp() - :'t0')::numeric, 3)
        COALESCE((SELECT sent FROM amplitude_sync.sync_runs
                  WHERE started_at >= :'t0' ORDER BY run_id DESC LIMIT 1), 0)
 SQL
+) || { echo "case $name failed"; kill $sampler 2>/dev/null; exit 1; }
+    wait $sampler
+    printf '%s\t%s\n' "$line" "$(cat "$HARNESS_DIR/anon.$app")" >>"$RESULTS"
 }
 
 log "running"
@@ -106,6 +129,7 @@ for run in $(seq 1 "$RUNS"); do
 done
 q -At -c "SELECT 'ledger entries: ' || count(*) FROM amplitude_sync.sync_state st JOIN amplitude_sync.syncs s USING (sync_id) WHERE s.name = 'bench-events'" >"$HARNESS_DIR/ledger.txt"
 
+[ -n "${BENCH_KEEP:-}" ] && log "keeping the cluster: PGHOST=$PGHOST PGPORT=$PGPORT PGDATABASE=bench"
 log "results"
 /usr/bin/python3 - "$RESULTS" "$ROWS" "$RUNS" "$OUT" "$(cat "$HARNESS_DIR/ledger.txt")" "$(pg_config --version)" <<'PY'
 import statistics, subprocess, sys, platform, datetime
@@ -116,7 +140,8 @@ for line in open(path):
     if len(parts) < 5:
         continue
     name, secs, peak, read, sent = parts[:5]
-    cases.setdefault(name, []).append((float(secs), int(peak or 0), int(read or 0), int(sent or 0)))
+    anon = parts[5] if len(parts) > 5 else "0"
+    cases.setdefault(name, []).append((float(secs), int(peak or 0), int(read or 0), int(sent or 0), int(anon or 0)))
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
 copy = {"u": statistics.median(c[0] for c in cases["u0 COPY (users source) TO /dev/null"]),
         "e": statistics.median(c[0] for c in cases["e0 COPY (events source) TO /dev/null"])}
@@ -125,16 +150,17 @@ lines = [f"Saved syncs, {datetime.date.today()}: {rows:,} users and {rows:,} eve
          f"({subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, shared), "
          f"{pgv}, work_mem 64MB, {platform.system()} {platform.release()}. {ledger} after the last watermark run.",
          "",
-         "| case | wall s | source rows/s | × COPY of the source | peak RSS MB | rows_read | sent |",
-         "|---|---:|---:|---:|---:|---:|---:|"]
+         "| case | wall s | source rows/s | × COPY of the source | peak RSS MB (VmHWM) | peak private MB (RssAnon) | rows_read | sent |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|"]
 for name in sorted(cases):
     r = cases[name]
     secs = statistics.median(x[0] for x in r)
     peak = max(x[1] for x in r) / 1024
     read = int(statistics.median(x[2] for x in r))
     sent = int(statistics.median(x[3] for x in r))
+    anon = max(x[4] for x in r) / 1024
     ratio = secs / copy[name[0]]
-    lines.append(f"| {name} | {secs:.2f} | {rows / secs:,.0f} | {ratio:.2f} | {peak:.0f} | {read:,} | {sent:,} |")
+    lines.append(f"| {name} | {secs:.2f} | {rows / secs:,.0f} | {ratio:.2f} | {peak:.0f} | {anon:.0f} | {read:,} | {sent:,} |")
 text = "\n".join(lines) + "\n"
 print(text)
 open(out, "w").write(text)

@@ -195,6 +195,8 @@ CREATE TABLE amplitude_sync.sync_state (
     position    pg_catalog.int8,  -- watermark syncs: the event's cursor value (pruning)
     PRIMARY KEY (sync_id, record_key)
 );
+-- A watermark run loads, and prunes, the ledger entries above or below a position.
+CREATE INDEX sync_state_position ON amplitude_sync.sync_state (sync_id, position) WHERE position IS NOT NULL;
 
 -- The overlap guard: the session running a sync holds a session-level
 -- advisory lock on a random key stored here. Nobody else can read the key
@@ -567,7 +569,7 @@ COMMENT ON COLUMN amplitude_sync.syncs.created_at IS 'When the sync was created.
 COMMENT ON COLUMN amplitude_sync.syncs.updated_at IS 'When it was last changed.';
 COMMENT ON COLUMN amplitude_sync.sync_state.sync_id IS 'The sync.';
 COMMENT ON COLUMN amplitude_sync.sync_state.record_key IS 'user_id, device_id, group type and value, or insert_id.';
-COMMENT ON COLUMN amplitude_sync.sync_state.fingerprint IS '128-bit hash of the payload Amplitude confirmed (with the settings that shape it).';
+COMMENT ON COLUMN amplitude_sync.sync_state.fingerprint IS '128-bit hash of the column values of the row Amplitude confirmed (or refused), with the columns and settings that shape its payload.';
 COMMENT ON COLUMN amplitude_sync.sync_state.sent_at IS 'When Amplitude confirmed (or refused) it.';
 COMMENT ON COLUMN amplitude_sync.sync_state.rejected_reason IS 'Set when the record was rejected: it is not sent again until its row changes (resync forces it).';
 COMMENT ON COLUMN amplitude_sync.sync_state.position IS 'Watermark syncs: the event''s cursor value; entries below the ledger floor are pruned.';

@@ -5,8 +5,8 @@
 -- reads only new rows (and late ones within the lookback) and prunes its
 -- insert_id ledger below the watermark minus the lookback.
 SELECT url AS mock_url FROM mock_config \gset
-SELECT setval('amplitude_sync.syncs_sync_id_seq', 300) AS first_sync_id_after;
-SELECT setval('amplitude_sync.sync_runs_run_id_seq', 3000) AS first_run_id_after;
+SELECT setval('amplitude_sync.syncs_sync_id_seq', 900) AS first_sync_id_after;
+SELECT setval('amplitude_sync.sync_runs_run_id_seq', 2000) AS first_run_id_after;
 SELECT mock_reset();
 \set SHOW_CONTEXT never
 
@@ -123,7 +123,23 @@ SELECT count(*) AS events, count(DISTINCT e->>'insert_id') AS distinct_events FR
 SELECT count(*) AS ledger FROM amplitude_sync.sync_state st JOIN amplitude_sync.syncs s USING (sync_id)
 WHERE s.name = 'state_times';
 
+-- An append sync that turns to watermark mode keeps its ledger: events it
+-- sent before are never sent again, whatever their position.
+SELECT mock_reset();
+SELECT name FROM amplitude_sync.create_sync('state_later', 'amplitude_mock', 'event',
+    'SELECT id, user_id, event_type, insert_id FROM state_events');
+CALL amplitude_sync.run_sync('state_later') \gset
+\echo status=:status rows_read=:rows_read sent=:sent unchanged=:unchanged
+SELECT name, cursor_column FROM amplitude_sync.alter_sync('state_later', cursor_column => 'id', lookback => '2');
+CALL amplitude_sync.run_sync('state_later') \gset
+\echo status=:status rows_read=:rows_read sent=:sent unchanged=:unchanged
+INSERT INTO state_events VALUES (40, 'state-user-40', 'Viewed', 'view-40');
+CALL amplitude_sync.run_sync('state_later') \gset
+\echo status=:status rows_read=:rows_read sent=:sent unchanged=:unchanged
+SELECT count(*) AS events, count(DISTINCT e->>'insert_id') AS distinct_events FROM mock_events() e;
+
 SELECT amplitude_sync.drop_sync('state_ids');
 SELECT amplitude_sync.drop_sync('state_times');
+SELECT amplitude_sync.drop_sync('state_later');
 DROP TABLE state_events, state_customers;
 DROP FUNCTION state_slow(int);

@@ -15,64 +15,47 @@ namespace {
 // Bumped whenever the binary form changes: every fingerprint changes with it.
 constexpr unsigned char kFingerprintVersion = 2;
 
-void put_u64(XXH3_state_t *state, uint64_t v) {
-    unsigned char bytes[8];
-    for (int i = 0; i < 8; ++i) bytes[i] = static_cast<unsigned char>(v >> (8 * i));
-    XXH3_128bits_update(state, bytes, sizeof bytes);
-}
-
-void put_value(XXH3_state_t *state, const Value &v) {
-    unsigned char tag[3] = {static_cast<unsigned char>(v.category), static_cast<unsigned char>(v.is_null),
-                            static_cast<unsigned char>(v.infinite)};
-    XXH3_128bits_update(state, tag, sizeof tag);
-    if (v.is_null) return;
-    switch (v.category) {
-        case TypeCategory::kBool: {
-            unsigned char b = v.b ? 1 : 0;
-            XXH3_128bits_update(state, &b, 1);
-            return;
-        }
-        case TypeCategory::kInteger:
-        case TypeCategory::kTimestampTz:
-        case TypeCategory::kTimestamp:
-        case TypeCategory::kDate: put_u64(state, static_cast<uint64_t>(v.i)); return;
-        case TypeCategory::kFloat: {
-            uint64_t bits;
-            std::memcpy(&bits, &v.d, sizeof bits);
-            put_u64(state, bits);
-            return;
-        }
-        case TypeCategory::kArray: {
-            put_u64(state, static_cast<uint64_t>(v.ndims));
-            size_t n = v.ndims > 0 ? 1 : 0;
-            for (int d = 0; d < v.ndims && d < 6; ++d) {
-                put_u64(state, static_cast<uint64_t>(v.dims[d]));
-                n *= static_cast<size_t>(v.dims[d] > 0 ? v.dims[d] : 0);
-            }
-            for (size_t i = 0; i < n && v.elements; ++i) put_value(state, v.elements[i]);
-            return;
-        }
-        default:
-            put_u64(state, static_cast<uint64_t>(v.text_len));
-            if (v.text_len) XXH3_128bits_update(state, v.text, v.text_len);
-            return;
-    }
+void append_u64(std::string &out, uint64_t v) {
+    char bytes[8];
+    for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>(v >> (8 * i));
+    out.append(bytes, sizeof bytes);
 }
 
 }  // namespace
 
 uint64_t key_hash(std::string_view key) { return XXH3_64bits(key.data(), key.size()); }
 
-Fingerprint values_fingerprint(const Value *values, size_t count, std::string_view signature) {
-    XXH3_state_t state;
-    XXH3_128bits_reset(&state);
-    XXH3_128bits_update(&state, &kFingerprintVersion, 1);
-    put_u64(&state, signature.size());
-    XXH3_128bits_update(&state, signature.data(), signature.size());
-    put_u64(&state, count);
-    for (size_t i = 0; i < count; ++i) put_value(&state, values[i]);
+RowFingerprint::RowFingerprint(std::string_view signature)
+    : signature_hash_(XXH3_64bits(signature.data(), signature.size())) {
+    row_.reserve(256);
+}
+
+void RowFingerprint::begin() {
+    row_.clear();
+    row_.push_back(static_cast<char>(kFingerprintVersion));
+    append_u64(row_, signature_hash_);
+}
+
+void RowFingerprint::add_null() { row_.push_back('\0'); }
+
+void RowFingerprint::add(const void *data, size_t len) {
+    row_.push_back('\1');
+    append_u64(row_, len);
+    row_.append(static_cast<const char *>(data), len);
+}
+
+Fingerprint RowFingerprint::of(const ByteSpan *columns, size_t count) {
+    begin();
+    for (size_t i = 0; i < count; ++i) {
+        if (columns[i].data) add(columns[i].data, columns[i].len);
+        else add_null();
+    }
+    return finish();
+}
+
+Fingerprint RowFingerprint::finish() const {
     XXH128_canonical_t canonical;
-    XXH128_canonicalFromHash(&canonical, XXH3_128bits_digest(&state));
+    XXH128_canonicalFromHash(&canonical, XXH3_128bits(row_.data(), row_.size()));
     Fingerprint out;
     std::memcpy(out.data(), canonical.digest, out.size());
     return out;

@@ -7,10 +7,10 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 #include <vector>
 
-#include "value.hpp"
 
 namespace amplitude_sync {
 
@@ -19,13 +19,32 @@ using Fingerprint = std::array<unsigned char, 16>;
 // 64-bit hash of a record key (user_id, device_id, group, insert_id).
 uint64_t key_hash(std::string_view key);
 
-// 128-bit xxHash3 of the row's column values in a stable binary form (type
-// tag, NULL and infinity flags, integers and timestamps as 64-bit numbers,
-// floats as their bits, text as length and bytes, arrays with their shape)
-// and of the signature (the column names and types and the settings that
-// shape the payload). Whatever changes the payload changes it; it never
-// depends on the JSON text.
-Fingerprint values_fingerprint(const Value *values, size_t count, std::string_view signature);
+// A row's fingerprint: 128-bit xxHash3 of its column values in a stable
+// binary form — per column a NULL flag, the length and the bytes of the
+// value as the database stores it (the glue passes PostgreSQL's Datum
+// bytes, detoasted: no output function runs, no JSON is built) — after the
+// hash of the signature (column names and types, the settings that shape
+// the payload, the settings that shape output). Equal values give equal
+// bytes; a value whose payload would change has different bytes.
+struct ByteSpan {
+    const void *data;  // nullptr: NULL
+    size_t len;
+};
+
+class RowFingerprint {
+public:
+    explicit RowFingerprint(std::string_view signature);
+    // The fingerprint of a row given as one span per column.
+    Fingerprint of(const ByteSpan *columns, size_t count);
+    void begin();
+    void add_null();
+    void add(const void *data, size_t len);
+    Fingerprint finish() const;
+
+private:
+    uint64_t signature_hash_;
+    std::string row_;
+};
 
 // The 64-bit entry of a confirmed identification: its key with its
 // payload's fingerprint.

@@ -696,6 +696,14 @@ Datum amplitude_sync_alter_sync(PG_FUNCTION_ARGS) {
             "updated_at = pg_catalog.now() WHERE sync_id OPERATOR(pg_catalog.=) $1",
             16, argtypes, args, nulls, false, 0) != SPI_OK_UPDATE)
         elog(ERROR, "amplitude_sync: could not change the sync");
+    // Ledger entries from before this cursor have no known position: they
+    // are kept for good (a watermark run loads the entries at or above its
+    // bound, and prunes those below the floor).
+    if (cursor_changed && options.cursor_column &&
+        SPI_execute_with_args("UPDATE amplitude_sync.sync_state SET position = 9223372036854775807 "
+                              "WHERE sync_id OPERATOR(pg_catalog.=) $1",
+                              1, argtypes, args, nullptr, false, 0) != SPI_OK_UPDATE)
+        elog(ERROR, "amplitude_sync: could not keep the sync's ledger");
     // A changed sync may take rows it rejected before: they are tried again.
     if (SPI_execute_with_args("DELETE FROM amplitude_sync.sync_state WHERE sync_id OPERATOR(pg_catalog.=) $1 "
                               "AND rejected_reason IS NOT NULL",

@@ -175,6 +175,7 @@ struct SendRun {
     };
     std::unordered_map<uint64_t, Rejected> rejected;
     std::vector<uint64_t> loading, loading_keys;  // one-pass load
+    std::unique_ptr<RowFingerprint> fingerprint;  // saved syncs
     // Said once when the run starts (Amplitude would reset fields) and
     // when it ends (Amplitude changed data silently).
     std::vector<PlanWarning> plan_warnings;
@@ -303,11 +304,11 @@ bool needs_work(RowAction verdict) {
     return verdict != RowAction::kUnchanged && verdict != RowAction::kStillRejected;
 }
 
-// Fingerprints the row's values (no JSON) and looks its key up in the
-// state loaded at the start of the run.
-RowCheck check_row(const SendRun *run, const Value *values, size_t value_count, std::string_view key) {
+// Looks the row's key and fingerprint up in the state loaded at the start
+// of the run.
+RowCheck check_row(const SendRun *run, const Fingerprint &fingerprint, std::string_view key) {
     RowCheck c;
-    c.fingerprint = values_fingerprint(values, value_count, run->signature);
+    c.fingerprint = fingerprint;
     c.keyed = !key.empty();
     if (!c.keyed) return c;
     c.key = key_hash(key);
@@ -346,6 +347,9 @@ RowAction encode_and_queue(SendRun *run, uint64_t row_number, const Value *value
                            const RowCheck &check, const int64_t *position) {
     if (run->incremental && !needs_work(check.verdict)) {
         run->unchanged++;
+        // A preview shows the payload of an unchanged record too.
+        if (run->preview && !run->encoder->encode_row(row_number, values, run->record, run->rejection))
+            run->record.json.clear();
         return check.verdict;
     }
     // Timed on one row in kTimingSample (clock reads are not free), scaled up.
@@ -537,6 +541,32 @@ struct RunResources {
 
 void release_run_resources(void *arg) { delete static_cast<RunResources *>(arg)->run; }
 
+// The fingerprint's signature besides the run's (columns and settings):
+// the columns' types and the settings that shape output functions' text.
+void prepare_fingerprints(SendRun *run, TupleDesc desc, const ColumnReader *readers, int payload_natts) {
+    const char *settings[] = {"DateStyle", "IntervalStyle", "TimeZone", "extra_float_digits", "bytea_output",
+                              "lc_monetary"};
+    std::string *signature = &run->signature;
+    for (int i = 0; i < payload_natts; ++i) {
+        char *type = psprintf("\x1e%u.%d", TupleDescAttr(desc, i)->atttypid, TupleDescAttr(desc, i)->atttypmod);
+        AMP_CXX(signature->append(type));
+    }
+    // Only columns read through their type's output function (interval,
+    // money, bytea, ...) depend on these; the others are formatted by the
+    // encoders. (A sync run by sessions with different settings would
+    // otherwise resend everything.)
+    bool output_text = false;
+    for (int i = 0; i < payload_natts; ++i)
+        output_text |= readers[i].category == TypeCategory::kOther ||
+                       (readers[i].category == TypeCategory::kArray && readers[i].elem_category == TypeCategory::kOther);
+    for (const char *name : settings) {
+        if (!output_text) break;
+        const char *value = GetConfigOption(name, true, false);
+        AMP_CXX(signature->append("\x1f").append(value ? value : ""));
+    }
+    AMP_CXX(run->fingerprint = std::make_unique<RowFingerprint>(run->signature));
+}
+
 // One pass over the sync's state (in the extension's scope): pass 0 of a
 // two-pass load counts, the last pass fills (state_index.hpp).
 void scan_sync_state(const SendSpec *spec, SendRun *run, int pass, bool two_pass) {
@@ -548,7 +578,7 @@ void scan_sync_state(const SendSpec *spec, SendRun *run, int pass, bool two_pass
         nullptr,
         spec->has_state_floor
             ? "SELECT record_key, fingerprint, rejected_reason FROM amplitude_sync.sync_state "
-              "WHERE sync_id OPERATOR(pg_catalog.=) $1 AND (position IS NULL OR position OPERATOR(pg_catalog.>=) $2)"
+              "WHERE sync_id OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.>=) $2"
             : "SELECT record_key, fingerprint, rejected_reason FROM amplitude_sync.sync_state "
               "WHERE sync_id OPERATOR(pg_catalog.=) $1",
         spec->has_state_floor ? 2 : 1, types, args, nullptr, true, 0);
@@ -599,11 +629,16 @@ void load_sync_state(const SendSpec *spec, SendRun *run) {
     {
         RoleScope scope;
         enter_extension_scope(&scope);
-        Oid types[1] = {INT4OID};
-        Datum args[1] = {Int32GetDatum(spec->sync_id)};
-        if (SPI_execute_with_args("SELECT pg_catalog.count(*) FROM amplitude_sync.sync_state "
-                                  "WHERE sync_id OPERATOR(pg_catalog.=) $1",
-                                  1, types, args, nullptr, true, 1) != SPI_OK_SELECT)
+        Oid types[2] = {INT4OID, INT8OID};
+        Datum args[2] = {Int32GetDatum(spec->sync_id), Int64GetDatum(spec->state_floor)};
+        // A watermark run needs the ledger from its bound up (entries whose
+        // position is unknown were given the highest one: see alter_sync).
+        if (SPI_execute_with_args(spec->has_state_floor
+                                      ? "SELECT pg_catalog.count(*) FROM amplitude_sync.sync_state "
+                                        "WHERE sync_id OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.>=) $2"
+                                      : "SELECT pg_catalog.count(*) FROM amplitude_sync.sync_state "
+                                        "WHERE sync_id OPERATOR(pg_catalog.=) $1",
+                                  spec->has_state_floor ? 2 : 1, types, args, nullptr, true, 1) != SPI_OK_SELECT)
             elog(ERROR, "amplitude_sync: could not read the sync's state");
         bool isnull;
         expected = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -691,13 +726,39 @@ RowKey row_key(Datum *datums, bool *nulls, int natts) {
     return {VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)};
 }
 
+// The row's fingerprint from its Datums (state_index.hpp): pass-by-value
+// values as their Datum, others as their detoasted bytes; no output
+// function runs. spans has room for the payload columns.
+Fingerprint datum_fingerprint(SendRun *run, TupleDesc desc, Datum *datums, bool *nulls, int payload_natts,
+                              ByteSpan *spans) {
+    for (int i = 0; i < payload_natts; ++i) {
+        Form_pg_attribute a = TupleDescAttr(desc, i);
+        if (nulls[i]) {
+            spans[i] = {nullptr, 0};
+        } else if (a->attbyval) {
+            spans[i] = {&datums[i], sizeof(Datum)};
+        } else if (a->attlen > 0) {
+            spans[i] = {DatumGetPointer(datums[i]), static_cast<size_t>(a->attlen)};
+        } else if (a->attlen == -1) {
+            struct varlena *v = pg_detoast_datum_packed(reinterpret_cast<struct varlena *>(DatumGetPointer(datums[i])));
+            spans[i] = {VARDATA_ANY(v), VARSIZE_ANY_EXHDR(v)};
+        } else {
+            const char *c = DatumGetCString(datums[i]);
+            spans[i] = {c, strlen(c)};
+        }
+    }
+    Fingerprint f{};
+    AMP_CXX(f = run->fingerprint->of(spans, static_cast<size_t>(payload_natts)));
+    return f;
+}
+
 // At the first commit of a run that commits as it goes: reads the rest of
 // the source (in its scope, before the commit ends the snapshot) and keeps
 // only the rows the run must still work on, with their row numbers, in a
 // tuplestore that outlives commits; rows whose payload Amplitude already
 // has are counted as read and unchanged, and not copied.
 void materialize_source(const SendSpec *spec, RowSource *source, MemoryContext context, SendRun *run,
-                        MemoryContext row_context, Datum *datums, bool *nulls, Value *values, int64 *rows_read,
+                        MemoryContext row_context, Datum *datums, bool *nulls, ByteSpan *spans, int64 *rows_read,
                         int64 *counts) {
     // The store outlives commits (interXact) and is ended by the run, or by
     // run_sync when the run fails (spec->segments->materialized).
@@ -716,12 +777,10 @@ void materialize_source(const SendSpec *spec, RowSource *source, MemoryContext c
         for (uint64 r = 0; r < fetched; ++r) {
             MemoryContext row_outer = MemoryContextSwitchTo(row_context);
             heap_deform_tuple(table->vals[r], source->desc, datums, nulls);
-            for (int i = 0; i < payload_natts; ++i)
-                read_column_value(&source->readers[i], datums[i], nulls[i], &values[i]);
+            Fingerprint fingerprint = datum_fingerprint(run, source->desc, datums, nulls, payload_natts, spans);
             RowKey key = row_key(datums, nulls, natts);
             RowCheck check;
-            AMP_CXX(check = check_row(run, values, static_cast<size_t>(payload_natts),
-                                      std::string_view(key.data ? key.data : "", key.len)));
+            AMP_CXX(check = check_row(run, fingerprint, std::string_view(key.data ? key.data : "", key.len)));
             ++*rows_read;
             if (needs_work(check.verdict)) {
                 // Values stored out of line are fetched now: after the commit
@@ -827,6 +886,8 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
     Datum *datums = static_cast<Datum *>(palloc(sizeof(Datum) * (natts + 2)));
     bool *nulls = static_cast<bool *>(palloc(sizeof(bool) * (natts + 2)));
     Value *values = static_cast<Value *>(palloc0(sizeof(Value) * (natts + 1)));
+    ByteSpan *spans = static_cast<ByteSpan *>(palloc0(sizeof(ByteSpan) * (natts + 1)));
+    if (spec->sync_id) prepare_fingerprints(run, desc, readers, payload_natts);
     MemoryContext row_context = AllocSetContextCreate(run_context, "amplitude_sync row",
                                                       ALLOCSET_DEFAULT_SIZES);
     int64 rows_read = 0;
@@ -837,11 +898,16 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
     // A saved sync compares rows with its state, loaded once.
     if (spec->sync_id) load_sync_state(spec, run);
     bool more = true;
+    bool idle = false;  // the last batch had nothing to send
     while (more && run->state() == DeliveryState::kRunning) {
         CHECK_FOR_INTERRUPTS();
         // A run that commits as it goes fetches less at a time, so it can
         // commit about once a second even when Amplitude is slow.
-        long fetch_rows = spec->segments ? kFetchRowsCommitting : kFetchRows;
+        // (A batch with nothing to send after one that had nothing either is
+        // read 1,000 rows at a time: an unchanged run reads at full speed.)
+        long fetch_rows = spec->segments && !idle ? kFetchRowsCommitting : kFetchRows;
+        uint64_t unchanged_before = run->unchanged;
+        int64 read_before = rows_read;
         instr_time read_started;
         INSTR_TIME_SET_CURRENT(read_started);
         SPITupleTable *table = nullptr;
@@ -881,9 +947,6 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
                 // Counted as read when it was stored.
                 row_number = DatumGetInt64(datums[natts]);
             }
-            for (int i = 0; i < payload_natts; ++i)
-                read_column_value(&readers[i], datums[i], nulls[i], &values[i]);
-            if (timed) add_elapsed(&read_time, read_started, kTimingSample);
             RowCheck check;
             const char *record_key = nullptr;
             int64 position = 0;
@@ -894,12 +957,18 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
                 note_position(&source, datums[source.cursor_index]);
             }
             if (spec->sync_id) {
+                Fingerprint fingerprint = datum_fingerprint(run, desc, datums, nulls, payload_natts, spans);
                 RowKey key = row_key(datums, nulls, natts);
-                AMP_CXX(check = check_row(run, values, static_cast<size_t>(payload_natts),
-                                          std::string_view(key.data ? key.data : "", key.len)));
+                AMP_CXX(check = check_row(run, fingerprint, std::string_view(key.data ? key.data : "", key.len)));
                 if (key.data && (spec->preview || needs_work(check.verdict)))
                     record_key = pnstrdup(key.data, key.len);
             }
+            // The values are read (output functions, UTF-8) only for rows that
+            // are encoded.
+            if (!spec->sync_id || spec->preview || needs_work(check.verdict))
+                for (int i = 0; i < payload_natts; ++i)
+                    read_column_value(&readers[i], datums[i], nulls[i], &values[i]);
+            if (timed) add_elapsed(&read_time, read_started, kTimingSample);
             RowAction action = RowAction::kCreate;
             AMP_CXX(action = encode_and_queue(run, static_cast<uint64_t>(row_number), values, record_key, check,
                                               has_position ? &position : nullptr));
@@ -910,6 +979,8 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
             MemoryContextReset(row_context);
         }
         if (table) SPI_freetuptable(table);
+        idle = spec->sync_id && rows_read > read_before &&
+               run->unchanged - unchanged_before == static_cast<uint64_t>(rows_read - read_before);
         if (!spec->preview) store_outcomes(log, run, spec);
         if (spec->counts) {
             const DeliveryStats &so_far = run->main->delivery.stats();
@@ -919,7 +990,7 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
         // About once a second: publish the counts, keep what Amplitude confirmed.
         if (spec->segments && more && TimestampDifferenceExceeds(last_commit, GetCurrentTimestamp(), 1000)) {
             if (source.portal)
-                materialize_source(spec, &source, run_context, run, row_context, datums, nulls, values, &rows_read,
+                materialize_source(spec, &source, run_context, run, row_context, datums, nulls, spans, &rows_read,
                                    counts);
             run_log_progress(log, rows_read, static_cast<int64>(run->unchanged), &run->main->delivery.stats());
             if (spec->counts) {

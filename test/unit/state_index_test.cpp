@@ -14,77 +14,44 @@ using namespace amplitude_sync;
 
 namespace {
 
-Value Int(int64_t i) {
-    Value v;
-    v.category = TypeCategory::kInteger;
-    v.is_null = false;
-    v.i = i;
-    return v;
-}
-
-Value Text(const char *s) {
-    Value v;
-    v.category = TypeCategory::kText;
-    v.is_null = false;
-    v.text = s;
-    v.text_len = std::char_traits<char>::length(s);
-    return v;
-}
-
-Value Null(TypeCategory c) {
-    Value v;
-    v.category = c;
-    return v;
+Fingerprint Row(std::string_view signature, std::initializer_list<const char *> columns) {
+    RowFingerprint f(signature);
+    f.begin();
+    for (const char *c : columns) {
+        if (c) f.add(c, std::char_traits<char>::length(c));
+        else f.add_null();
+    }
+    return f.finish();
 }
 
 }  // namespace
 
-TEST(ValuesFingerprint, SameValuesSameFingerprint) {
-    Value a[2] = {Text("user-1"), Int(42)};
-    Value b[2] = {Text("user-1"), Int(42)};
-    EXPECT_EQ(values_fingerprint(a, 2, "sig"), values_fingerprint(b, 2, "sig"));
+TEST(RowFingerprint, SameValuesSameFingerprint) {
+    EXPECT_EQ(Row("sig", {"user-1", "42"}), Row("sig", {"user-1", "42"}));
+    // The builder is reused row after row.
+    RowFingerprint f("sig");
+    f.begin();
+    f.add("a", 1);
+    Fingerprint first = f.finish();
+    f.begin();
+    f.add("a", 1);
+    EXPECT_EQ(first, f.finish());
 }
 
-TEST(ValuesFingerprint, ChangesWithEveryValueTypeNullAndSignature) {
-    Value base[2] = {Text("user-1"), Int(42)};
-    Fingerprint f = values_fingerprint(base, 2, "sig");
-    Value changed_int[2] = {Text("user-1"), Int(43)};
-    Value changed_text[2] = {Text("user-2"), Int(42)};
-    Value as_text[2] = {Text("user-1"), Text("42")};
-    Value null_int[2] = {Text("user-1"), Null(TypeCategory::kInteger)};
-    Value zero_int[2] = {Text("user-1"), Int(0)};
-    EXPECT_NE(f, values_fingerprint(changed_int, 2, "sig"));
-    EXPECT_NE(f, values_fingerprint(changed_text, 2, "sig"));
-    EXPECT_NE(f, values_fingerprint(as_text, 2, "sig"));
-    EXPECT_NE(values_fingerprint(null_int, 2, "sig"), values_fingerprint(zero_int, 2, "sig"));
-    EXPECT_NE(f, values_fingerprint(base, 2, "other settings"));
-    EXPECT_NE(f, values_fingerprint(base, 1, "sig"));
+TEST(RowFingerprint, SpansAreColumns) {
+    ByteSpan spans[2] = {{"user-1", 6}, {nullptr, 0}};
+    RowFingerprint f("sig");
+    EXPECT_EQ(f.of(spans, 2), Row("sig", {"user-1", nullptr}));
 }
 
-TEST(ValuesFingerprint, TextBoundariesMatter) {
-    Value ab_c[2] = {Text("ab"), Text("c")};
-    Value a_bc[2] = {Text("a"), Text("bc")};
-    EXPECT_NE(values_fingerprint(ab_c, 2, ""), values_fingerprint(a_bc, 2, ""));
-}
-
-TEST(ValuesFingerprint, ArraysHashTheirShapeAndElements) {
-    Value elems[2] = {Int(1), Int(2)};
-    Value other[2] = {Int(1), Int(3)};
-    Value arr;
-    arr.category = TypeCategory::kArray;
-    arr.is_null = false;
-    arr.elements = elems;
-    arr.ndims = 1;
-    arr.dims[0] = 2;
-    Value arr2 = arr;
-    arr2.elements = other;
-    Value arr3 = arr;
-    arr3.ndims = 2;
-    arr3.dims[0] = 1;
-    arr3.dims[1] = 2;
-    Fingerprint f = values_fingerprint(&arr, 1, "");
-    EXPECT_NE(f, values_fingerprint(&arr2, 1, ""));
-    EXPECT_NE(f, values_fingerprint(&arr3, 1, ""));
+TEST(RowFingerprint, ChangesWithEveryValueNullBoundaryAndSignature) {
+    Fingerprint f = Row("sig", {"user-1", "42"});
+    EXPECT_NE(f, Row("sig", {"user-1", "43"}));
+    EXPECT_NE(f, Row("sig", {"user-2", "42"}));
+    EXPECT_NE(f, Row("other settings", {"user-1", "42"}));
+    EXPECT_NE(f, Row("sig", {"user-1"}));
+    EXPECT_NE(Row("sig", {"user-1", nullptr}), Row("sig", {"user-1", ""}));
+    EXPECT_NE(Row("sig", {"ab", "c"}), Row("sig", {"a", "bc"}));
 }
 
 TEST(StateEntry, DependsOnKeyAndFingerprint) {
