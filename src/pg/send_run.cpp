@@ -304,26 +304,57 @@ bool needs_work(RowAction verdict) {
     return verdict != RowAction::kUnchanged && verdict != RowAction::kStillRejected;
 }
 
-// Looks the row's key and fingerprint up in the state loaded at the start
-// of the run.
-RowCheck check_row(const SendRun *run, const Fingerprint &fingerprint, std::string_view key) {
+struct RowProbe;
+
+// A batch of source rows deformed and probed ahead (probe_batch).
+struct BatchProbes {
+    MemoryContext context;  // detoasted values, reset per batch
+    int stride;             // Datums per row
+    Datum *datums;
+    bool *nulls;
+    RowProbe *probes;
+};
+
+// A row's key and fingerprint, and the entry that stands for them in the
+// state (computed ahead of the lookups, so the lookups can be prefetched).
+struct RowProbe {
+    Fingerprint fingerprint;
+    bool keyed;
+    uint64_t key;
+    uint64_t entry;
+};
+
+RowProbe probe_row(const SendRun *run, const Fingerprint &fingerprint, std::string_view key) {
+    RowProbe p;
+    p.fingerprint = fingerprint;
+    p.keyed = !key.empty();
+    p.key = p.keyed ? key_hash(key) : 0;
+    // Events are remembered by key alone, identifications with their payload.
+    p.entry = run->append ? p.key : state_entry(p.key, fingerprint);
+    return p;
+}
+
+// Looks the row up in the state loaded at the start of the run.
+RowCheck check_row(const SendRun *run, const RowProbe &p) {
     RowCheck c;
-    c.fingerprint = fingerprint;
-    c.keyed = !key.empty();
+    c.fingerprint = p.fingerprint;
+    c.keyed = p.keyed;
     if (!c.keyed) return c;
-    c.key = key_hash(key);
+    c.key = p.key;
     // An append sync sends an event once for its life: an insert_id that
     // Amplitude confirmed is never sent again, whatever its row became
     // (Amplitude would drop it within 7 days and duplicate it after).
-    if (run->append ? run->confirmed.contains(c.key) : run->confirmed.contains(state_entry(c.key, c.fingerprint))) {
+    if (run->confirmed.contains(p.entry)) {
         c.verdict = RowAction::kUnchanged;
         return c;
     }
-    auto it = run->rejected.find(c.key);
-    if (it != run->rejected.end() && it->second.fingerprint == c.fingerprint) {
-        c.verdict = RowAction::kStillRejected;
-        c.reason = it->second.reason.c_str();
-        return c;
+    if (!run->rejected.empty()) {
+        auto it = run->rejected.find(c.key);
+        if (it != run->rejected.end() && it->second.fingerprint == c.fingerprint) {
+            c.verdict = RowAction::kStillRejected;
+            c.reason = it->second.reason.c_str();
+            return c;
+        }
     }
     if (!run->append && run->known_keys.contains(c.key)) c.verdict = RowAction::kUpdate;
     return c;
@@ -752,14 +783,33 @@ Fingerprint datum_fingerprint(SendRun *run, TupleDesc desc, Datum *datums, bool 
     return f;
 }
 
+// Deforms a batch of the source's rows and probes each (fingerprint, key,
+// state entry), prefetching the state's lines for the lookups that follow:
+// row r's Datums at datums + r * stride. Detoasted values live in
+// CurrentMemoryContext (the caller resets it after the batch).
+void probe_batch(SendRun *run, TupleDesc desc, HeapTuple *tuples, uint64 count, int payload_natts, Datum *datums,
+                 bool *nulls, int stride, ByteSpan *spans, RowProbe *probes) {
+    int natts = desc->natts;
+    for (uint64 r = 0; r < count; ++r) {
+        Datum *d = datums + r * stride;
+        bool *n = nulls + r * stride;
+        heap_deform_tuple(tuples[r], desc, d, n);
+        Fingerprint fingerprint = datum_fingerprint(run, desc, d, n, payload_natts, spans);
+        RowKey key = row_key(d, n, natts);
+        AMP_CXX(probes[r] = probe_row(run, fingerprint, std::string_view(key.data ? key.data : "", key.len)));
+        run->confirmed.prefetch(probes[r].entry);
+    }
+    for (uint64 r = 0; r < count; ++r) run->confirmed.prefetch_entries(probes[r].entry);
+}
+
 // At the first commit of a run that commits as it goes: reads the rest of
 // the source (in its scope, before the commit ends the snapshot) and keeps
 // only the rows the run must still work on, with their row numbers, in a
 // tuplestore that outlives commits; rows whose payload Amplitude already
 // has are counted as read and unchanged, and not copied.
 void materialize_source(const SendSpec *spec, RowSource *source, MemoryContext context, SendRun *run,
-                        MemoryContext row_context, Datum *datums, bool *nulls, ByteSpan *spans, int64 *rows_read,
-                        int64 *counts) {
+                        MemoryContext row_context, BatchProbes *batch, Datum *datums, bool *nulls, ByteSpan *spans,
+                        int64 *rows_read, int64 *counts) {
     // The store outlives commits (interXact) and is ended by the run, or by
     // run_sync when the run fails (spec->segments->materialized).
     MemoryContext outer = MemoryContextSwitchTo(MemoryContextGetParent(context));
@@ -774,13 +824,17 @@ void materialize_source(const SendSpec *spec, RowSource *source, MemoryContext c
     uint64 fetched;
     do {
         SPITupleTable *table = fetch_source_rows(spec, source, kFetchRowsMaterializing, &fetched);
+        MemoryContext batch_outer = MemoryContextSwitchTo(batch->context);
+        probe_batch(run, source->desc, table->vals, fetched, payload_natts, batch->datums, batch->nulls,
+                    batch->stride, spans, batch->probes);
+        MemoryContextSwitchTo(batch_outer);
         for (uint64 r = 0; r < fetched; ++r) {
             MemoryContext row_outer = MemoryContextSwitchTo(row_context);
-            heap_deform_tuple(table->vals[r], source->desc, datums, nulls);
-            Fingerprint fingerprint = datum_fingerprint(run, source->desc, datums, nulls, payload_natts, spans);
-            RowKey key = row_key(datums, nulls, natts);
+            Datum *row_datums = batch->datums + r * batch->stride;
+            bool *row_nulls = batch->nulls + r * batch->stride;
             RowCheck check;
-            AMP_CXX(check = check_row(run, fingerprint, std::string_view(key.data ? key.data : "", key.len)));
+            if (r + 8 < fetched) run->confirmed.prefetch_entries(batch->probes[r + 8].entry);
+            AMP_CXX(check = check_row(run, batch->probes[r]));
             ++*rows_read;
             if (needs_work(check.verdict)) {
                 // Values stored out of line are fetched now: after the commit
@@ -794,12 +848,13 @@ void materialize_source(const SendSpec *spec, RowSource *source, MemoryContext c
             } else {
                 run->unchanged++;
                 counts[static_cast<int>(check.verdict)]++;
-                if (source->cursor_index >= 0 && !nulls[source->cursor_index])
-                    note_position(source, datums[source->cursor_index]);
+                if (source->cursor_index >= 0 && !row_nulls[source->cursor_index])
+                    note_position(source, row_datums[source->cursor_index]);
             }
             MemoryContextSwitchTo(row_outer);
             MemoryContextReset(row_context);
         }
+        MemoryContextReset(batch->context);
         SPI_freetuptable(table);
     } while (fetched == static_cast<uint64>(kFetchRowsMaterializing));
     SPI_cursor_close(source->portal);
@@ -888,6 +943,15 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
     Value *values = static_cast<Value *>(palloc0(sizeof(Value) * (natts + 1)));
     ByteSpan *spans = static_cast<ByteSpan *>(palloc0(sizeof(ByteSpan) * (natts + 1)));
     if (spec->sync_id) prepare_fingerprints(run, desc, readers, payload_natts);
+    // Saved syncs probe each fetched batch ahead (probe_batch).
+    BatchProbes batch = {};
+    if (spec->sync_id) {
+        batch.context = AllocSetContextCreate(run_context, "amplitude_sync batch", ALLOCSET_DEFAULT_SIZES);
+        batch.stride = natts + 1;
+        batch.datums = static_cast<Datum *>(palloc(sizeof(Datum) * batch.stride * kFetchRowsMaterializing));
+        batch.nulls = static_cast<bool *>(palloc(sizeof(bool) * batch.stride * kFetchRowsMaterializing));
+        batch.probes = static_cast<RowProbe *>(palloc(sizeof(RowProbe) * kFetchRowsMaterializing));
+    }
     MemoryContext row_context = AllocSetContextCreate(run_context, "amplitude_sync row",
                                                       ALLOCSET_DEFAULT_SIZES);
     int64 rows_read = 0;
@@ -919,6 +983,12 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
             more = true;
             fetched = 0;
         }
+        if (table && spec->sync_id) {
+            MemoryContext outer = MemoryContextSwitchTo(batch.context);
+            probe_batch(run, desc, table->vals, fetched, payload_natts, batch.datums, batch.nulls, batch.stride, spans,
+                        batch.probes);
+            MemoryContextSwitchTo(outer);
+        }
         add_elapsed(&read_time, read_started, 1);
         for (uint64 r = 0; (table ? r < fetched : more) && run->state() == DeliveryState::kRunning; ++r) {
             MemoryContext outer = MemoryContextSwitchTo(row_context);
@@ -926,7 +996,12 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
             if (timed) INSTR_TIME_SET_CURRENT(read_started);
             int64 row_number;
             if (table) {
-                heap_deform_tuple(table->vals[r], desc, datums, nulls);
+                if (spec->sync_id) {
+                    memcpy(datums, batch.datums + r * batch.stride, sizeof(Datum) * natts);
+                    memcpy(nulls, batch.nulls + r * batch.stride, sizeof(bool) * natts);
+                } else {
+                    heap_deform_tuple(table->vals[r], desc, datums, nulls);
+                }
                 row_number = ++rows_read;
             } else {
                 // Materialized: up to fetch_rows rows from the tuplestore. A
@@ -957,9 +1032,18 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
                 note_position(&source, datums[source.cursor_index]);
             }
             if (spec->sync_id) {
-                Fingerprint fingerprint = datum_fingerprint(run, desc, datums, nulls, payload_natts, spans);
+                RowProbe probe;
+                if (table) {
+                    probe = batch.probes[r];
+                    // Keep the lookups of the rows ahead in cache.
+                    if (r + 8 < fetched) run->confirmed.prefetch_entries(batch.probes[r + 8].entry);
+                } else {
+                    Fingerprint fingerprint = datum_fingerprint(run, desc, datums, nulls, payload_natts, spans);
+                    RowKey key = row_key(datums, nulls, natts);
+                    AMP_CXX(probe = probe_row(run, fingerprint, std::string_view(key.data ? key.data : "", key.len)));
+                }
+                AMP_CXX(check = check_row(run, probe));
                 RowKey key = row_key(datums, nulls, natts);
-                AMP_CXX(check = check_row(run, fingerprint, std::string_view(key.data ? key.data : "", key.len)));
                 if (key.data && (spec->preview || needs_work(check.verdict)))
                     record_key = pnstrdup(key.data, key.len);
             }
@@ -979,6 +1063,7 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
             MemoryContextReset(row_context);
         }
         if (table) SPI_freetuptable(table);
+        if (spec->sync_id) MemoryContextReset(batch.context);
         idle = spec->sync_id && rows_read > read_before &&
                run->unchanged - unchanged_before == static_cast<uint64_t>(rows_read - read_before);
         if (!spec->preview) store_outcomes(log, run, spec);
@@ -990,8 +1075,8 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
         // About once a second: publish the counts, keep what Amplitude confirmed.
         if (spec->segments && more && TimestampDifferenceExceeds(last_commit, GetCurrentTimestamp(), 1000)) {
             if (source.portal)
-                materialize_source(spec, &source, run_context, run, row_context, datums, nulls, spans, &rows_read,
-                                   counts);
+                materialize_source(spec, &source, run_context, run, row_context, &batch, datums, nulls, spans,
+                                   &rows_read, counts);
             run_log_progress(log, rows_read, static_cast<int64>(run->unchanged), &run->main->delivery.stats());
             if (spec->counts) {
                 const DeliveryStats &so_far = run->main->delivery.stats();
