@@ -8,6 +8,7 @@
 #   - an event sync in watermark mode (cursor_column => 'id', lookback =>
 #     '1000'): the first run, then a run after 1% new rows (rows_read shows
 #     what it read).
+# BENCH_EVENTS=0 leaves the event sync out (for a quick 10M-user memory run).
 # Writes the table to bench/sync_results.md. Builds and installs with the
 # pg_config first on PATH: run it against an isolated PostgreSQL, e.g. the
 # tree that `AMPLITUDE_SYNC_PG_KEEP=1 ./test/pg_versions.sh 17` keeps:
@@ -36,7 +37,7 @@ export PGDATABASE=bench
 q() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 
 log "generating $ROWS users and $ROWS events"
-q -v rows="$ROWS" -v sink="$SINK" <<'SQL' || exit 1
+q -v rows="$ROWS" -v sink="$SINK" -v events="${BENCH_EVENTS:-1}" <<'SQL' || exit 1
 CREATE EXTENSION amplitude_sync;
 CREATE TABLE users AS
 SELECT g AS id, 'user-' || g AS user_id, 'plan-' || g % 4 AS plan, g % 1000 AS logins,
@@ -51,7 +52,7 @@ SELECT g AS id, (ARRAY['Page Viewed', 'Signed Up', 'Logged In', 'Searched'])[1 +
        timestamptz '2024-01-01 00:00:00+00' + g * interval '1 second' AS created_at,
        'evt-' || g AS insert_id, md5(g::text) AS p_text, g % 1000 AS p_int, g % 2 = 0 AS p_bool,
        'plan-' || g % 4 AS p_plan
-FROM generate_series(1, :rows) g;
+FROM generate_series(1, CASE WHEN :events = 1 THEN :rows ELSE 0 END) g;
 CREATE INDEX ON events (id);
 VACUUM ANALYZE users, events;
 CREATE SERVER sink FOREIGN DATA WRAPPER amplitude_sync OPTIONS (endpoint :'sink');
@@ -115,13 +116,17 @@ run_case "u0 COPY (users source) TO /dev/null" "" "COPY ($USERS_SOURCE) TO '/dev
 run_case "u1 amplitude_identify users (one-shot)" "" \
     "SELECT status FROM amplitude_sync.amplitude_identify('sink', \$q\$$USERS_SOURCE\$q\$)"
 run_case "u2 run_sync users, first run" "" "CALL amplitude_sync.run_sync('bench-users')"
-run_case "e0 COPY (events source) TO /dev/null" "" "COPY ($EVENTS_SOURCE) TO '/dev/null'"
-run_case "e1 run_sync events (watermark), first run" "" "CALL amplitude_sync.run_sync('bench-events')"
+EVENTS=${BENCH_EVENTS:-1}
+if [ "$EVENTS" = 1 ]; then
+    run_case "e0 COPY (events source) TO /dev/null" "" "COPY ($EVENTS_SOURCE) TO '/dev/null'"
+    run_case "e1 run_sync events (watermark), first run" "" "CALL amplitude_sync.run_sync('bench-events')"
+fi
 for run in $(seq 1 "$RUNS"); do
     run_case "u0 COPY (users source) TO /dev/null" "" "COPY ($USERS_SOURCE) TO '/dev/null'"
     run_case "u3 run_sync users, 1% changed" \
         "UPDATE users SET logins = logins + 1 WHERE id % 100 = $run;" "CALL amplitude_sync.run_sync('bench-users')"
     run_case "u4 run_sync users, unchanged" "" "CALL amplitude_sync.run_sync('bench-users')"
+    [ "$EVENTS" = 1 ] || continue
     run_case "e2 run_sync events (watermark), 1% new rows" \
         "INSERT INTO events SELECT g, 'Page Viewed', 'user-' || (g % 100000), timestamptz '2024-01-01 00:00:00+00' + g * interval '1 second', 'evt-' || g, md5(g::text), g % 1000, g % 2 = 0, 'plan-' || g % 4 FROM generate_series((SELECT max(id) + 1 FROM events), (SELECT max(id) FROM events) + $ROWS / 100) g;" \
         "CALL amplitude_sync.run_sync('bench-events')"
@@ -143,8 +148,8 @@ for line in open(path):
     anon = parts[5] if len(parts) > 5 else "0"
     cases.setdefault(name, []).append((float(secs), int(peak or 0), int(read or 0), int(sent or 0), int(anon or 0)))
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
-copy = {"u": statistics.median(c[0] for c in cases["u0 COPY (users source) TO /dev/null"]),
-        "e": statistics.median(c[0] for c in cases["e0 COPY (events source) TO /dev/null"])}
+copy = {k: statistics.median(c[0] for c in cases[n]) for k, n in
+        (("u", "u0 COPY (users source) TO /dev/null"), ("e", "e0 COPY (events source) TO /dev/null")) if n in cases}
 lines = [f"Saved syncs, {datetime.date.today()}: {rows:,} users and {rows:,} events (+1% per watermark run), "
          f"median of {runs} runs for the repeated cases, on {cpu} "
          f"({subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, shared), "
