@@ -95,7 +95,8 @@ run_case() {
     local sampler=$!
     line=$(PGAPPNAME=$app q -At -F "$(printf '\t')" -v name="$name" <<SQL
 $prepare
-SELECT clock_timestamp() AS t0 \gset
+SELECT clock_timestamp() AS t0,
+       (SELECT s[12]::int8 + s[13]::int8 FROM string_to_array(split_part(pg_read_file('/proc/' || pg_backend_pid() || '/stat'), ') ', 2), ' ') s) AS cpu0 \gset
 \o /dev/null
 $sql;
 \o
@@ -104,11 +105,14 @@ SELECT :'name', round(extract(epoch FROM clock_timestamp() - :'t0')::numeric, 3)
        COALESCE((SELECT rows_read FROM amplitude_sync.sync_runs
                  WHERE started_at >= :'t0' ORDER BY run_id DESC LIMIT 1), 0),
        COALESCE((SELECT sent FROM amplitude_sync.sync_runs
-                 WHERE started_at >= :'t0' ORDER BY run_id DESC LIMIT 1), 0)
+                 WHERE started_at >= :'t0' ORDER BY run_id DESC LIMIT 1), 0),
+       (SELECT s[12]::int8 + s[13]::int8 FROM string_to_array(split_part(pg_read_file('/proc/' || pg_backend_pid() || '/stat'), ') ', 2), ' ') s) - :cpu0
 SQL
 ) || { echo "case $name failed"; kill $sampler 2>/dev/null; exit 1; }
     wait $sampler
-    printf '%s\t%s\n' "$line" "$(cat "$HARNESS_DIR/anon.$app")" >>"$RESULTS"
+    # (The backend's CPU time in clock ticks is the line's last field.)
+    local cpu=${line##*$'\t'}
+    printf '%s\t%s\t%s\n' "${line%$'\t'*}" "$(cat "$HARNESS_DIR/anon.$app")" "$cpu" >>"$RESULTS"
 }
 
 log "running"
@@ -146,17 +150,22 @@ for line in open(path):
         continue
     name, secs, peak, read, sent = parts[:5]
     anon = parts[5] if len(parts) > 5 else "0"
-    cases.setdefault(name, []).append((float(secs), int(peak or 0), int(read or 0), int(sent or 0), int(anon or 0)))
+    ticks = parts[6] if len(parts) > 6 else "0"
+    cases.setdefault(name, []).append((float(secs), int(peak or 0), int(read or 0), int(sent or 0), int(anon or 0),
+                                       int(ticks or 0) / 100.0))
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
 copy = {k: statistics.median(c[0] for c in cases[n]) for k, n in
         (("u", "u0 COPY (users source) TO /dev/null"), ("e", "e0 COPY (events source) TO /dev/null")) if n in cases}
+copy_cpu = {k: statistics.median(c[5] for c in cases[n]) for k, n in
+            (("u", "u0 COPY (users source) TO /dev/null"), ("e", "e0 COPY (events source) TO /dev/null")) if n in cases}
 lines = [f"Saved syncs, {datetime.date.today()}: {rows:,} users and {rows:,} events (+1% per watermark run), "
          f"median of {runs} runs for the repeated cases, on {cpu} "
          f"({subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, shared), "
-         f"{pgv}, work_mem 64MB, {platform.system()} {platform.release()}. {ledger} after the last watermark run.",
+         f"{pgv}, work_mem 64MB, {platform.system()} {platform.release()}. {ledger} after the last watermark run. "
+         "Wall times vary with the other work on the machine; the backend's CPU time (utime + stime) varies less.",
          "",
-         "| case | wall s | source rows/s | × COPY of the source | peak RSS MB (VmHWM) | peak private MB (RssAnon) | rows_read | sent |",
-         "|---|---:|---:|---:|---:|---:|---:|---:|"]
+         "| case | wall s | source rows/s | × COPY (wall) | backend CPU s | × COPY (CPU) | peak RSS MB (VmHWM) | peak private MB (RssAnon) | rows_read | sent |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 for name in sorted(cases):
     r = cases[name]
     secs = statistics.median(x[0] for x in r)
@@ -164,8 +173,10 @@ for name in sorted(cases):
     read = int(statistics.median(x[2] for x in r))
     sent = int(statistics.median(x[3] for x in r))
     anon = max(x[4] for x in r) / 1024
+    cpu_s = statistics.median(x[5] for x in r)
     ratio = secs / copy[name[0]]
-    lines.append(f"| {name} | {secs:.2f} | {rows / secs:,.0f} | {ratio:.2f} | {peak:.0f} | {anon:.0f} | {read:,} | {sent:,} |")
+    cpu_ratio = cpu_s / copy_cpu[name[0]] if copy_cpu[name[0]] else 0
+    lines.append(f"| {name} | {secs:.2f} | {rows / secs:,.0f} | {ratio:.2f} | {cpu_s:.2f} | {cpu_ratio:.2f} | {peak:.0f} | {anon:.0f} | {read:,} | {sent:,} |")
 text = "\n".join(lines) + "\n"
 print(text)
 open(out, "w").write(text)
