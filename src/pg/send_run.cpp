@@ -73,10 +73,9 @@ constexpr long kFetchRowsMaterializing = 10000;
 constexpr long kFetchStateRows = 10000;
 
 // A sync's state up to this many records is loaded in one pass (8 bytes a
-// record while loading, in a vector that grows); a larger one in two
-// (count, then fill), so the load never holds more than the compact set
-// (state_index.hpp).
-constexpr int64 kOnePassStateRows = 1100000;
+// record while loading); a larger one in two (count, then fill), so the
+// load never holds more than the compact set (state_index.hpp).
+constexpr int64 kOnePassStateRows = 1000000;
 
 // The rows of the source that a run must still work on after its first
 // commit are kept in a tuplestore with at most this much in memory (kB);
@@ -601,7 +600,7 @@ void prepare_fingerprints(SendRun *run, TupleDesc desc, const ColumnReader *read
 
 // One pass over the sync's state (in the extension's scope): pass 0 of a
 // two-pass load counts, the last pass fills (state_index.hpp).
-bool scan_sync_state(const SendSpec *spec, SendRun *run, int pass, bool two_pass) {
+void scan_sync_state(const SendSpec *spec, SendRun *run, int pass, bool two_pass) {
     RoleScope scope;
     enter_extension_scope(&scope);
     Oid types[2] = {INT4OID, INT8OID};
@@ -638,13 +637,6 @@ bool scan_sync_state(const SendSpec *spec, SendRun *run, int pass, bool two_pass
             }
             uint64_t entry = run->append ? k : state_entry(k, f);
             if (!two_pass) {
-                // Too many for one pass: the caller loads in two.
-                if (run->loading.size() >= static_cast<size_t>(kOnePassStateRows)) {
-                    SPI_freetuptable(table);
-                    SPI_cursor_close(portal);
-                    leave_role_scope(&scope);
-                    return false;
-                }
                 AMP_CXX(run->loading.push_back(entry); if (keys) run->loading_keys.push_back(k));
             } else if (pass == 0) {
                 run->confirmed.count(entry);
@@ -659,20 +651,11 @@ bool scan_sync_state(const SendSpec *spec, SendRun *run, int pass, bool two_pass
     }
     SPI_cursor_close(portal);
     leave_role_scope(&scope);
-    return true;
 }
 
 // Loads what the sync's state holds into the run (the compact set of what
 // Amplitude confirmed, the rejected records), once per run.
 void load_sync_state(const SendSpec *spec, SendRun *run) {
-    // Up to kOnePassStateRows records: one pass (8 bytes a record while loading).
-    bool keys = run->preview && !run->append;
-    if (scan_sync_state(spec, run, 0, false)) {
-        AMP_CXX(run->confirmed.build(std::move(run->loading)); run->known_keys.build(std::move(run->loading_keys)));
-        return;
-    }
-    AMP_CXX(std::vector<uint64_t>().swap(run->loading); std::vector<uint64_t>().swap(run->loading_keys);
-            run->rejected.clear());
     int64 expected = 0;
     {
         RoleScope scope;
@@ -692,6 +675,14 @@ void load_sync_state(const SendSpec *spec, SendRun *run) {
         expected = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
         SPI_freetuptable(SPI_tuptable);
         leave_role_scope(&scope);
+    }
+    bool keys = run->preview && !run->append;
+    if (expected <= kOnePassStateRows) {
+        AMP_CXX(run->loading.reserve(static_cast<size_t>(expected));
+                if (keys) run->loading_keys.reserve(static_cast<size_t>(expected)));
+        scan_sync_state(spec, run, 0, false);
+        AMP_CXX(run->confirmed.build(std::move(run->loading)); run->known_keys.build(std::move(run->loading_keys)));
+        return;
     }
     AMP_CXX(run->confirmed.begin(static_cast<size_t>(expected));
             if (keys) run->known_keys.begin(static_cast<size_t>(expected)));
