@@ -140,9 +140,10 @@ q -At -c "SELECT 'ledger entries: ' || count(*) FROM amplitude_sync.sync_state s
 
 [ -n "${BENCH_KEEP:-}" ] && log "keeping the cluster: PGHOST=$PGHOST PGPORT=$PGPORT PGDATABASE=bench"
 log "results"
-/usr/bin/python3 - "$RESULTS" "$ROWS" "$RUNS" "$OUT" "$(cat "$HARNESS_DIR/ledger.txt")" "$(pg_config --version)" <<'PY'
+/usr/bin/python3 - "$RESULTS" "$ROWS" "$RUNS" "$OUT" "$(cat "$HARNESS_DIR/ledger.txt")" "$(pg_config --version)" "$EVENTS" <<'PY'
 import statistics, subprocess, sys, platform, datetime
 path, rows, runs, out, ledger, pgv = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
+events = sys.argv[7] == "1"
 cases = {}
 for line in open(path):
     parts = line.rstrip("\n").split("\t")
@@ -158,10 +159,11 @@ copy = {k: statistics.median(c[0] for c in cases[n]) for k, n in
         (("u", "u0 COPY (users source) TO /dev/null"), ("e", "e0 COPY (events source) TO /dev/null")) if n in cases}
 copy_cpu = {k: statistics.median(c[5] for c in cases[n]) for k, n in
             (("u", "u0 COPY (users source) TO /dev/null"), ("e", "e0 COPY (events source) TO /dev/null")) if n in cases}
-lines = [f"Saved syncs, {datetime.date.today()}: {rows:,} users and {rows:,} events (+1% per watermark run), "
+what = f"{rows:,} users and {rows:,} events (+1% per watermark run)" if events else f"{rows:,} users (no event sync)"
+lines = [f"Saved syncs, {datetime.date.today()}: {what}, "
          f"median of {runs} runs for the repeated cases, on {cpu} "
          f"({subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, shared), "
-         f"{pgv}, work_mem 64MB, {platform.system()} {platform.release()}. {ledger} after the last watermark run. "
+         f"{pgv}, work_mem 64MB, {platform.system()} {platform.release()}. " + (f"{ledger} after the last watermark run. " if events else "") +
          "Wall times vary with the other work on the machine; the backend's CPU time (utime + stime) varies less.",
          "",
          "| case | wall s | source rows/s | × COPY (wall) | backend CPU s | × COPY (CPU) | peak RSS MB (VmHWM) | peak private MB (RssAnon) | rows_read | sent |",
