@@ -10,7 +10,7 @@ OBJS = $(CORE_SRCS:.cpp=.o) $(GLUE_SRCS:.cpp=.o)
 
 # pg_regress scripts in sql/, expected output in expected/. The suite needs the
 # mock server: test/run_tests.sh starts it and exports AMPLITUDE_MOCK_PORT.
-REGRESS = setup acl connection types mapping batching rejections responses throttling pacing hostile identify group_identify syncs security sync_failures timeout interrupts outbox capture upgrade cron
+REGRESS = setup acl connection types mapping batching rejections responses throttling pacing hostile identify group_identify syncs sync_state security sync_failures timeout interrupts outbox capture upgrade cron
 REGRESS_OPTS = --load-extension=amplitude_sync
 
 PG_CONFIG ?= pg_config

@@ -15,8 +15,20 @@ ALTER TABLE amplitude_sync.sync_runs ADD CONSTRAINT sync_runs_status_check
     CHECK (status OPERATOR(pg_catalog.=) ANY (ARRAY['running', 'succeeded', 'failed', 'skipped']));
 CREATE INDEX ON amplitude_sync.sync_runs (sync_id, run_id);
 
--- A rejection remembered until its row changes.
-ALTER TABLE amplitude_sync.sync_state ADD COLUMN rejected_reason pg_catalog.text;
+-- A rejection remembered until its row changes; watermark syncs' positions.
+-- 1.1 fingerprints the row's column values, not its JSON: the fingerprints
+-- 1.0 stored can match none, so users, devices and groups are sent once more
+-- by their first 1.1 run (their operations are idempotent); events are
+-- remembered by insert_id alone and are never resent.
+ALTER TABLE amplitude_sync.sync_state ADD COLUMN rejected_reason pg_catalog.text,
+                                      ADD COLUMN position pg_catalog.int8;
+-- A watermark run loads, and prunes, the ledger entries above or below a position.
+CREATE INDEX sync_state_position ON amplitude_sync.sync_state (sync_id, position) WHERE position IS NOT NULL;
+-- Watermark mode (events): see README "Watermark syncs".
+ALTER TABLE amplitude_sync.syncs ADD COLUMN cursor_column pg_catalog.text,
+                                 ADD COLUMN lookback pg_catalog.text,
+                                 ADD COLUMN watermark pg_catalog.int8,
+                                 ADD COLUMN ledger_floor pg_catalog.int8;
 
 -- Functions replaced by C functions (or gone).
 DROP FUNCTION amplitude_sync.create_sync(pg_catalog.text, pg_catalog.name, pg_catalog.text, pg_catalog.text,
@@ -143,7 +155,9 @@ CREATE FUNCTION amplitude_sync.create_sync(
     properties_event pg_catalog.text  DEFAULT NULL,
     api              pg_catalog.text  DEFAULT 'httpapi',
     batch_size       pg_catalog.int4  DEFAULT NULL,
-    min_id_length    pg_catalog.int4  DEFAULT 5)
+    min_id_length    pg_catalog.int4  DEFAULT 5,
+    cursor_column    pg_catalog.text  DEFAULT NULL,   -- events: watermark mode (a run reads only new rows)
+    lookback         pg_catalog.text  DEFAULT NULL)   -- watermark mode: how far back late rows are read
 RETURNS amplitude_sync.syncs
 AS 'MODULE_PATHNAME', 'amplitude_sync_create_sync'
 LANGUAGE C VOLATILE;
@@ -160,7 +174,9 @@ CREATE FUNCTION amplitude_sync.alter_sync(
     api              pg_catalog.text  DEFAULT NULL,
     batch_size       pg_catalog.int4  DEFAULT NULL,
     min_id_length    pg_catalog.int4  DEFAULT NULL,
-    new_name         pg_catalog.text  DEFAULT NULL)
+    new_name         pg_catalog.text  DEFAULT NULL,
+    cursor_column    pg_catalog.text  DEFAULT NULL,   -- '' leaves watermark mode
+    lookback         pg_catalog.text  DEFAULT NULL)
 RETURNS amplitude_sync.syncs
 AS 'MODULE_PATHNAME', 'amplitude_sync_alter_sync'
 LANGUAGE C VOLATILE;
@@ -463,9 +479,14 @@ COMMENT ON COLUMN amplitude_sync.syncs.created_at IS 'When the sync was created.
 COMMENT ON COLUMN amplitude_sync.syncs.updated_at IS 'When it was last changed.';
 COMMENT ON COLUMN amplitude_sync.sync_state.sync_id IS 'The sync.';
 COMMENT ON COLUMN amplitude_sync.sync_state.record_key IS 'user_id, device_id, group type and value, or insert_id.';
-COMMENT ON COLUMN amplitude_sync.sync_state.fingerprint IS '128-bit hash of the payload Amplitude confirmed (with the settings that shape it).';
+COMMENT ON COLUMN amplitude_sync.sync_state.fingerprint IS '128-bit hash of the column values of the row Amplitude confirmed (or refused), with the columns and settings that shape its payload.';
 COMMENT ON COLUMN amplitude_sync.sync_state.sent_at IS 'When Amplitude confirmed (or refused) it.';
 COMMENT ON COLUMN amplitude_sync.sync_state.rejected_reason IS 'Set when the record was rejected: it is not sent again until its row changes (resync forces it).';
+COMMENT ON COLUMN amplitude_sync.sync_state.position IS 'Watermark syncs: the event''s cursor value; entries below the ledger floor are pruned.';
+COMMENT ON COLUMN amplitude_sync.syncs.cursor_column IS 'Events: the column a watermark run reads new rows by (created_at, a serial id), or NULL.';
+COMMENT ON COLUMN amplitude_sync.syncs.lookback IS 'Watermark mode: how far below the watermark a run reads again, for late rows (''1 hour'', or a number of ids).';
+COMMENT ON COLUMN amplitude_sync.syncs.watermark IS 'Watermark mode: the highest cursor value of the last complete run (microseconds for times and dates).';
+COMMENT ON COLUMN amplitude_sync.syncs.ledger_floor IS 'Watermark mode: rows below it are never read again, and their insert_ids are pruned from the state.';
 
 -- The same run with its report in one INOUT argument, for PL/pgSQL (which
 -- needs a variable for each INOUT argument of a CALL):

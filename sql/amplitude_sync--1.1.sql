@@ -176,7 +176,12 @@ CREATE TABLE amplitude_sync.syncs (
     batch_size       pg_catalog.int4,
     min_id_length    pg_catalog.int4 NOT NULL DEFAULT 5,
     created_at       pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    updated_at       pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now()
+    updated_at       pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- Watermark mode (events): see README "Watermark syncs".
+    cursor_column    pg_catalog.text,
+    lookback         pg_catalog.text,
+    watermark        pg_catalog.int8,
+    ledger_floor     pg_catalog.int8
 );
 COMMENT ON TABLE amplitude_sync.syncs IS 'Saved syncs; change them with create_sync, alter_sync and drop_sync.';
 
@@ -188,8 +193,11 @@ CREATE TABLE amplitude_sync.sync_state (
     fingerprint pg_catalog.uuid NOT NULL,
     sent_at     pg_catalog.timestamptz NOT NULL,
     rejected_reason pg_catalog.text,  -- set: rejected (not sent again while the row is unchanged)
+    position    pg_catalog.int8,  -- watermark syncs: the event's cursor value (pruning)
     PRIMARY KEY (sync_id, record_key)
 );
+-- A watermark run loads, and prunes, the ledger entries above or below a position.
+CREATE INDEX sync_state_position ON amplitude_sync.sync_state (sync_id, position) WHERE position IS NOT NULL;
 
 -- The overlap guard: the session running a sync holds a session-level
 -- advisory lock on a random key stored here. Nobody else can read the key
@@ -242,7 +250,9 @@ CREATE FUNCTION amplitude_sync.create_sync(
     properties_event pg_catalog.text  DEFAULT NULL,
     api              pg_catalog.text  DEFAULT 'httpapi',
     batch_size       pg_catalog.int4  DEFAULT NULL,
-    min_id_length    pg_catalog.int4  DEFAULT 5)
+    min_id_length    pg_catalog.int4  DEFAULT 5,
+    cursor_column    pg_catalog.text  DEFAULT NULL,   -- events: watermark mode (a run reads only new rows)
+    lookback         pg_catalog.text  DEFAULT NULL)   -- watermark mode: how far back late rows are read
 RETURNS amplitude_sync.syncs
 AS 'MODULE_PATHNAME', 'amplitude_sync_create_sync'
 LANGUAGE C VOLATILE;
@@ -259,7 +269,9 @@ CREATE FUNCTION amplitude_sync.alter_sync(
     api              pg_catalog.text  DEFAULT NULL,
     batch_size       pg_catalog.int4  DEFAULT NULL,
     min_id_length    pg_catalog.int4  DEFAULT NULL,
-    new_name         pg_catalog.text  DEFAULT NULL)
+    new_name         pg_catalog.text  DEFAULT NULL,
+    cursor_column    pg_catalog.text  DEFAULT NULL,   -- '' leaves watermark mode
+    lookback         pg_catalog.text  DEFAULT NULL)
 RETURNS amplitude_sync.syncs
 AS 'MODULE_PATHNAME', 'amplitude_sync_alter_sync'
 LANGUAGE C VOLATILE;
@@ -603,9 +615,14 @@ COMMENT ON COLUMN amplitude_sync.syncs.created_at IS 'When the sync was created.
 COMMENT ON COLUMN amplitude_sync.syncs.updated_at IS 'When it was last changed.';
 COMMENT ON COLUMN amplitude_sync.sync_state.sync_id IS 'The sync.';
 COMMENT ON COLUMN amplitude_sync.sync_state.record_key IS 'user_id, device_id, group type and value, or insert_id.';
-COMMENT ON COLUMN amplitude_sync.sync_state.fingerprint IS '128-bit hash of the payload Amplitude confirmed (with the settings that shape it).';
+COMMENT ON COLUMN amplitude_sync.sync_state.fingerprint IS '128-bit hash of the column values of the row Amplitude confirmed (or refused), with the columns and settings that shape its payload.';
 COMMENT ON COLUMN amplitude_sync.sync_state.sent_at IS 'When Amplitude confirmed (or refused) it.';
 COMMENT ON COLUMN amplitude_sync.sync_state.rejected_reason IS 'Set when the record was rejected: it is not sent again until its row changes (resync forces it).';
+COMMENT ON COLUMN amplitude_sync.sync_state.position IS 'Watermark syncs: the event''s cursor value; entries below the ledger floor are pruned.';
+COMMENT ON COLUMN amplitude_sync.syncs.cursor_column IS 'Events: the column a watermark run reads new rows by (created_at, a serial id), or NULL.';
+COMMENT ON COLUMN amplitude_sync.syncs.lookback IS 'Watermark mode: how far below the watermark a run reads again, for late rows (''1 hour'', or a number of ids).';
+COMMENT ON COLUMN amplitude_sync.syncs.watermark IS 'Watermark mode: the highest cursor value of the last complete run (microseconds for times and dates).';
+COMMENT ON COLUMN amplitude_sync.syncs.ledger_floor IS 'Watermark mode: rows below it are never read again, and their insert_ids are pruned from the state.';
 
 -- Runs under way, from shared memory: one-shot calls and saved syncs alike,
 -- while they run (a one-shot call's own transaction is invisible until it

@@ -170,6 +170,8 @@ FROM mock_events() e WHERE e->>'event_type' = 'Clicked';
 
 -- Two runs of one sync never overlap: the second is skipped with a notice.
 SELECT amplitude_sync.resync('users') > 0 AS marked;
+-- (No request left from before: the wait below is for the first run's.)
+SELECT mock_reset();
 SELECT mock_faults('[{"action": "pass", "delay_ms": 1500}]');
 SELECT dblink_connect('guard', :'runner_conn');
 SELECT dblink_send_query('guard', $$CALL amplitude_sync.run_sync('users')$$);

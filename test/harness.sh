@@ -32,11 +32,16 @@ harness_install_packages() {
     fi
 }
 
+# Builds and installs with the pg_config found first on PATH, named
+# explicitly: sudo may reset PATH, and the install must go to the same
+# PostgreSQL as the build (test/pg_versions.sh puts an isolated tree's first).
 harness_build_and_install() {
-    log "building (warnings are errors) and installing the extension"
-    make -C "$HARNESS_REPO" -s clean >/dev/null
-    make -C "$HARNESS_REPO" -s
-    as_root make -C "$HARNESS_REPO" -s install >/dev/null
+    local pgc
+    pgc=$(command -v pg_config) || { echo "pg_config is not on PATH"; return 1; }
+    log "building (warnings are errors) and installing the extension for $($pgc --version) ($pgc)"
+    make -C "$HARNESS_REPO" -s PG_CONFIG="$pgc" clean >/dev/null
+    make -C "$HARNESS_REPO" -s PG_CONFIG="$pgc"
+    as_root make -C "$HARNESS_REPO" -s PG_CONFIG="$pgc" install >/dev/null
 }
 
 harness_free_port() {

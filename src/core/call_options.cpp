@@ -50,7 +50,75 @@ void check_range(const char *argument, int value, int min, int max) {
                         "The value given was " + std::to_string(value) + ".", "");
 }
 
+// Parses a lookback: a bare non-negative integer (kind 'n') or one or more
+// "<number> <unit>" pairs (kind 't', in microseconds). Returns false if it
+// is neither.
+bool parse_lookback(const std::string &text, char &kind, long long &value) {
+    static const struct {
+        const char *name;
+        long long usec;
+    } units[] = {{"microseconds", 1},          {"microsecond", 1},         {"us", 1},
+                 {"milliseconds", 1000},       {"millisecond", 1000},      {"ms", 1000},
+                 {"seconds", 1000000},         {"second", 1000000},        {"secs", 1000000},
+                 {"sec", 1000000},             {"s", 1000000},             {"minutes", 60000000LL},
+                 {"minute", 60000000LL},       {"mins", 60000000LL},       {"min", 60000000LL},
+                 {"hours", 3600000000LL},      {"hour", 3600000000LL},     {"h", 3600000000LL},
+                 {"days", 86400000000LL},      {"day", 86400000000LL},     {"d", 86400000000LL},
+                 {"weeks", 604800000000LL},    {"week", 604800000000LL},   {"w", 604800000000LL}};
+    size_t i = 0, n = text.size();
+    auto skip = [&] { while (i < n && std::isspace(static_cast<unsigned char>(text[i]))) ++i; };
+    long long total = 0;
+    int pairs = 0;
+    skip();
+    while (i < n) {
+        size_t start = i;
+        long long number = 0;
+        while (i < n && std::isdigit(static_cast<unsigned char>(text[i]))) {
+            if (number > (9223372036854775807LL - 9) / 10) return false;
+            number = number * 10 + (text[i++] - '0');
+        }
+        if (i == start) return false;
+        skip();
+        if (i == n && pairs == 0) {
+            kind = 'n';
+            value = number;
+            return true;
+        }
+        size_t unit_start = i;
+        while (i < n && std::isalpha(static_cast<unsigned char>(text[i]))) ++i;
+        std::string unit = lower(text.substr(unit_start, i - unit_start).c_str());
+        long long usec = 0;
+        for (const auto &u : units)
+            if (unit == u.name) usec = u.usec;
+        if (usec == 0 || number > 9223372036854775807LL / usec || total > 9223372036854775807LL - number * usec)
+            return false;
+        total += number * usec;
+        ++pairs;
+        skip();
+    }
+    if (pairs == 0) return false;
+    kind = 't';
+    value = total;
+    return true;
+}
+
 }  // namespace
+
+long long lookback_units(const char *lookback, bool time_cursor) {
+    if (!lookback) return 0;
+    char kind = 0;
+    long long value = 0;
+    if (!parse_lookback(lookback, kind, value))
+        invalid("lookback", lookback, "Give a duration such as '1 hour' or '90 minutes' for a time or date cursor, "
+                                      "or a number of ids such as '1000' for an integer cursor.");
+    if (time_cursor && kind != 't')
+        throw PlanError("22023", "lookback \"" + std::string(lookback) + "\" needs a unit for a time or date cursor", "",
+                        "Give a duration such as '1 hour' or '90 minutes'.");
+    if (!time_cursor && kind != 'n')
+        throw PlanError("22023", "lookback \"" + std::string(lookback) + "\" must be a number of ids for an integer cursor",
+                        "", "Give how far below the watermark to read again, such as '1000'.");
+    return value;
+}
 
 CallOptions check_call_arguments(const CallArguments &a) {
     CallOptions o;
@@ -110,6 +178,27 @@ CallOptions check_call_arguments(const CallArguments &a) {
                             "\"; to set properties of users with shorter IDs, send events that carry them in "
                             "a user_properties column with amplitude_send_events(..., min_id_length => N).");
     o.min_id_length = a.min_id_length;
+    if (a.cursor_column) {
+        if (!events)
+            throw PlanError("22023", "cursor_column applies to event syncs only",
+                            "Users, devices and groups are compared with what Amplitude holds on every run.",
+                            "Leave cursor_column out for object \"" + object + "\".");
+        if (!*a.cursor_column)
+            throw PlanError("22023", "argument \"cursor_column\" must not be empty", "",
+                            "Name a column of the source that grows with new rows, such as created_at or a serial id.");
+        o.cursor_column = a.cursor_column;
+    }
+    if (a.lookback) {
+        if (!a.cursor_column)
+            throw PlanError("22023", "lookback applies to watermark syncs only", "",
+                            "Give cursor_column too, or leave lookback out.");
+        char kind;
+        long long value;
+        if (!parse_lookback(a.lookback, kind, value))
+            invalid("lookback", a.lookback, "Give a duration such as '1 hour' or '90 minutes' for a time or date "
+                                            "cursor, or a number of ids such as '1000' for an integer cursor.");
+        o.lookback = a.lookback;
+    }
     return o;
 }
 

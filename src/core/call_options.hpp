@@ -42,6 +42,10 @@ struct CallArguments {
     const char *properties_event = nullptr;
     int batch_size = kNotGiven;        // not given: the endpoint's maximum
     int min_id_length = 5;
+    // Saved event syncs: watermark mode (a run reads rows whose cursor is at
+    // or above the watermark minus the lookback).
+    const char *cursor_column = nullptr;
+    const char *lookback = nullptr;    // '1 hour' (times, dates) or '1000' (integers)
 };
 
 // Plain data (the glue keeps it in frames that PostgreSQL errors may unwind):
@@ -58,10 +62,18 @@ struct CallOptions {
     int min_id_length = 5;
     const Endpoint *endpoint = &kHttpApiEndpoint;
     int max_records = 0;    // per request: batch_size, or the endpoint's maximum
+    const char *cursor_column = nullptr;  // as given, or nullptr
+    const char *lookback = nullptr;       // as given (checked), or nullptr
 };
 
 // Checks the arguments and returns the options they mean. Enumerated
 // values are case-insensitive. Throws PlanError.
 CallOptions check_call_arguments(const CallArguments &arguments);
+
+// A watermark sync's lookback in its cursor's units: microseconds for a
+// time or date cursor ('90 minutes', '1 hour 30 minutes', '2 days'; units
+// microseconds to weeks), a count for an integer cursor ('1000'). NULL: 0.
+// Throws PlanError (22023) when the text does not fit the cursor.
+long long lookback_units(const char *lookback, bool time_cursor);
 
 }  // namespace amplitude_sync

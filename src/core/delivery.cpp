@@ -640,7 +640,8 @@ void Delivery::handle(Queue::iterator it, const HttpResponse &response) {
         stats_.sent += batch.records.size();
         for (Record &r : batch.records) {
             if (!throttled_since_.empty()) throttled_since_.erase(r.ordering_key());
-            if (!r.state_key.empty()) confirmed_.push_back({std::move(r.state_key), r.fingerprint});
+            if (!r.state_key.empty())
+                confirmed_.push_back({std::move(r.state_key), r.fingerprint, r.has_position, r.position});
         }
         if (family) release_held(*family, Outcome::kRejected, family->held_reason);
         return;

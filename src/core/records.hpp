@@ -26,6 +26,9 @@ struct Record {
     // fingerprint, remembered once Amplitude confirms the record.
     std::string state_key;
     std::array<unsigned char, 16> fingerprint{};
+    // Watermark syncs: the row's cursor value (the ledger is pruned by it).
+    bool has_position = false;
+    int64_t position = 0;
 
     // Requests to Amplitude keep the order of one device's (else user's, else
     // group's) rows.
@@ -44,6 +47,8 @@ enum class Outcome {
 struct ConfirmedRecord {
     std::string state_key;
     std::array<unsigned char, 16> fingerprint;
+    bool has_position;
+    int64_t position;
 };
 
 struct Rejection {

@@ -265,29 +265,37 @@ void run_log_store_confirmed(int sync_id, std::vector<ConfirmedRecord> *confirme
     int n = static_cast<int>(confirmed->size());
     Datum *keys = static_cast<Datum *>(palloc(sizeof(Datum) * n));
     Datum *fingerprints = static_cast<Datum *>(palloc(sizeof(Datum) * n));
+    Datum *positions = static_cast<Datum *>(palloc(sizeof(Datum) * n));
+    bool *no_position = static_cast<bool *>(palloc(sizeof(bool) * n));
     for (int i = 0; i < n; ++i) {
         const ConfirmedRecord *c = &(*confirmed)[i];
         keys[i] = text_datum(c->state_key);
         pg_uuid_t *uuid = static_cast<pg_uuid_t *>(palloc(sizeof(pg_uuid_t)));
         memcpy(uuid->data, c->fingerprint.data(), UUID_LEN);
         fingerprints[i] = UUIDPGetDatum(uuid);
+        positions[i] = Int64GetDatum(c->position);
+        no_position[i] = !c->has_position;
     }
-    Oid argtypes[3] = {INT4OID, TEXTARRAYOID, UUIDARRAYOID};
-    Datum args[3] = {Int32GetDatum(sync_id),
+    int dims[1] = {n};
+    int lbs[1] = {1};
+    Oid argtypes[4] = {INT4OID, TEXTARRAYOID, UUIDARRAYOID, INT8ARRAYOID};
+    Datum args[4] = {Int32GetDatum(sync_id),
                      PointerGetDatum(construct_array(keys, n, TEXTOID, -1, false, TYPALIGN_INT)),
-                     PointerGetDatum(construct_array(fingerprints, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR))};
+                     PointerGetDatum(construct_array(fingerprints, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR)),
+                     PointerGetDatum(construct_md_array(positions, no_position, 1, dims, lbs, INT8OID, 8, true,
+                                                        TYPALIGN_DOUBLE))};
     RoleScope scope;
     enter_extension_scope(&scope);
     // The last confirmation of a key wins (a source may repeat a key).
     int rc = SPI_execute_with_args(
-        "INSERT INTO amplitude_sync.sync_state (sync_id, record_key, fingerprint, sent_at) "
-        "SELECT DISTINCT ON (k) $1, k, f, pg_catalog.clock_timestamp() "
-        "FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.uuid[])) "
-        "WITH ORDINALITY AS c(k, f, n) "
+        "INSERT INTO amplitude_sync.sync_state (sync_id, record_key, fingerprint, sent_at, position) "
+        "SELECT DISTINCT ON (k) $1, k, f, pg_catalog.clock_timestamp(), p "
+        "FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.uuid[]), "
+        "pg_catalog.unnest($4::pg_catalog.int8[])) WITH ORDINALITY AS c(k, f, p, n) "
         "ORDER BY k USING OPERATOR(pg_catalog.<), n USING OPERATOR(pg_catalog.>) "
         "ON CONFLICT (sync_id, record_key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, sent_at = EXCLUDED.sent_at, "
-        "rejected_reason = NULL",
-        3, argtypes, args, nullptr, false, 0);
+        "rejected_reason = NULL, position = EXCLUDED.position",
+        4, argtypes, args, nullptr, false, 0);
     if (rc != SPI_OK_INSERT) elog(ERROR, "amplitude_sync: could not remember the confirmed records");
     leave_role_scope(&scope);
     leave_batch_memory(&memory);
@@ -304,6 +312,8 @@ void run_log_remember_rejections(int sync_id, const std::vector<Rejection> *reje
     Datum *keys = static_cast<Datum *>(palloc(sizeof(Datum) * n));
     Datum *fingerprints = static_cast<Datum *>(palloc(sizeof(Datum) * n));
     Datum *reasons = static_cast<Datum *>(palloc(sizeof(Datum) * n));
+    Datum *positions = static_cast<Datum *>(palloc(sizeof(Datum) * n));
+    bool *no_position = static_cast<bool *>(palloc(sizeof(bool) * n));
     int i = 0;
     for (const Rejection &r : *rejections) {
         if (r.outcome != Outcome::kRejected || r.record.state_key.empty()) continue;
@@ -312,26 +322,33 @@ void run_log_remember_rejections(int sync_id, const std::vector<Rejection> *reje
         memcpy(uuid->data, r.record.fingerprint.data(), UUID_LEN);
         fingerprints[i] = UUIDPGetDatum(uuid);
         reasons[i] = text_datum(r.reason);
+        positions[i] = Int64GetDatum(r.record.position);
+        no_position[i] = !r.record.has_position;
         ++i;
     }
-    Oid argtypes[4] = {INT4OID, TEXTARRAYOID, UUIDARRAYOID, TEXTARRAYOID};
-    Datum args[4] = {Int32GetDatum(sync_id),
+    int dims[1] = {n};
+    int lbs[1] = {1};
+    Oid argtypes[5] = {INT4OID, TEXTARRAYOID, UUIDARRAYOID, TEXTARRAYOID, INT8ARRAYOID};
+    Datum args[5] = {Int32GetDatum(sync_id),
                      PointerGetDatum(construct_array(keys, n, TEXTOID, -1, false, TYPALIGN_INT)),
                      PointerGetDatum(construct_array(fingerprints, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR)),
-                     PointerGetDatum(construct_array(reasons, n, TEXTOID, -1, false, TYPALIGN_INT))};
+                     PointerGetDatum(construct_array(reasons, n, TEXTOID, -1, false, TYPALIGN_INT)),
+                     PointerGetDatum(construct_md_array(positions, no_position, 1, dims, lbs, INT8OID, 8, true,
+                                                        TYPALIGN_DOUBLE))};
     RoleScope scope;
     enter_extension_scope(&scope);
     // The latest verdict on a key wins: the refused payload (or row) is
     // remembered, and a changed one is sent again.
     int rc = SPI_execute_with_args(
-        "INSERT INTO amplitude_sync.sync_state (sync_id, record_key, fingerprint, sent_at, rejected_reason) "
-        "SELECT DISTINCT ON (k) $1, k, f, pg_catalog.clock_timestamp(), r "
+        "INSERT INTO amplitude_sync.sync_state (sync_id, record_key, fingerprint, sent_at, rejected_reason, position) "
+        "SELECT DISTINCT ON (k) $1, k, f, pg_catalog.clock_timestamp(), r, p "
         "FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.uuid[]), "
-        "pg_catalog.unnest($4::pg_catalog.text[])) WITH ORDINALITY AS c(k, f, r, n) "
+        "pg_catalog.unnest($4::pg_catalog.text[]), pg_catalog.unnest($5::pg_catalog.int8[])) "
+        "WITH ORDINALITY AS c(k, f, r, p, n) "
         "ORDER BY k USING OPERATOR(pg_catalog.<), n USING OPERATOR(pg_catalog.>) "
         "ON CONFLICT (sync_id, record_key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, "
-        "sent_at = EXCLUDED.sent_at, rejected_reason = EXCLUDED.rejected_reason",
-        4, argtypes, args, nullptr, false, 0);
+        "sent_at = EXCLUDED.sent_at, rejected_reason = EXCLUDED.rejected_reason, position = EXCLUDED.position",
+        5, argtypes, args, nullptr, false, 0);
     if (rc != SPI_OK_INSERT) elog(ERROR, "amplitude_sync: could not remember the rejected records");
     leave_role_scope(&scope);
     leave_batch_memory(&memory);
@@ -341,4 +358,28 @@ Datum run_log_elapsed(const RunLog *log) {
     Interval *elapsed = static_cast<Interval *>(palloc0(sizeof(Interval)));
     elapsed->time = GetCurrentTimestamp() - log->started_at;
     return IntervalPGetDatum(elapsed);
+}
+
+void run_log_advance_watermark(int sync_id, int64 highest, int64 lookback) {
+    RoleScope scope;
+    enter_extension_scope(&scope);
+    Oid argtypes[3] = {INT4OID, INT8OID, INT8OID};
+    Datum args[3] = {Int32GetDatum(sync_id), Int64GetDatum(highest), 0};
+    if (SPI_execute_with_args("UPDATE amplitude_sync.syncs SET watermark = pg_catalog.int8larger(COALESCE(watermark, $2), $2) "
+                              "WHERE sync_id OPERATOR(pg_catalog.=) $1 RETURNING watermark",
+                              2, argtypes, args, nullptr, false, 0) != SPI_OK_UPDATE_RETURNING ||
+        SPI_processed != 1)
+        elog(ERROR, "amplitude_sync: could not record the watermark");
+    bool isnull;
+    int64 watermark = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+    int64 floor = watermark < PG_INT64_MIN + lookback ? PG_INT64_MIN : watermark - lookback;
+    args[2] = Int64GetDatum(floor);
+    if (SPI_execute_with_args("UPDATE amplitude_sync.syncs SET ledger_floor = pg_catalog.int8larger(COALESCE(ledger_floor, $3), $3) "
+                              "WHERE sync_id OPERATOR(pg_catalog.=) $1",
+                              3, argtypes, args, nullptr, false, 0) != SPI_OK_UPDATE ||
+        SPI_execute_with_args("DELETE FROM amplitude_sync.sync_state WHERE sync_id OPERATOR(pg_catalog.=) $1 "
+                              "AND position OPERATOR(pg_catalog.<) $3",
+                              3, argtypes, args, nullptr, false, 0) != SPI_OK_DELETE)
+        elog(ERROR, "amplitude_sync: could not prune the sync's ledger");
+    leave_role_scope(&scope);
 }

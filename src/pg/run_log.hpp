@@ -72,3 +72,9 @@ void run_log_remember_rejections(int sync_id, const std::vector<amplitude_sync::
 
 // Microseconds since the run started, as an interval Datum.
 Datum run_log_elapsed(const RunLog *log);
+
+// Watermark syncs, after a complete run (nothing left unsent): the
+// watermark rises to the highest cursor value read, the ledger floor to the
+// watermark minus the lookback, and the state's entries below the floor are
+// pruned (no run reads those rows again).
+void run_log_advance_watermark(int sync_id, int64 highest, int64 lookback);

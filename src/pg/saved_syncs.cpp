@@ -37,6 +37,13 @@ struct SavedSync {
     const char *properties_event;  // or NULL
     int batch_size;                // kNotGiven: the endpoint's maximum
     int min_id_length;
+    // Watermark mode (events): NULL cursor_column: none.
+    const char *cursor_column;
+    const char *lookback;
+    bool has_watermark;
+    int64 watermark;
+    bool has_floor;
+    int64 ledger_floor;
 };
 
 const char *text_arg(FunctionCallInfo fcinfo, int arg, const char *name) {
@@ -86,7 +93,7 @@ void load_saved_sync(const char *name, SavedSync *sync) {
         "AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_foreign_server'::pg_catalog.regclass), "
         "s.server::pg_catalog.text), s.object, s.behaviour, s.source, "
         "s.source_view::pg_catalog.oid, s.search_path, s.operations::pg_catalog.text, s.nulls, s.properties_event, "
-        "s.batch_size, s.min_id_length, s.api "
+        "s.batch_size, s.min_id_length, s.api, s.cursor_column, s.lookback, s.watermark, s.ledger_floor "
         "FROM amplitude_sync.syncs s JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) s.source_view "
         "WHERE s.name OPERATOR(pg_catalog.=) $1",
         1, argtypes, args, nullptr, true, 1);
@@ -116,6 +123,14 @@ void load_saved_sync(const char *name, SavedSync *sync) {
     sync->batch_size = isnull ? kNotGiven : DatumGetInt32(batch);
     sync->min_id_length = DatumGetInt32(SPI_getbinval(tuple, desc, 14, &isnull));
     sync->api = copied_value(tuple, desc, 15);
+    sync->cursor_column = copied_value(tuple, desc, 16);
+    sync->lookback = copied_value(tuple, desc, 17);
+    Datum mark = SPI_getbinval(tuple, desc, 18, &isnull);
+    sync->has_watermark = !isnull;
+    sync->watermark = isnull ? 0 : DatumGetInt64(mark);
+    mark = SPI_getbinval(tuple, desc, 19, &isnull);
+    sync->has_floor = !isnull;
+    sync->ledger_floor = isnull ? 0 : DatumGetInt64(mark);
 }
 
 CallArguments sync_arguments(const SavedSync *sync) {
@@ -126,7 +141,31 @@ CallArguments sync_arguments(const SavedSync *sync) {
     a.properties_event = sync->properties_event;
     a.batch_size = sync->batch_size;
     a.min_id_length = sync->min_id_length;
+    a.cursor_column = sync->cursor_column;
+    a.lookback = sync->lookback;
     return a;
+}
+
+// A watermark sync's cursor column in its source view: its type (one
+// cursor_value() supports) and its lookback in the cursor's units.
+Oid cursor_column_type(const SavedSync *sync, int64 *lookback) {
+    AttrNumber attnum = get_attnum(sync->source_view, sync->cursor_column);
+    if (attnum == InvalidAttrNumber)
+        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_COLUMN),
+                        errmsg("cursor_column \"%s\" is not a column of the source of sync \"%s\"",
+                               sync->cursor_column, sync->name),
+                        errhint("Name a column of the source that grows with new rows, such as created_at or a "
+                                "serial id.")));
+    Oid type = getBaseType(get_atttype(sync->source_view, attnum));
+    if (!cursor_type_supported(type))
+        ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH),
+                        errmsg("cursor_column \"%s\" has type %s, which cannot be a watermark", sync->cursor_column,
+                               format_type_be(type)),
+                        errhint("Use a column of type timestamptz, timestamp, date, bigint, integer or smallint.")));
+    long long units = 0;
+    AMP_CXX(units = lookback_units(sync->lookback, cursor_type_is_time(type)));
+    *lookback = static_cast<int64>(units);
+    return type;
 }
 
 // The expression that names a record of the sync's object in its source.
@@ -167,12 +206,28 @@ void sync_spec(const SavedSync *sync, const char *api, bool with_state, SendSpec
     }
     spec->sync_id = sync->sync_id;
     const char *key = record_key_expression(spec->options.target);
-    spec->query = psprintf(
-        "SELECT src.*, st.fingerprint AS \"amplitude_sync.fingerprint\", "
-        "st.rejected_reason AS \"amplitude_sync.rejected_reason\", %s AS \"amplitude_sync.record_key\" "
-        "FROM %s src LEFT JOIN amplitude_sync.sync_state st "
-        "ON st.sync_id OPERATOR(pg_catalog.=) %d AND st.record_key OPERATOR(pg_catalog.=) %s",
-        key, view, sync->sync_id, key);
+    // The state is not joined: the run loads it once (state_index.hpp).
+    spec->query = psprintf("SELECT src.*, %s AS \"amplitude_sync.record_key\" FROM %s src", key, view);
+    if (!sync->cursor_column) return;
+    // Watermark mode: rows at or above the watermark minus the lookback, and
+    // never below the ledger's floor (its entries below are pruned).
+    spec->cursor_column = sync->cursor_column;
+    spec->cursor_type = cursor_column_type(sync, &spec->lookback);
+    if (sync->has_watermark) {
+        int64 bound = sync->watermark < PG_INT64_MIN + spec->lookback ? PG_INT64_MIN : sync->watermark - spec->lookback;
+        if (sync->has_floor && sync->ledger_floor > bound) bound = sync->ledger_floor;
+        spec->has_bound = true;
+        spec->bound = bound;
+    } else if (sync->has_floor) {
+        spec->has_bound = true;
+        spec->bound = sync->ledger_floor;
+    }
+    if (spec->has_bound) {
+        spec->has_state_floor = true;
+        spec->state_floor = spec->bound;
+        spec->query = psprintf("%s WHERE src.%s OPERATOR(pg_catalog.>=) $1", spec->query,
+                               quote_identifier(sync->cursor_column));
+    }
 }
 
 }  // namespace
@@ -276,6 +331,10 @@ void check_sync(const SavedSync *sync, const char *api) {
     load_owner_connection(sync, &conn);
     SendSpec spec;
     sync_spec(sync, api, false, &spec);
+    if (sync->cursor_column) {
+        int64 lookback;
+        cursor_column_type(sync, &lookback);
+    }
     check_source_columns(&spec);
 }
 
@@ -575,6 +634,8 @@ Datum amplitude_sync_create_sync(PG_FUNCTION_ARGS) {
     const char *api = PG_ARGISNULL(8) ? "httpapi" : text_arg(fcinfo, 8, "api");
     sync.batch_size = PG_ARGISNULL(9) ? kNotGiven : PG_GETARG_INT32(9);
     sync.min_id_length = PG_ARGISNULL(10) ? 5 : PG_GETARG_INT32(10);
+    sync.cursor_column = optional_text_arg(fcinfo, 11);
+    sync.lookback = optional_text_arg(fcinfo, 12);
     sync.owner = GetUserId();
     sync.search_path = pstrdup(namespace_search_path);
     check_sync_name(sync.name);
@@ -597,24 +658,29 @@ Datum amplitude_sync_create_sync(PG_FUNCTION_ARGS) {
     depend_on_server(sync.source_view, sync.server);
 
     enter_extension_scope(&scope);
-    Oid argtypes[14] = {INT4OID, TEXTOID, NAMEOID, TEXTOID, TEXTOID, TEXTOID, OIDOID,
-                        TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID, INT4OID};
-    Datum args[14] = {Int32GetDatum(sync.sync_id), CStringGetTextDatum(sync.name), PG_GETARG_DATUM(1),
+    Oid argtypes[16] = {INT4OID, TEXTOID, NAMEOID, TEXTOID, TEXTOID, TEXTOID, OIDOID,  TEXTOID,
+                        TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID, INT4OID, TEXTOID, TEXTOID};
+    Datum args[16] = {Int32GetDatum(sync.sync_id), CStringGetTextDatum(sync.name), PG_GETARG_DATUM(1),
                       CStringGetTextDatum(options.object), CStringGetTextDatum(options.behaviour),
                       CStringGetTextDatum(sync.source), ObjectIdGetDatum(sync.source_view),
                       CStringGetTextDatum(sync.search_path), CStringGetTextDatum(sync.operations),
                       CStringGetTextDatum(options.nulls),
                       options.properties_event ? CStringGetTextDatum(options.properties_event) : (Datum)0,
                       CStringGetTextDatum(options.api), Int32GetDatum(options.batch_size),
-                      Int32GetDatum(options.min_id_length)};
-    char nulls[15] = "              ";
+                      Int32GetDatum(options.min_id_length),
+                      options.cursor_column ? CStringGetTextDatum(options.cursor_column) : (Datum)0,
+                      options.lookback ? CStringGetTextDatum(options.lookback) : (Datum)0};
+    char nulls[17] = "                ";
     if (!options.properties_event) nulls[10] = 'n';
     if (options.batch_size == kNotGiven) nulls[12] = 'n';
+    if (!options.cursor_column) nulls[14] = 'n';
+    if (!options.lookback) nulls[15] = 'n';
     if (SPI_execute_with_args(
             "INSERT INTO amplitude_sync.syncs (sync_id, name, server, object, behaviour, source, source_view, "
-            "search_path, operations, nulls, properties_event, api, batch_size, min_id_length) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7::pg_catalog.regclass, $8, $9::pg_catalog.jsonb, $10, $11, $12, $13, $14)",
-            14, argtypes, args, nulls, false, 0) != SPI_OK_INSERT)
+            "search_path, operations, nulls, properties_event, api, batch_size, min_id_length, cursor_column, lookback) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7::pg_catalog.regclass, $8, $9::pg_catalog.jsonb, $10, $11, $12, $13, $14, "
+            "$15, $16)",
+            16, argtypes, args, nulls, false, 0) != SPI_OK_INSERT)
         elog(ERROR, "amplitude_sync: could not save the sync");
     leave_role_scope(&scope);
     Datum row = sync_row(sync.sync_id);
@@ -653,6 +719,26 @@ Datum amplitude_sync_alter_sync(PG_FUNCTION_ARGS) {
         if (strcmp(new_name, sync.name) != 0) check_name_free(new_name);
         sync.name = new_name;
     }
+    // cursor_column => '' leaves watermark mode; lookback => '' sets none.
+    bool cursor_changed = false;
+    if (!PG_ARGISNULL(10)) {
+        const char *given = text_arg(fcinfo, 10, "cursor_column");
+        const char *cursor = *given ? given : nullptr;
+        cursor_changed = (cursor == nullptr) != (sync.cursor_column == nullptr) ||
+                         (cursor && strcmp(cursor, sync.cursor_column) != 0);
+        sync.cursor_column = cursor;
+        if (!cursor) sync.lookback = nullptr;
+    }
+    if (!PG_ARGISNULL(11)) {
+        const char *given = text_arg(fcinfo, 11, "lookback");
+        sync.lookback = *given ? given : nullptr;
+    }
+    if (cursor_changed && sync.has_floor)
+        ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                        errmsg("the cursor_column of sync \"%s\" cannot change: its ledger was pruned", sync.name),
+                        errdetail("Its rows below the ledger floor would be read, and their events sent, again."),
+                        errhint("Create a new sync for the new cursor, with a source that leaves out the events "
+                                "already sent.")));
     CallArguments arguments = sync_arguments(&sync);
     arguments.api = api;
     CallOptions options;
@@ -672,25 +758,41 @@ Datum amplitude_sync_alter_sync(PG_FUNCTION_ARGS) {
 
     RoleScope scope;
     enter_extension_scope(&scope);
-    Oid argtypes[13] = {INT4OID, TEXTOID, TEXTOID, TEXTOID, OIDOID, TEXTOID, TEXTOID,
-                        TEXTOID, TEXTOID, TEXTOID, INT4OID, INT4OID, TEXTOID};
-    Datum args[13] = {Int32GetDatum(sync.sync_id), CStringGetTextDatum(sync.name), CStringGetTextDatum(sync.server),
+    Oid argtypes[16] = {INT4OID, TEXTOID, TEXTOID, TEXTOID, OIDOID,  TEXTOID, TEXTOID, TEXTOID,
+                        TEXTOID, TEXTOID, INT4OID, INT4OID, TEXTOID, TEXTOID, TEXTOID, BOOLOID};
+    Datum args[16] = {Int32GetDatum(sync.sync_id), CStringGetTextDatum(sync.name), CStringGetTextDatum(sync.server),
                       CStringGetTextDatum(sync.source), ObjectIdGetDatum(sync.source_view),
                       CStringGetTextDatum(sync.search_path), CStringGetTextDatum(sync.operations),
                       CStringGetTextDatum(options.nulls),
                       options.properties_event ? CStringGetTextDatum(options.properties_event) : (Datum)0,
                       CStringGetTextDatum(options.api), Int32GetDatum(options.batch_size),
-                      Int32GetDatum(options.min_id_length), 0};
-    char nulls[14] = "            n";
+                      Int32GetDatum(options.min_id_length), 0,
+                      options.cursor_column ? CStringGetTextDatum(options.cursor_column) : (Datum)0,
+                      options.lookback ? CStringGetTextDatum(options.lookback) : (Datum)0,
+                      BoolGetDatum(cursor_changed)};
+    char nulls[17] = "            n   ";
     if (!options.properties_event) nulls[8] = 'n';
     if (options.batch_size == kNotGiven) nulls[10] = 'n';
+    if (!options.cursor_column) nulls[13] = 'n';
+    if (!options.lookback) nulls[14] = 'n';
     if (SPI_execute_with_args(
             "UPDATE amplitude_sync.syncs SET name = $2, server = $3::pg_catalog.name, source = $4, "
             "source_view = $5::pg_catalog.regclass, search_path = $6, operations = $7::pg_catalog.jsonb, nulls = $8, "
             "properties_event = $9, api = $10, batch_size = $11, min_id_length = $12, "
+            "cursor_column = $14, lookback = $15, "
+            "watermark = CASE WHEN $16 THEN NULL ELSE watermark END, "
+            "ledger_floor = CASE WHEN $16 THEN NULL ELSE ledger_floor END, "
             "updated_at = pg_catalog.now() WHERE sync_id OPERATOR(pg_catalog.=) $1",
-            13, argtypes, args, nulls, false, 0) != SPI_OK_UPDATE)
+            16, argtypes, args, nulls, false, 0) != SPI_OK_UPDATE)
         elog(ERROR, "amplitude_sync: could not change the sync");
+    // Ledger entries from before this cursor have no known position: they
+    // are kept for good (a watermark run loads the entries at or above its
+    // bound, and prunes those below the floor).
+    if (cursor_changed && options.cursor_column &&
+        SPI_execute_with_args("UPDATE amplitude_sync.sync_state SET position = 9223372036854775807 "
+                              "WHERE sync_id OPERATOR(pg_catalog.=) $1",
+                              1, argtypes, args, nullptr, false, 0) != SPI_OK_UPDATE)
+        elog(ERROR, "amplitude_sync: could not keep the sync's ledger");
     // A changed sync may take rows it rejected before: they are tried again.
     if (SPI_execute_with_args("DELETE FROM amplitude_sync.sync_state WHERE sync_id OPERATOR(pg_catalog.=) $1 "
                               "AND rejected_reason IS NOT NULL",

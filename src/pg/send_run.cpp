@@ -7,6 +7,8 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "cxx_guard.hpp"
@@ -14,6 +16,7 @@
 #include "event_encoder.hpp"
 #include "http_transport.hpp"
 #include "identify_encoder.hpp"
+#include "state_index.hpp"
 #include "value.hpp"
 
 #include "datum_values.hpp"
@@ -25,6 +28,42 @@
 
 using namespace amplitude_sync;
 
+bool cursor_type_supported(Oid type) {
+    switch (type) {
+        case INT2OID: case INT4OID: case INT8OID: case DATEOID: case TIMESTAMPOID: case TIMESTAMPTZOID: return true;
+        default: return false;
+    }
+}
+
+bool cursor_type_is_time(Oid type) { return type == DATEOID || type == TIMESTAMPOID || type == TIMESTAMPTZOID; }
+
+int64 cursor_value(Oid type, Datum value) {
+    switch (type) {
+        case INT2OID: return DatumGetInt16(value);
+        case INT4OID: return DatumGetInt32(value);
+        case DATEOID: {
+            DateADT d = DatumGetDateADT(value);
+            if (DATE_IS_NOBEGIN(d)) return PG_INT64_MIN;
+            if (DATE_IS_NOEND(d)) return PG_INT64_MAX;
+            return static_cast<int64>(d) * USECS_PER_DAY;
+        }
+        default: return DatumGetInt64(value);  // int8, timestamp, timestamptz (microseconds)
+    }
+}
+
+Datum cursor_datum(Oid type, int64 value) {
+    switch (type) {
+        case INT2OID: return Int16GetDatum(static_cast<int16>(Max(Min(value, (int64)PG_INT16_MAX), (int64)PG_INT16_MIN)));
+        case INT4OID: return Int32GetDatum(static_cast<int32>(Max(Min(value, (int64)PG_INT32_MAX), (int64)PG_INT32_MIN)));
+        case DATEOID: {
+            // The day that holds the instant (floor).
+            int64 days = value / USECS_PER_DAY - (value % USECS_PER_DAY < 0 ? 1 : 0);
+            return DateADTGetDatum(static_cast<DateADT>(Max(Min(days, (int64)PG_INT32_MAX - 1), (int64)PG_INT32_MIN + 1)));
+        }
+        default: return Int64GetDatum(value);
+    }
+}
+
 namespace {
 
 // Rows fetched from the cursor at a time: large enough to amortise the
@@ -32,6 +71,17 @@ namespace {
 constexpr long kFetchRows = 1000;
 constexpr long kFetchRowsCommitting = 100;
 constexpr long kFetchRowsMaterializing = 10000;
+constexpr long kFetchStateRows = 10000;
+
+// A sync's state up to this many records is loaded in one pass (8 bytes a
+// record while loading); a larger one in two (count, then fill), so the
+// load never holds more than the compact set (state_index.hpp).
+constexpr int64 kOnePassStateRows = 1000000;
+
+// The rows of the source that a run must still work on after its first
+// commit are kept in a tuplestore with at most this much in memory (kB);
+// the rest goes to a temporary file.
+constexpr int kMaterializedMemoryKb = 4096;
 
 // The read/encode/send timings in sync_runs are measured on one row in this
 // many and scaled up.
@@ -150,8 +200,21 @@ struct SendRun {
     bool incremental = false;
     bool append = false;  // an event sync: confirmed events are never resent
     bool preview = false;
-    std::string signature;  // settings that shape the payload, part of the fingerprint
+    std::string signature;  // columns and settings that shape the payload, part of the fingerprint
     uint64_t unchanged = 0;
+    // The sync's state as loaded when the run started (state_index.hpp):
+    // identifications confirmed as state_entry(key, fingerprint), events
+    // confirmed as their key; the keys of confirmed identifications for a
+    // preview (create or update); rejected records, by key.
+    CompactHashSet confirmed;
+    CompactHashSet known_keys;
+    struct Rejected {
+        Fingerprint fingerprint;
+        std::string reason;  // previews only
+    };
+    std::unordered_map<uint64_t, Rejected> rejected;
+    std::vector<uint64_t> loading, loading_keys;  // one-pass load
+    std::unique_ptr<RowFingerprint> fingerprint;  // saved syncs
     // Said once when the run starts (Amplitude would reset fields) and
     // when it ends (Amplitude changed data silently).
     std::vector<PlanWarning> plan_warnings;
@@ -185,8 +248,13 @@ SendRun *make_send_run(const AmpConnection &conn, const SendSpec &spec,
     run->incremental = spec.sync_id != 0;
     run->append = options.target == Target::kEvents;
     run->preview = spec.preview;
+    // Everything besides the values that shapes a payload: the columns (names
+    // and types), the endpoint and the settings.
     run->signature = std::string(options.endpoint->path) + '\x1f' +
-                      (options.properties_event ? options.properties_event : "");
+                     (options.properties_event ? options.properties_event : "") + '\x1f' + options.nulls + '\x1f' +
+                     (spec.operations_json ? spec.operations_json : "");
+    for (const ColumnInput &c : columns)
+        run->signature.append("\x1e").append(c.name).append(1, static_cast<char>('0' + static_cast<int>(c.category)));
     // Two channels (identifications and their events) share the project's cap.
     double cap = conn.max_events_per_second / (options.properties_event ? 2.0 : 1.0);
     DeliveryLimits limits =
@@ -263,36 +331,98 @@ void build_properties_event(SendRun *run) {
 // unchanged since: not sent, not logged again (counted as unchanged).
 enum class RowAction { kRejected, kUnchanged, kCreate, kUpdate, kStillRejected };
 
-// What a saved sync's state holds for a row's key.
-struct StoredState {
-    const unsigned char *fingerprint;  // NULL: nothing stored
-    const char *rejected_reason;       // NULL: Amplitude confirmed it
+// What the sync's state says of a row, before it is encoded.
+struct RowCheck {
+    bool keyed = false;
+    uint64_t key = 0;
+    Fingerprint fingerprint{};
+    // kUnchanged, kStillRejected (not sent), or kCreate / kUpdate.
+    RowAction verdict = RowAction::kCreate;
+    const char *reason = nullptr;  // kStillRejected in a preview: why
 };
 
-bool same_fingerprint(const std::array<unsigned char, 16> &fingerprint, const StoredState &stored) {
-    return stored.fingerprint && std::equal(fingerprint.begin(), fingerprint.end(), stored.fingerprint);
+bool needs_work(RowAction verdict) {
+    return verdict != RowAction::kUnchanged && verdict != RowAction::kStillRejected;
 }
 
-// A rejection a saved sync remembers: keyed, with the fingerprint of what
-// was rejected (the payload, or the row when it could not be encoded).
-void remember_rejection(Rejection &rejection, const char *state_key, const std::array<unsigned char, 16> &fingerprint) {
+struct RowProbe;
+
+// A batch of source rows deformed and probed ahead (probe_batch).
+struct BatchProbes {
+    MemoryContext context;  // detoasted values, reset per batch
+    int stride;             // Datums per row
+    Datum *datums;
+    bool *nulls;
+    RowProbe *probes;
+};
+
+// A row's key and fingerprint, and the entry that stands for them in the
+// state (computed ahead of the lookups, so the lookups can be prefetched).
+struct RowProbe {
+    Fingerprint fingerprint;
+    bool keyed;
+    uint64_t key;
+    uint64_t entry;
+};
+
+RowProbe probe_row(const SendRun *run, const Fingerprint &fingerprint, std::string_view key) {
+    RowProbe p;
+    p.fingerprint = fingerprint;
+    p.keyed = !key.empty();
+    p.key = p.keyed ? key_hash(key) : 0;
+    // Events are remembered by key alone, identifications with their payload.
+    p.entry = run->append ? p.key : state_entry(p.key, fingerprint);
+    return p;
+}
+
+// Looks the row up in the state loaded at the start of the run.
+RowCheck check_row(const SendRun *run, const RowProbe &p) {
+    RowCheck c;
+    c.fingerprint = p.fingerprint;
+    c.keyed = p.keyed;
+    if (!c.keyed) return c;
+    c.key = p.key;
+    // An append sync sends an event once for its life: an insert_id that
+    // Amplitude confirmed is never sent again, whatever its row became
+    // (Amplitude would drop it within 7 days and duplicate it after).
+    if (run->confirmed.contains(p.entry)) {
+        c.verdict = RowAction::kUnchanged;
+        return c;
+    }
+    if (!run->rejected.empty()) {
+        auto it = run->rejected.find(c.key);
+        if (it != run->rejected.end() && it->second.fingerprint == c.fingerprint) {
+            c.verdict = RowAction::kStillRejected;
+            c.reason = it->second.reason.c_str();
+            return c;
+        }
+    }
+    if (!run->append && run->known_keys.contains(c.key)) c.verdict = RowAction::kUpdate;
+    return c;
+}
+
+// A rejection a saved sync remembers: keyed, with the fingerprint of the
+// row's values.
+void remember_rejection(Rejection &rejection, const char *state_key, const RowCheck &check, const int64_t *position) {
     if (!state_key || !*state_key) return;
     rejection.record.state_key = state_key;
-    rejection.record.fingerprint = fingerprint;
+    rejection.record.fingerprint = check.fingerprint;
+    rejection.record.has_position = position != nullptr;
+    rejection.record.position = position ? *position : 0;
 }
 
 // Encodes a row and, unless previewing, queues it. For saved syncs a row
 // whose payload Amplitude already confirmed is skipped, and so is a row
-// rejected before and unchanged since. The encoded record (or the
-// rejection) stays in run->record / run->rejection for a preview.
-RowAction encode_and_queue(SendRun *run, uint64_t row_number, const Value *values, size_t value_count,
-                           const char *state_key, const StoredState &stored) {
-    // An append sync sends an event once for its life: an insert_id that
-    // Amplitude confirmed is never sent again, whatever its row became
-    // (Amplitude would drop it within 7 days and duplicate it after).
-    if (run->incremental && run->append && stored.fingerprint && !stored.rejected_reason) {
+// rejected before and unchanged since (check_row). The encoded record (or
+// the rejection) stays in run->record / run->rejection for a preview.
+RowAction encode_and_queue(SendRun *run, uint64_t row_number, const Value *values, const char *state_key,
+                           const RowCheck &check, const int64_t *position) {
+    if (run->incremental && !needs_work(check.verdict)) {
         run->unchanged++;
-        return RowAction::kUnchanged;
+        // A preview shows the payload of an unchanged record too.
+        if (run->preview && !run->encoder->encode_row(row_number, values, run->record, run->rejection))
+            run->record.json.clear();
+        return check.verdict;
     }
     // Timed on one row in kTimingSample (clock reads are not free), scaled up.
     bool timed = row_number % kTimingSample == 0;
@@ -300,25 +430,13 @@ RowAction encode_and_queue(SendRun *run, uint64_t row_number, const Value *value
     bool encoded = run->encoder->encode_row(row_number, values, run->record, run->rejection);
     if (timed) run->encode_time += (std::chrono::steady_clock::now() - started) * kTimingSample;
     if (!encoded) {
-        if (run->incremental) {
-            auto fingerprint = row_fingerprint(values, value_count, run->signature);
-            if (stored.rejected_reason && same_fingerprint(fingerprint, stored)) {
-                run->unchanged++;
-                return RowAction::kStillRejected;
-            }
-            remember_rejection(run->rejection, state_key, fingerprint);
-        }
+        if (run->incremental) remember_rejection(run->rejection, state_key, check, position);
         if (!run->preview) run->main->delivery.reject(std::move(run->rejection));
         return RowAction::kRejected;
     }
     RowAction action = RowAction::kCreate;
     if (run->incremental) {
-        auto fingerprint = record_fingerprint(run->record.json, run->signature);
-        if (same_fingerprint(fingerprint, stored)) {
-            run->unchanged++;
-            return stored.rejected_reason ? RowAction::kStillRejected : RowAction::kUnchanged;
-        }
-        if (!state_key || !*state_key) {
+        if (!check.keyed) {
             // Only happens for events: the ledger needs the insert_id column.
             run->rejection = Rejection{};
             run->rejection.record = run->record;
@@ -327,10 +445,12 @@ RowAction encode_and_queue(SendRun *run, uint64_t row_number, const Value *value
             if (!run->preview) run->main->delivery.reject(std::move(run->rejection));
             return RowAction::kRejected;
         }
-        action = stored.fingerprint && !stored.rejected_reason ? RowAction::kUpdate : RowAction::kCreate;
+        action = check.verdict;
         // Amplitude's verdict on this payload is remembered either way.
         run->record.state_key = state_key;
-        run->record.fingerprint = fingerprint;
+        run->record.fingerprint = check.fingerprint;
+        run->record.has_position = position != nullptr;
+        run->record.position = position ? *position : 0;
     }
     if (run->events) build_properties_event(run);
     if (run->preview) return action;
@@ -494,8 +614,19 @@ struct RowSource {
     Tuplestorestate *store;
     TupleTableSlot *slot;
     TupleDesc desc;
+    TupleDesc stored_desc;  // the store's: desc and the row number
     ColumnReader *readers;
+    // Watermark syncs: the cursor column's index, and the highest value read.
+    int cursor_index;
+    bool has_max_position;
+    int64 max_position;
 };
+
+void note_position(RowSource *source, Datum value) {
+    int64 v = cursor_value(TupleDescAttr(source->desc, source->cursor_index)->atttypid, value);
+    if (!source->has_max_position || v > source->max_position) source->max_position = v;
+    source->has_max_position = true;
+}
 
 // What the run's memory-context callback releases. (Not the store of a
 // materialized source: a callback may run after the memory of a sibling or
@@ -509,11 +640,136 @@ void release_run_resources(void *arg) {
     progress_end();
 }
 
+// The fingerprint's signature besides the run's (columns and settings):
+// the columns' types and the settings that shape output functions' text.
+void prepare_fingerprints(SendRun *run, TupleDesc desc, const ColumnReader *readers, int payload_natts) {
+    const char *settings[] = {"DateStyle", "IntervalStyle", "TimeZone", "extra_float_digits", "bytea_output",
+                              "lc_monetary"};
+    std::string *signature = &run->signature;
+    for (int i = 0; i < payload_natts; ++i) {
+        char *type = psprintf("\x1e%u.%d", TupleDescAttr(desc, i)->atttypid, TupleDescAttr(desc, i)->atttypmod);
+        AMP_CXX(signature->append(type));
+    }
+    // Only columns read through their type's output function (interval,
+    // money, bytea, ...) depend on these; the others are formatted by the
+    // encoders. (A sync run by sessions with different settings would
+    // otherwise resend everything.)
+    bool output_text = false;
+    for (int i = 0; i < payload_natts; ++i)
+        output_text |= readers[i].category == TypeCategory::kOther ||
+                       (readers[i].category == TypeCategory::kArray && readers[i].elem_category == TypeCategory::kOther);
+    for (const char *name : settings) {
+        if (!output_text) break;
+        const char *value = GetConfigOption(name, true, false);
+        AMP_CXX(signature->append("\x1f").append(value ? value : ""));
+    }
+    AMP_CXX(run->fingerprint = std::make_unique<RowFingerprint>(run->signature));
+}
+
+// One pass over the sync's state (in the extension's scope): pass 0 of a
+// two-pass load counts, the last pass fills (state_index.hpp).
+void scan_sync_state(const SendSpec *spec, SendRun *run, int pass, bool two_pass) {
+    RoleScope scope;
+    enter_extension_scope(&scope);
+    Oid types[2] = {INT4OID, INT8OID};
+    Datum args[2] = {Int32GetDatum(spec->sync_id), Int64GetDatum(spec->state_floor)};
+    Portal portal = SPI_cursor_open_with_args(
+        nullptr,
+        spec->has_state_floor
+            ? "SELECT record_key, fingerprint, rejected_reason FROM amplitude_sync.sync_state "
+              "WHERE sync_id OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.>=) $2"
+            : "SELECT record_key, fingerprint, rejected_reason FROM amplitude_sync.sync_state "
+              "WHERE sync_id OPERATOR(pg_catalog.=) $1",
+        spec->has_state_floor ? 2 : 1, types, args, nullptr, true, 0);
+    bool last = !two_pass || pass == 1;
+    bool keys = run->preview && !run->append;
+    for (;;) {
+        SPI_cursor_fetch(portal, true, kFetchStateRows);
+        uint64 n = SPI_processed;
+        SPITupleTable *table = SPI_tuptable;
+        for (uint64 r = 0; r < n; ++r) {
+            bool null_key, null_fp, null_reason;
+            Datum key = SPI_getbinval(table->vals[r], table->tupdesc, 1, &null_key);
+            Datum fp = SPI_getbinval(table->vals[r], table->tupdesc, 2, &null_fp);
+            Datum reason = SPI_getbinval(table->vals[r], table->tupdesc, 3, &null_reason);
+            text *t = DatumGetTextPP(key);
+            uint64_t k = 0;
+            Fingerprint f;
+            memcpy(f.data(), DatumGetUUIDP(fp)->data, f.size());
+            AMP_CXX(k = key_hash(std::string_view(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t))));
+            if (!null_reason) {
+                if (!last) continue;
+                const char *why = run->preview ? TextDatumGetCString(reason) : "";
+                AMP_CXX(run->rejected[k] = SendRun::Rejected{f, why});
+                continue;
+            }
+            uint64_t entry = run->append ? k : state_entry(k, f);
+            if (!two_pass) {
+                AMP_CXX(run->loading.push_back(entry); if (keys) run->loading_keys.push_back(k));
+            } else if (pass == 0) {
+                run->confirmed.count(entry);
+                if (keys) run->known_keys.count(k);
+            } else {
+                run->confirmed.fill(entry);
+                if (keys) run->known_keys.fill(k);
+            }
+        }
+        SPI_freetuptable(table);
+        if (n < static_cast<uint64>(kFetchStateRows)) break;
+    }
+    SPI_cursor_close(portal);
+    leave_role_scope(&scope);
+}
+
+// Loads what the sync's state holds into the run (the compact set of what
+// Amplitude confirmed, the rejected records), once per run.
+void load_sync_state(const SendSpec *spec, SendRun *run) {
+    int64 expected = 0;
+    {
+        RoleScope scope;
+        enter_extension_scope(&scope);
+        Oid types[2] = {INT4OID, INT8OID};
+        Datum args[2] = {Int32GetDatum(spec->sync_id), Int64GetDatum(spec->state_floor)};
+        // A watermark run needs the ledger from its bound up (entries whose
+        // position is unknown were given the highest one: see alter_sync).
+        if (SPI_execute_with_args(spec->has_state_floor
+                                      ? "SELECT pg_catalog.count(*) FROM amplitude_sync.sync_state "
+                                        "WHERE sync_id OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.>=) $2"
+                                      : "SELECT pg_catalog.count(*) FROM amplitude_sync.sync_state "
+                                        "WHERE sync_id OPERATOR(pg_catalog.=) $1",
+                                  spec->has_state_floor ? 2 : 1, types, args, nullptr, true, 1) != SPI_OK_SELECT)
+            elog(ERROR, "amplitude_sync: could not read the sync's state");
+        bool isnull;
+        expected = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+        SPI_freetuptable(SPI_tuptable);
+        leave_role_scope(&scope);
+    }
+    bool keys = run->preview && !run->append;
+    if (expected <= kOnePassStateRows) {
+        AMP_CXX(run->loading.reserve(static_cast<size_t>(expected));
+                if (keys) run->loading_keys.reserve(static_cast<size_t>(expected)));
+        scan_sync_state(spec, run, 0, false);
+        AMP_CXX(run->confirmed.build(std::move(run->loading)); run->known_keys.build(std::move(run->loading_keys)));
+        return;
+    }
+    AMP_CXX(run->confirmed.begin(static_cast<size_t>(expected));
+            if (keys) run->known_keys.begin(static_cast<size_t>(expected)));
+    scan_sync_state(spec, run, 0, true);
+    AMP_CXX(run->confirmed.begin_fill(); if (keys) run->known_keys.begin_fill());
+    scan_sync_state(spec, run, 1, true);
+    AMP_CXX(run->confirmed.end_fill(); if (keys) run->known_keys.end_fill());
+}
+
 // Prepares the query and opens a cursor on it, in the source's scope.
 void open_source(const SendSpec *spec, RowSource *source) {
     RoleScope scope;
     enter_source_scope(spec, &scope);
-    SPIPlanPtr plan = SPI_prepare_cursor(spec->query, 0, nullptr, 0);
+    // A watermark run reads the rows at or above its bound ($1, typed as the
+    // cursor column).
+    Oid bound_type[1] = {spec->cursor_type};
+    Datum bound[1] = {spec->has_bound ? cursor_datum(spec->cursor_type, spec->bound) : (Datum)0};
+    int nargs = spec->has_bound ? 1 : 0;
+    SPIPlanPtr plan = SPI_prepare_cursor(spec->query, nargs, nargs ? bound_type : nullptr, 0);
     if (!plan)
         ereport(ERROR, (errcode(ERRCODE_SYNTAX_ERROR), errmsg("could not prepare the query: %s",
                                                              SPI_result_code_string(SPI_result))));
@@ -521,11 +777,17 @@ void open_source(const SendSpec *spec, RowSource *source) {
         ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
                         errmsg("the query must be a single statement that returns rows"),
                         errhint("Pass a SELECT (or VALUES, or TABLE name).")));
-    source->portal = SPI_cursor_open(nullptr, plan, nullptr, nullptr, false);
+    source->portal = SPI_cursor_open(nullptr, plan, nargs ? bound : nullptr, nullptr, false);
     leave_role_scope(&scope);
     source->store = nullptr;
     source->slot = nullptr;
+    source->stored_desc = nullptr;
     source->desc = CreateTupleDescCopy(source->portal->tupDesc);
+    source->cursor_index = -1;
+    source->has_max_position = false;
+    source->max_position = 0;
+    for (int i = 0; spec->cursor_column && i < source->desc->natts; ++i)
+        if (strcmp(NameStr(TupleDescAttr(source->desc, i)->attname), spec->cursor_column) == 0) source->cursor_index = i;
     source->readers = static_cast<ColumnReader *>(palloc0(sizeof(ColumnReader) * (source->desc->natts + 1)));
     for (int i = 0; i < source->desc->natts; ++i)
         init_column_reader(&source->readers[i], TupleDescAttr(source->desc, i)->atttypid);
@@ -541,26 +803,126 @@ SPITupleTable *fetch_source_rows(const SendSpec *spec, RowSource *source, long c
     return SPI_tuptable;
 }
 
-// Reads the rest of the source into a tuplestore that outlives commits.
-void materialize_source(const SendSpec *spec, RowSource *source, MemoryContext context) {
+// The tuple layout of a materialized source: its columns and the row's
+// number in what the run read.
+TupleDesc with_row_number(TupleDesc desc) {
+    TupleDesc out = CreateTemplateTupleDesc(desc->natts + 1);
+    for (int i = 1; i <= desc->natts; ++i) TupleDescCopyEntry(out, static_cast<AttrNumber>(i), desc, static_cast<AttrNumber>(i));
+    TupleDescInitEntry(out, static_cast<AttrNumber>(desc->natts + 1), "amplitude_sync.row_number", INT8OID, -1, 0);
+    return out;
+}
+
+// What a run knows of one row of a saved sync's source: its key (the
+// query's last column) and, for watermark syncs, its cursor value.
+struct RowKey {
+    const char *data;
+    size_t len;
+};
+
+RowKey row_key(Datum *datums, bool *nulls, int natts) {
+    if (nulls[natts - 1]) return {nullptr, 0};
+    text *t = DatumGetTextPP(datums[natts - 1]);
+    return {VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)};
+}
+
+// The row's fingerprint from its Datums (state_index.hpp): pass-by-value
+// values as their Datum, others as their detoasted bytes; no output
+// function runs. spans has room for the payload columns.
+Fingerprint datum_fingerprint(SendRun *run, TupleDesc desc, Datum *datums, bool *nulls, int payload_natts,
+                              ByteSpan *spans) {
+    for (int i = 0; i < payload_natts; ++i) {
+        Form_pg_attribute a = TupleDescAttr(desc, i);
+        if (nulls[i]) {
+            spans[i] = {nullptr, 0};
+        } else if (a->attbyval) {
+            spans[i] = {&datums[i], sizeof(Datum)};
+        } else if (a->attlen > 0) {
+            spans[i] = {DatumGetPointer(datums[i]), static_cast<size_t>(a->attlen)};
+        } else if (a->attlen == -1) {
+            struct varlena *v = pg_detoast_datum_packed(reinterpret_cast<struct varlena *>(DatumGetPointer(datums[i])));
+            spans[i] = {VARDATA_ANY(v), VARSIZE_ANY_EXHDR(v)};
+        } else {
+            const char *c = DatumGetCString(datums[i]);
+            spans[i] = {c, strlen(c)};
+        }
+    }
+    Fingerprint f{};
+    AMP_CXX(f = run->fingerprint->of(spans, static_cast<size_t>(payload_natts)));
+    return f;
+}
+
+// Deforms a batch of the source's rows and probes each (fingerprint, key,
+// state entry), prefetching the state's lines for the lookups that follow:
+// row r's Datums at datums + r * stride. Detoasted values live in
+// CurrentMemoryContext (the caller resets it after the batch).
+void probe_batch(SendRun *run, TupleDesc desc, HeapTuple *tuples, uint64 count, int payload_natts, Datum *datums,
+                 bool *nulls, int stride, ByteSpan *spans, RowProbe *probes) {
+    int natts = desc->natts;
+    for (uint64 r = 0; r < count; ++r) {
+        Datum *d = datums + r * stride;
+        bool *n = nulls + r * stride;
+        heap_deform_tuple(tuples[r], desc, d, n);
+        Fingerprint fingerprint = datum_fingerprint(run, desc, d, n, payload_natts, spans);
+        RowKey key = row_key(d, n, natts);
+        AMP_CXX(probes[r] = probe_row(run, fingerprint, std::string_view(key.data ? key.data : "", key.len)));
+        run->confirmed.prefetch(probes[r].entry);
+    }
+    for (uint64 r = 0; r < count; ++r) run->confirmed.prefetch_entries(probes[r].entry);
+}
+
+// At the first commit of a run that commits as it goes: reads the rest of
+// the source (in its scope, before the commit ends the snapshot) and keeps
+// only the rows the run must still work on, with their row numbers, in a
+// tuplestore that outlives commits; rows whose payload Amplitude already
+// has are counted as read and unchanged, and not copied.
+void materialize_source(const SendSpec *spec, RowSource *source, MemoryContext context, SendRun *run,
+                        MemoryContext row_context, BatchProbes *batch, Datum *datums, bool *nulls, ByteSpan *spans,
+                        int64 *rows_read, int64 *counts) {
     // The store outlives commits (interXact) and is ended by the run, or by
     // run_sync when the run fails (spec->segments->materialized).
     MemoryContext outer = MemoryContextSwitchTo(MemoryContextGetParent(context));
-    source->store = tuplestore_begin_heap(false, true, work_mem);
+    source->store = tuplestore_begin_heap(false, true, Min(work_mem, kMaterializedMemoryKb));
     spec->segments->materialized = source->store;
     MemoryContextSwitchTo(context);
-    source->slot = MakeSingleTupleTableSlot(source->desc, &TTSOpsMinimalTuple);
+    source->stored_desc = with_row_number(source->desc);
+    source->slot = MakeSingleTupleTableSlot(source->stored_desc, &TTSOpsMinimalTuple);
     MemoryContextSwitchTo(outer);
+    int natts = source->desc->natts;
+    int payload_natts = natts - 1;
     uint64 fetched;
     do {
         SPITupleTable *table = fetch_source_rows(spec, source, kFetchRowsMaterializing, &fetched);
-        // Values stored out of line are fetched now: after the commit no
-        // snapshot would let them be read.
+        MemoryContext batch_outer = MemoryContextSwitchTo(batch->context);
+        probe_batch(run, source->desc, table->vals, fetched, payload_natts, batch->datums, batch->nulls,
+                    batch->stride, spans, batch->probes);
+        MemoryContextSwitchTo(batch_outer);
         for (uint64 r = 0; r < fetched; ++r) {
-            HeapTuple flat = toast_flatten_tuple(table->vals[r], source->desc);
-            tuplestore_puttuple(source->store, flat);
-            heap_freetuple(flat);
+            MemoryContext row_outer = MemoryContextSwitchTo(row_context);
+            Datum *row_datums = batch->datums + r * batch->stride;
+            bool *row_nulls = batch->nulls + r * batch->stride;
+            RowCheck check;
+            if (r + 8 < fetched) run->confirmed.prefetch_entries(batch->probes[r + 8].entry);
+            AMP_CXX(check = check_row(run, batch->probes[r]));
+            ++*rows_read;
+            if (needs_work(check.verdict)) {
+                // Values stored out of line are fetched now: after the commit
+                // no snapshot would let them be read.
+                HeapTuple flat = toast_flatten_tuple(table->vals[r], source->desc);
+                heap_deform_tuple(flat, source->desc, datums, nulls);
+                datums[natts] = Int64GetDatum(*rows_read);
+                nulls[natts] = false;
+                MemoryContextSwitchTo(row_outer);
+                tuplestore_putvalues(source->store, source->stored_desc, datums, nulls);
+            } else {
+                run->unchanged++;
+                counts[static_cast<int>(check.verdict)]++;
+                if (source->cursor_index >= 0 && !row_nulls[source->cursor_index])
+                    note_position(source, row_datums[source->cursor_index]);
+            }
+            MemoryContextSwitchTo(row_outer);
+            MemoryContextReset(row_context);
         }
+        MemoryContextReset(batch->context);
         SPI_freetuptable(table);
     } while (fetched == static_cast<uint64>(kFetchRowsMaterializing));
     SPI_cursor_close(source->portal);
@@ -618,9 +980,8 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
     TupleDesc desc = source.desc;
     ColumnReader *readers = source.readers;
     int natts = desc->natts;
-    // A saved sync's query ends with the stored fingerprint, the stored
-    // rejection reason and the record key.
-    int payload_natts = spec->sync_id ? natts - 3 : natts;
+    // A saved sync's query ends with the record key.
+    int payload_natts = spec->sync_id ? natts - 1 : natts;
 
     // The C++ run state, freed with this context on success and on error.
     MemoryContext run_context = AllocSetContextCreate(CurrentMemoryContext, "amplitude_sync run",
@@ -649,9 +1010,20 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
     if (!spec->preview) progress_begin(log->run_id, run->progress.label.c_str());
     TimestampTz last_commit = GetCurrentTimestamp();
 
-    Datum *datums = static_cast<Datum *>(palloc(sizeof(Datum) * (natts + 1)));
-    bool *nulls = static_cast<bool *>(palloc(sizeof(bool) * (natts + 1)));
+    Datum *datums = static_cast<Datum *>(palloc(sizeof(Datum) * (natts + 2)));
+    bool *nulls = static_cast<bool *>(palloc(sizeof(bool) * (natts + 2)));
     Value *values = static_cast<Value *>(palloc0(sizeof(Value) * (natts + 1)));
+    ByteSpan *spans = static_cast<ByteSpan *>(palloc0(sizeof(ByteSpan) * (natts + 1)));
+    if (spec->sync_id) prepare_fingerprints(run, desc, readers, payload_natts);
+    // Saved syncs probe each fetched batch ahead (probe_batch).
+    BatchProbes batch = {};
+    if (spec->sync_id) {
+        batch.context = AllocSetContextCreate(run_context, "amplitude_sync batch", ALLOCSET_DEFAULT_SIZES);
+        batch.stride = natts + 1;
+        batch.datums = static_cast<Datum *>(palloc(sizeof(Datum) * batch.stride * kFetchRowsMaterializing));
+        batch.nulls = static_cast<bool *>(palloc(sizeof(bool) * batch.stride * kFetchRowsMaterializing));
+        batch.probes = static_cast<RowProbe *>(palloc(sizeof(RowProbe) * kFetchRowsMaterializing));
+    }
     MemoryContext row_context = AllocSetContextCreate(run_context, "amplitude_sync row",
                                                       ALLOCSET_DEFAULT_SIZES);
     int64 rows_read = 0;
@@ -659,12 +1031,19 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
     int64 events_previewed = 0;         // properties events a run would send beside
     instr_time read_time;            // fetching rows and reading their values
     INSTR_TIME_SET_ZERO(read_time);
+    // A saved sync compares rows with its state, loaded once.
+    if (spec->sync_id) load_sync_state(spec, run);
     bool more = true;
+    bool idle = false;  // the last batch had nothing to send
     while (more && run->state() == DeliveryState::kRunning) {
         CHECK_FOR_INTERRUPTS();
         // A run that commits as it goes fetches less at a time, so it can
         // commit about once a second even when Amplitude is slow.
-        long fetch_rows = spec->segments ? kFetchRowsCommitting : kFetchRows;
+        // (A batch with nothing to send after one that had nothing either is
+        // read 1,000 rows at a time: an unchanged run reads at full speed.)
+        long fetch_rows = spec->segments && !idle ? kFetchRowsCommitting : kFetchRows;
+        uint64_t unchanged_before = run->unchanged;
+        int64 read_before = rows_read;
         instr_time read_started;
         INSTR_TIME_SET_CURRENT(read_started);
         SPITupleTable *table = nullptr;
@@ -676,13 +1055,26 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
             more = true;
             fetched = 0;
         }
+        if (table && spec->sync_id) {
+            MemoryContext outer = MemoryContextSwitchTo(batch.context);
+            probe_batch(run, desc, table->vals, fetched, payload_natts, batch.datums, batch.nulls, batch.stride, spans,
+                        batch.probes);
+            MemoryContextSwitchTo(outer);
+        }
         add_elapsed(&read_time, read_started, 1);
         for (uint64 r = 0; (table ? r < fetched : more) && run->state() == DeliveryState::kRunning; ++r) {
             MemoryContext outer = MemoryContextSwitchTo(row_context);
             bool timed = (rows_read + 1) % kTimingSample == 0;
             if (timed) INSTR_TIME_SET_CURRENT(read_started);
+            int64 row_number;
             if (table) {
-                heap_deform_tuple(table->vals[r], desc, datums, nulls);
+                if (spec->sync_id) {
+                    memcpy(datums, batch.datums + r * batch.stride, sizeof(Datum) * natts);
+                    memcpy(nulls, batch.nulls + r * batch.stride, sizeof(bool) * natts);
+                } else {
+                    heap_deform_tuple(table->vals[r], desc, datums, nulls);
+                }
+                row_number = ++rows_read;
             } else {
                 // Materialized: up to fetch_rows rows from the tuplestore. A
                 // row read back from disk is palloc'd and freed by the slot at
@@ -697,32 +1089,57 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
                     break;
                 }
                 slot_getallattrs(source.slot);
-                memcpy(datums, source.slot->tts_values, sizeof(Datum) * natts);
-                memcpy(nulls, source.slot->tts_isnull, sizeof(bool) * natts);
+                memcpy(datums, source.slot->tts_values, sizeof(Datum) * (natts + 1));
+                memcpy(nulls, source.slot->tts_isnull, sizeof(bool) * (natts + 1));
+                // Counted as read when it was stored.
+                row_number = DatumGetInt64(datums[natts]);
             }
-            for (int i = 0; i < payload_natts; ++i)
-                read_column_value(&readers[i], datums[i], nulls[i], &values[i]);
-            if (timed) add_elapsed(&read_time, read_started, kTimingSample);
-            StoredState stored = {nullptr, nullptr};
+            RowCheck check;
             const char *record_key = nullptr;
-            if (spec->sync_id) {
-                if (!nulls[natts - 3]) stored.fingerprint = DatumGetUUIDP(datums[natts - 3])->data;
-                if (!nulls[natts - 2]) stored.rejected_reason = TextDatumGetCString(datums[natts - 2]);
-                if (!nulls[natts - 1]) record_key = TextDatumGetCString(datums[natts - 1]);
+            int64 position = 0;
+            bool has_position = source.cursor_index >= 0 && !nulls[source.cursor_index];
+            if (has_position) {
+                position = cursor_value(TupleDescAttr(desc, source.cursor_index)->atttypid,
+                                        datums[source.cursor_index]);
+                note_position(&source, datums[source.cursor_index]);
             }
-            ++rows_read;
+            if (spec->sync_id) {
+                RowProbe probe;
+                if (table) {
+                    probe = batch.probes[r];
+                    // Keep the lookups of the rows ahead in cache.
+                    if (r + 8 < fetched) run->confirmed.prefetch_entries(batch.probes[r + 8].entry);
+                } else {
+                    Fingerprint fingerprint = datum_fingerprint(run, desc, datums, nulls, payload_natts, spans);
+                    RowKey key = row_key(datums, nulls, natts);
+                    AMP_CXX(probe = probe_row(run, fingerprint, std::string_view(key.data ? key.data : "", key.len)));
+                }
+                AMP_CXX(check = check_row(run, probe));
+                RowKey key = row_key(datums, nulls, natts);
+                if (key.data && (spec->preview || needs_work(check.verdict)))
+                    record_key = pnstrdup(key.data, key.len);
+            }
+            // The values are read (output functions, UTF-8) only for rows that
+            // are encoded.
+            if (!spec->sync_id || spec->preview || needs_work(check.verdict))
+                for (int i = 0; i < payload_natts; ++i)
+                    read_column_value(&readers[i], datums[i], nulls[i], &values[i]);
+            if (timed) add_elapsed(&read_time, read_started, kTimingSample);
             run->progress.rows_read = rows_read;
             RowAction action = RowAction::kCreate;
-            AMP_CXX(action = encode_and_queue(run, static_cast<uint64_t>(rows_read), values,
-                                              static_cast<size_t>(payload_natts), record_key, stored));
+            AMP_CXX(action = encode_and_queue(run, static_cast<uint64_t>(row_number), values, record_key, check,
+                                              has_position ? &position : nullptr));
             counts[static_cast<int>(action)]++;
-            if (spec->preview) put_preview_rows(spec, result_desc, preview_store, rows_read, record_key, action,
-                                                run, stored.rejected_reason, &events_previewed);
+            if (spec->preview) put_preview_rows(spec, result_desc, preview_store, row_number, record_key, action,
+                                                run, check.reason, &events_previewed);
             MemoryContextSwitchTo(outer);
             MemoryContextReset(row_context);
         }
         if (table) SPI_freetuptable(table);
         report_progress(&run->progress);
+        if (spec->sync_id) MemoryContextReset(batch.context);
+        idle = spec->sync_id && rows_read > read_before &&
+               run->unchanged - unchanged_before == static_cast<uint64_t>(rows_read - read_before);
         if (!spec->preview) store_outcomes(log, run, spec);
         if (spec->counts) {
             const DeliveryStats &so_far = run->main->delivery.stats();
@@ -731,8 +1148,15 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
         }
         // About once a second: publish the counts, keep what Amplitude confirmed.
         if (spec->segments && more && TimestampDifferenceExceeds(last_commit, GetCurrentTimestamp(), 1000)) {
+            if (source.portal)
+                materialize_source(spec, &source, run_context, run, row_context, &batch, datums, nulls, spans,
+                                   &rows_read, counts);
             run_log_progress(log, rows_read, static_cast<int64>(run->unchanged), &run->main->delivery.stats());
-            if (source.portal) materialize_source(spec, &source, run_context);
+            if (spec->counts) {
+                const DeliveryStats &so_far = run->main->delivery.stats();
+                *spec->counts = {rows_read, static_cast<int64>(so_far.sent), static_cast<int64>(so_far.rejected),
+                                 static_cast<int64>(run->unchanged)};
+            }
             spec->segments->commit(spec->segments);
             last_commit = GetCurrentTimestamp();
         }
@@ -806,6 +1230,10 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
                                            (run->events ? run->events->delivery.network_time()
                                                         : std::chrono::steady_clock::duration{})));
     run_log_finish(log, failed ? "failed" : "succeeded", rows_read, unchanged, &logged, error, &timings);
+    // A watermark sync that read, and accounted for, every row it was given
+    // moves its watermark up and prunes its ledger below watermark - lookback.
+    if (spec->sync_id && spec->cursor_column && !failed && stats->not_sent == 0 && source.has_max_position)
+        run_log_advance_watermark(spec->sync_id, source.max_position, spec->lookback);
     if (failed) {
         char *detail = psprintf("Run %lld: %llu rows were sent, %llu rejected and %llu not sent.",
                                 static_cast<long long>(log->run_id), static_cast<unsigned long long>(stats->sent),

@@ -42,15 +42,26 @@ struct SendSpec {
     // the caller), with source_search_path (NULL: the caller's), read-only.
     Oid run_as;
     const char *source_search_path;
-    // Saved syncs: the query's last two columns are the stored fingerprint
-    // and the record key; unchanged records are skipped, confirmed ones
-    // remembered.
+    // Saved syncs: the query's last column is the record key; the sync's
+    // state is loaded once per run (state_index.hpp), unchanged records are
+    // skipped, confirmed ones remembered.
     bool saved_sync;              // run, preview or check of a saved sync
     int sync_id;                  // 0 for one-shot calls (and a saved sync's check)
     const char *sync_name;
     RunLog *log;                  // run_sync starts the run record itself; NULL: the run does
     RunSegments *segments;        // commit as it goes, or NULL
     RunCounts *counts;            // kept up to date after each batch, or NULL
+    // Watermark syncs (events with a cursor_column): the column and its type;
+    // the run reads rows at or above bound (has_bound; the query's $1) and
+    // loads the ledger entries at or above it; lookback in the cursor's
+    // units. A complete run advances the watermark and prunes the ledger.
+    const char *cursor_column;
+    Oid cursor_type;
+    bool has_bound;
+    int64 bound;
+    bool has_state_floor;
+    int64 state_floor;
+    int64 lookback;
     // preview_sync: encode and compare only; rows go to rsinfo, nothing is
     // sent or written.
     bool preview;
@@ -59,6 +70,13 @@ struct SendSpec {
     // The run report's row type; NULL: the call's own result type.
     TupleDesc report_desc;
 };
+
+// Watermark cursors: int2, int4, int8, date, timestamp, timestamptz. Their
+// values as positions (integers; microseconds for times and dates) and back.
+bool cursor_type_supported(Oid type);
+bool cursor_type_is_time(Oid type);
+int64 cursor_value(Oid type, Datum value);
+Datum cursor_datum(Oid type, int64 value);
 
 // The connection's timeouts and TLS settings for the HTTP transport.
 amplitude_sync::TransportOptions transport_options(const AmpConnection &conn);

@@ -118,3 +118,43 @@ TEST(CallOptions, BatchSizeAndMinIdLengthAreBounded) {
     a.batch_size = 2000;
     EXPECT_EQ(check_call_arguments(a).max_records, 2000);
 }
+
+TEST(CallOptionsWatermark, CursorColumnIsForEventsOnly) {
+    CallArguments a;
+    a.object = "event";
+    a.cursor_column = "created_at";
+    a.lookback = "1 hour";
+    CallOptions o = check_call_arguments(a);
+    EXPECT_STREQ(o.cursor_column, "created_at");
+    EXPECT_STREQ(o.lookback, "1 hour");
+    a.object = "user";
+    EXPECT_THROW(check_call_arguments(a), PlanError);
+}
+
+TEST(CallOptionsWatermark, LookbackNeedsACursorAndAValidValue) {
+    CallArguments a;
+    a.object = "event";
+    a.lookback = "1 hour";
+    EXPECT_THROW(check_call_arguments(a), PlanError);
+    a.cursor_column = "";
+    EXPECT_THROW(check_call_arguments(a), PlanError);
+    a.cursor_column = "id";
+    a.lookback = "soon";
+    EXPECT_THROW(check_call_arguments(a), PlanError);
+    a.lookback = "-5";
+    EXPECT_THROW(check_call_arguments(a), PlanError);
+    a.lookback = "1000";
+    EXPECT_NO_THROW(check_call_arguments(a));
+}
+
+TEST(CallOptionsWatermark, LookbackUnits) {
+    EXPECT_EQ(lookback_units(nullptr, true), 0);
+    EXPECT_EQ(lookback_units("1 hour", true), 3600000000LL);
+    EXPECT_EQ(lookback_units("1 hour 30 minutes", true), 5400000000LL);
+    EXPECT_EQ(lookback_units(" 2 Days ", true), 172800000000LL);
+    EXPECT_EQ(lookback_units("1000", false), 1000);
+    EXPECT_THROW(lookback_units("1000", true), PlanError);
+    EXPECT_THROW(lookback_units("1 hour", false), PlanError);
+    EXPECT_THROW(lookback_units("1 fortnight", true), PlanError);
+    EXPECT_THROW(lookback_units("99999999999999999999 hours", true), PlanError);
+}

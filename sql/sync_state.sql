@@ -1,0 +1,145 @@
+-- A saved sync's state at scale (issue 14): rows are compared with the
+-- state by a fingerprint of their column values, against a compact set
+-- loaded once per run (no join with the state); after a run's first commit
+-- only the rows still to send are kept; watermark mode for append syncs
+-- reads only new rows (and late ones within the lookback) and prunes its
+-- insert_id ledger below the watermark minus the lookback.
+SELECT url AS mock_url FROM mock_config \gset
+SELECT setval('amplitude_sync.syncs_sync_id_seq', 900) AS first_sync_id_after;
+SELECT setval('amplitude_sync.sync_runs_run_id_seq', 2000) AS first_run_id_after;
+SELECT mock_reset();
+\set SHOW_CONTEXT never
+
+-- Users whose source takes over a second to read its first rows: the run
+-- commits after its first batch and keeps the rest of the source, minus
+-- what is unchanged, across its commits.
+CREATE TABLE state_customers AS
+SELECT 'state-' || lpad(g::text, 5, '0') AS user_id, 'free' AS plan, g AS score, now() AS seen_at
+FROM generate_series(1, 2000) g;
+CREATE FUNCTION state_slow(g int) RETURNS int LANGUAGE sql AS
+$$ SELECT CASE WHEN g = 50 THEN (SELECT 0 FROM pg_sleep(1.2)) ELSE 0 END $$;
+SELECT name FROM amplitude_sync.create_sync('state_users', 'amplitude_mock', 'user',
+    $$SELECT user_id, plan, score + state_slow(score) AS score, seen_at FROM state_customers$$);
+CALL amplitude_sync.run_sync('state_users') \gset
+\echo status=:status rows_read=:rows_read sent=:sent unchanged=:unchanged not_sent=:not_sent
+SELECT count(*) AS profiles FROM mock_users();
+-- Unchanged: nothing is sent, and not a single request is made.
+SELECT mock_reset();
+CALL amplitude_sync.run_sync('state_users') \gset
+\echo status=:status rows_read=:rows_read sent=:sent unchanged=:unchanged not_sent=:not_sent
+SELECT count(*) AS requests FROM mock_requests();
+-- Changed rows before and after the first commit (row 100 is read before
+-- it, rows 1500 and 2000 after it) are sent, and only they; a timestamp
+-- that moves by one microsecond is a change.
+UPDATE state_customers SET plan = 'pro' WHERE score IN (100, 1500);
+UPDATE state_customers SET seen_at = seen_at + interval '1 microsecond' WHERE score = 2000;
+CALL amplitude_sync.run_sync('state_users') \gset
+\echo status=:status rows_read=:rows_read sent=:sent unchanged=:unchanged not_sent=:not_sent
+SELECT u->>'user_id' AS user_id, u->'user_properties'->>'plan' AS plan FROM mock_users() u ORDER BY 1;
+-- The run's counts add up, and the rows' numbers are where they were read.
+SELECT rows_read, sent + rejected + not_sent + unchanged AS accounted FROM amplitude_sync.sync_runs
+WHERE run_id = :run_id;
+-- A NULL that becomes '' is a change too (the payload differs).
+SELECT mock_reset();
+ALTER TABLE state_customers ADD COLUMN note text;
+SELECT name FROM amplitude_sync.alter_sync('state_users',
+    source => $$SELECT user_id, plan, note FROM state_customers WHERE score <= 10$$);
+CALL amplitude_sync.run_sync('state_users') \gset
+\echo status=:status rows_read=:rows_read sent=:sent unchanged=:unchanged
+UPDATE state_customers SET note = '' WHERE score = 3;
+CALL amplitude_sync.run_sync('state_users') \gset
+\echo status=:status rows_read=:rows_read sent=:sent unchanged=:unchanged
+SELECT amplitude_sync.drop_sync('state_users');
+
+-- Watermark mode: the arguments are checked like every other.
+CREATE TABLE state_events (id int, user_id text, event_type text, insert_id text, created_at timestamptz, label text);
+SELECT name FROM amplitude_sync.create_sync('bad', 'amplitude_mock', 'user', 'state_customers', cursor_column => 'seen_at');
+SELECT name FROM amplitude_sync.create_sync('bad', 'amplitude_mock', 'event', 'state_events', lookback => '1 hour');
+SELECT name FROM amplitude_sync.create_sync('bad', 'amplitude_mock', 'event', 'state_events', cursor_column => '');
+SELECT name FROM amplitude_sync.create_sync('bad', 'amplitude_mock', 'event', 'state_events', cursor_column => 'id', lookback => 'a while');
+SELECT name FROM amplitude_sync.create_sync('bad', 'amplitude_mock', 'event', 'state_events', cursor_column => 'id', lookback => '1 hour');
+SELECT name FROM amplitude_sync.create_sync('bad', 'amplitude_mock', 'event', 'state_events', cursor_column => 'created_at', lookback => '10');
+SELECT name FROM amplitude_sync.create_sync('bad', 'amplitude_mock', 'event', 'state_events', cursor_column => 'no_such_column');
+SELECT name FROM amplitude_sync.create_sync('bad', 'amplitude_mock', 'event', 'state_events', cursor_column => 'label');
+
+-- A serial id with a lookback of 5 ids: ids 1..100 except 98 and 107.
+INSERT INTO state_events SELECT g, 'state-user-' || g, 'Signed Up', 'ev-' || g, timestamptz '2026-01-01' + g * interval '1 minute'
+FROM generate_series(1, 100) g WHERE g <> 98;
+SELECT name, cursor_column, lookback, watermark, ledger_floor
+FROM amplitude_sync.create_sync('state_ids', 'amplitude_mock', 'event',
+    'SELECT id, user_id, event_type, insert_id FROM state_events', cursor_column => 'id', lookback => '5');
+CALL amplitude_sync.run_sync('state_ids') \gset
+\echo status=:status rows_read=:rows_read sent=:sent unchanged=:unchanged
+SELECT watermark, ledger_floor FROM amplitude_sync.syncs WHERE name = 'state_ids';
+-- Only what was pruned is gone from the ledger: ids 95..100 (98 missing) stay.
+SELECT count(*) AS ledger, min(position) AS lowest FROM amplitude_sync.sync_state st
+JOIN amplitude_sync.syncs s USING (sync_id) WHERE s.name = 'state_ids';
+-- New rows 101..110 (107 comes late): the run reads from 95 only.
+INSERT INTO state_events SELECT g, 'state-user-' || g, 'Signed Up', 'ev-' || g, NULL FROM generate_series(101, 110) g WHERE g <> 107;
+CALL amplitude_sync.run_sync('state_ids') \gset
+\echo status=:status rows_read=:rows_read sent=:sent unchanged=:unchanged
+-- A late row within the lookback (107 >= 110 - 5) is read and sent once;
+-- a late row below the floor (98) is never read.
+INSERT INTO state_events VALUES (107, 'state-user-107', 'Signed Up', 'ev-107'), (98, 'state-user-98', 'Signed Up', 'ev-98');
+CALL amplitude_sync.run_sync('state_ids') \gset
+\echo status=:status rows_read=:rows_read sent=:sent unchanged=:unchanged
+CALL amplitude_sync.run_sync('state_ids') \gset
+\echo status=:status rows_read=:rows_read sent=:sent unchanged=:unchanged
+-- Amplitude holds each event once; 98 was never sent.
+SELECT e->>'insert_id' AS insert_id, count(*) FROM mock_events() e
+WHERE e->>'insert_id' IN ('ev-1', 'ev-98', 'ev-100', 'ev-107', 'ev-110') GROUP BY 1 ORDER BY 1;
+SELECT count(*) AS events, count(DISTINCT e->>'insert_id') AS distinct_events FROM mock_events() e
+WHERE e->>'insert_id' LIKE 'ev-%';
+-- The ledger stays bounded: only ids at or above watermark - lookback.
+SELECT s.watermark, s.ledger_floor, count(*) AS ledger, min(st.position) AS lowest
+FROM amplitude_sync.sync_state st JOIN amplitude_sync.syncs s USING (sync_id) WHERE s.name = 'state_ids'
+GROUP BY 1, 2;
+-- The cursor cannot change once the ledger was pruned (rows would be resent).
+SELECT name FROM amplitude_sync.alter_sync('state_ids', cursor_column => '');
+-- The lookback can: a longer one reads no lower than the ledger's floor.
+SELECT name, lookback FROM amplitude_sync.alter_sync('state_ids', lookback => '50');
+CALL amplitude_sync.run_sync('state_ids') \gset
+\echo status=:status rows_read=:rows_read sent=:sent unchanged=:unchanged
+
+-- A timestamp cursor with a lookback of one hour.
+SELECT mock_reset();
+DELETE FROM state_events;
+INSERT INTO state_events SELECT g, 'state-user-' || g, 'Viewed', 'view-' || g, timestamptz '2026-01-01 00:00+00' + g * interval '10 minutes'
+FROM generate_series(1, 30) g;
+SELECT name FROM amplitude_sync.create_sync('state_times', 'amplitude_mock', 'event',
+    'SELECT user_id, event_type, insert_id, created_at AS time, created_at FROM state_events',
+    cursor_column => 'created_at', lookback => '1 hour');
+CALL amplitude_sync.run_sync('state_times') \gset
+\echo status=:status rows_read=:rows_read sent=:sent unchanged=:unchanged
+-- Two new rows and one late row 29 minutes behind the old watermark: 10
+-- rows read (the last hour's 7 and the 3 new ones), 3 sent.
+INSERT INTO state_events VALUES
+    (31, 'state-user-31', 'Viewed', 'view-31', timestamptz '2026-01-01 00:00+00' + 31 * interval '10 minutes'),
+    (32, 'state-user-32', 'Viewed', 'view-32', timestamptz '2026-01-01 00:00+00' + 32 * interval '10 minutes'),
+    (33, 'state-user-33', 'Viewed', 'view-33', timestamptz '2026-01-01 00:00+00' + 27 * interval '10 minutes' + interval '1 minute');
+CALL amplitude_sync.run_sync('state_times') \gset
+\echo status=:status rows_read=:rows_read sent=:sent unchanged=:unchanged
+SELECT count(*) AS events, count(DISTINCT e->>'insert_id') AS distinct_events FROM mock_events() e;
+SELECT count(*) AS ledger FROM amplitude_sync.sync_state st JOIN amplitude_sync.syncs s USING (sync_id)
+WHERE s.name = 'state_times';
+
+-- An append sync that turns to watermark mode keeps its ledger: events it
+-- sent before are never sent again, whatever their position.
+SELECT mock_reset();
+SELECT name FROM amplitude_sync.create_sync('state_later', 'amplitude_mock', 'event',
+    'SELECT id, user_id, event_type, insert_id FROM state_events');
+CALL amplitude_sync.run_sync('state_later') \gset
+\echo status=:status rows_read=:rows_read sent=:sent unchanged=:unchanged
+SELECT name, cursor_column FROM amplitude_sync.alter_sync('state_later', cursor_column => 'id', lookback => '2');
+CALL amplitude_sync.run_sync('state_later') \gset
+\echo status=:status rows_read=:rows_read sent=:sent unchanged=:unchanged
+INSERT INTO state_events VALUES (40, 'state-user-40', 'Viewed', 'view-40');
+CALL amplitude_sync.run_sync('state_later') \gset
+\echo status=:status rows_read=:rows_read sent=:sent unchanged=:unchanged
+SELECT count(*) AS events, count(DISTINCT e->>'insert_id') AS distinct_events FROM mock_events() e;
+
+SELECT amplitude_sync.drop_sync('state_ids');
+SELECT amplitude_sync.drop_sync('state_times');
+SELECT amplitude_sync.drop_sync('state_later');
+DROP TABLE state_events, state_customers;
+DROP FUNCTION state_slow(int);

@@ -1,0 +1,110 @@
+// A saved sync's state as a run consults it: fingerprints of column values
+// (no JSON is built for a row that did not change) and a compact in-memory
+// set of what Amplitude confirmed, loaded once per run. Core file: no
+// postgres.h.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+
+namespace amplitude_sync {
+
+using Fingerprint = std::array<unsigned char, 16>;
+
+// 64-bit hash of a record key (user_id, device_id, group, insert_id).
+uint64_t key_hash(std::string_view key);
+
+// A row's fingerprint: 128-bit xxHash3 of its column values in a stable
+// binary form — per column a NULL flag, the length and the bytes of the
+// value as the database stores it (the glue passes PostgreSQL's Datum
+// bytes, detoasted: no output function runs, no JSON is built) — after the
+// hash of the signature (column names and types, the settings that shape
+// the payload, the settings that shape output). Equal values give equal
+// bytes; a value whose payload would change has different bytes.
+struct ByteSpan {
+    const void *data;  // nullptr: NULL
+    size_t len;
+};
+
+class RowFingerprint {
+public:
+    explicit RowFingerprint(std::string_view signature);
+    // The fingerprint of a row given as one span per column.
+    Fingerprint of(const ByteSpan *columns, size_t count);
+    void begin();
+    void add_null();
+    void add(const void *data, size_t len);
+    Fingerprint finish() const;
+
+private:
+    uint64_t signature_hash_;
+    std::string row_;
+};
+
+// The 64-bit entry of a confirmed identification: its key with its
+// payload's fingerprint.
+uint64_t state_entry(uint64_t key_hash, const Fingerprint &fingerprint);
+
+// A set of 64-bit hashes in about 5.3 bytes per entry: sorted, bucketed by
+// their top bits (b = log2(n / 8), at most 24), each entry stored as the 40
+// bits that follow. A lookup of a hash that is not in the set answers true
+// with probability about n / 2^(b + 40), about 8 / 2^40 = 7e-12 whatever
+// the size: a changed record would be taken for unchanged that rarely.
+// Built in one of two ways: from all the values at once (8 bytes each while
+// building), or in two passes over the same values (count, then fill), which
+// never holds more than the final set.
+class CompactHashSet {
+public:
+    CompactHashSet() = default;
+    ~CompactHashSet();
+    CompactHashSet(const CompactHashSet &) = delete;
+    CompactHashSet &operator=(const CompactHashSet &) = delete;
+
+    // One pass: takes the values (sorts them and compacts them in place).
+    void build(std::vector<uint64_t> &&values);
+
+    // Two passes: begin(n) with the number of values expected, count() each
+    // value, begin_fill(), fill() the same values, end_fill(). Values that
+    // differ between the passes are tolerated: a value the count did not
+    // see may be left out (never a false "present" for it).
+    void begin(size_t expected);
+    void count(uint64_t value);
+    void begin_fill();
+    void fill(uint64_t value);
+    void end_fill();
+
+    bool contains(uint64_t value) const;
+    // Lookups of many values go faster when each is announced first: the
+    // bucket's offset (prefetch), then, once that is in cache, its entries
+    // (prefetch_entries).
+    void prefetch(uint64_t value) const {
+        if (offsets_) __builtin_prefetch(&offsets_[bucket(value)]);
+    }
+    void prefetch_entries(uint64_t value) const {
+        if (offsets_ && entries_) __builtin_prefetch(entries_ + static_cast<size_t>(offsets_[bucket(value)]) * kEntryBytes);
+    }
+    size_t size() const { return size_; }
+    size_t memory_bytes() const;
+
+private:
+    static constexpr int kEntryBytes = 5;
+    uint64_t remainder(uint64_t value) const { return (value << bits_) >> 24; }
+    size_t bucket(uint64_t value) const { return bits_ ? static_cast<size_t>(value >> (64 - bits_)) : 0; }
+    uint64_t entry_at(size_t i) const;
+    void set_entry(size_t i, uint64_t remainder);
+    void choose_bits(size_t n);
+    void release();
+
+    int bits_ = 0;
+    size_t size_ = 0;
+    unsigned char *entries_ = nullptr;    // size_ * kEntryBytes (malloc)
+    uint32_t *offsets_ = nullptr;         // (1 << bits_) + 1 (malloc)
+    uint32_t *fill_at_ = nullptr;         // two-pass build only
+};
+
+}  // namespace amplitude_sync

@@ -1,0 +1,127 @@
+// Unit tests for src/core/state_index: value fingerprints change with every
+// value, type and setting that shapes a payload; the compact set answers
+// like an exact set for what it holds, whichever way it was built.
+#include "state_index.hpp"
+
+#include <gtest/gtest.h>
+
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+using namespace amplitude_sync;
+
+namespace {
+
+Fingerprint Row(std::string_view signature, std::initializer_list<const char *> columns) {
+    RowFingerprint f(signature);
+    f.begin();
+    for (const char *c : columns) {
+        if (c) f.add(c, std::char_traits<char>::length(c));
+        else f.add_null();
+    }
+    return f.finish();
+}
+
+}  // namespace
+
+TEST(RowFingerprint, SameValuesSameFingerprint) {
+    EXPECT_EQ(Row("sig", {"user-1", "42"}), Row("sig", {"user-1", "42"}));
+    // The builder is reused row after row.
+    RowFingerprint f("sig");
+    f.begin();
+    f.add("a", 1);
+    Fingerprint first = f.finish();
+    f.begin();
+    f.add("a", 1);
+    EXPECT_EQ(first, f.finish());
+}
+
+TEST(RowFingerprint, SpansAreColumns) {
+    ByteSpan spans[2] = {{"user-1", 6}, {nullptr, 0}};
+    RowFingerprint f("sig");
+    EXPECT_EQ(f.of(spans, 2), Row("sig", {"user-1", nullptr}));
+}
+
+TEST(RowFingerprint, ChangesWithEveryValueNullBoundaryAndSignature) {
+    Fingerprint f = Row("sig", {"user-1", "42"});
+    EXPECT_NE(f, Row("sig", {"user-1", "43"}));
+    EXPECT_NE(f, Row("sig", {"user-2", "42"}));
+    EXPECT_NE(f, Row("other settings", {"user-1", "42"}));
+    EXPECT_NE(f, Row("sig", {"user-1"}));
+    EXPECT_NE(Row("sig", {"user-1", nullptr}), Row("sig", {"user-1", ""}));
+    EXPECT_NE(Row("sig", {"ab", "c"}), Row("sig", {"a", "bc"}));
+}
+
+TEST(StateEntry, DependsOnKeyAndFingerprint) {
+    Fingerprint a{}, b{};
+    b[15] = 1;
+    EXPECT_NE(state_entry(1, a), state_entry(1, b));
+    EXPECT_NE(state_entry(1, a), state_entry(2, a));
+    EXPECT_NE(key_hash("user-1"), key_hash("user-2"));
+}
+
+namespace {
+
+std::vector<uint64_t> RandomValues(size_t n, uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::vector<uint64_t> v(n);
+    for (auto &x : v) x = rng();
+    return v;
+}
+
+}  // namespace
+
+TEST(CompactHashSet, EmptySetHoldsNothing) {
+    CompactHashSet s;
+    EXPECT_FALSE(s.contains(0));
+    s.build({});
+    EXPECT_FALSE(s.contains(123));
+    EXPECT_EQ(s.size(), 0u);
+}
+
+TEST(CompactHashSet, BuildFindsEveryValueAndFewOthers) {
+    for (size_t n : {1u, 7u, 100u, 100000u}) {
+        std::vector<uint64_t> values = RandomValues(n, n);
+        CompactHashSet s;
+        s.build(std::vector<uint64_t>(values));
+        for (uint64_t v : values) ASSERT_TRUE(s.contains(v)) << n;
+        size_t false_hits = 0;
+        for (uint64_t v : RandomValues(100000, n + 1)) false_hits += s.contains(v);
+        EXPECT_EQ(false_hits, 0u) << n;
+        EXPECT_LE(s.memory_bytes(), n * 6 + 64) << n;
+    }
+}
+
+TEST(CompactHashSet, TwoPassBuildEqualsOnePass) {
+    std::vector<uint64_t> values = RandomValues(50000, 7);
+    CompactHashSet s;
+    s.begin(values.size());
+    for (uint64_t v : values) s.count(v);
+    s.begin_fill();
+    for (uint64_t v : values) s.fill(v);
+    s.end_fill();
+    EXPECT_EQ(s.size(), values.size());
+    for (uint64_t v : values) ASSERT_TRUE(s.contains(v));
+    for (uint64_t v : RandomValues(50000, 8)) ASSERT_FALSE(s.contains(v));
+}
+
+TEST(CompactHashSet, TwoPassToleratesValuesThatChangedBetweenPasses) {
+    // Counted 1000 values; the fill sees 900 of them and 100 new ones.
+    std::vector<uint64_t> counted = RandomValues(1000, 11);
+    std::vector<uint64_t> fresh = RandomValues(100, 12);
+    CompactHashSet s;
+    s.begin(counted.size());
+    for (uint64_t v : counted) s.count(v);
+    s.begin_fill();
+    for (size_t i = 0; i < 900; ++i) s.fill(counted[i]);
+    for (uint64_t v : fresh) s.fill(v);
+    s.end_fill();
+    for (size_t i = 0; i < 900; ++i) ASSERT_TRUE(s.contains(counted[i]));
+    // Never a value that was not filled: neither the 100 unseen ones (their
+    // slots are closed) nor garbage.
+    for (size_t i = 900; i < 1000; ++i) EXPECT_FALSE(s.contains(counted[i]));
+    EXPECT_LE(s.size(), 1000u);
+    EXPECT_FALSE(s.contains(0));
+}
