@@ -40,7 +40,8 @@ SELECT mock_faults('[{"action": "pass", "delay_ms": 5000, "times": -1}]');
 SELECT dblink_send_query('runner', $$SELECT * FROM amplitude_sync.amplitude_send_events('amplitude_mock',
     'SELECT ''Cancelled Run'' AS event_type, ''user-'' || lpad(g::text, 5, ''0'') AS user_id FROM generate_series(1, 3000) g',
     batch_size => 500)$$);
-SELECT wait_for_requests(4);
+-- (The warm-up's request and the run's four.)
+SELECT wait_for_requests(5);
 -- While it waits on Amplitude, pg_stat_activity says so (the event is named
 -- AmplitudeResponse on PostgreSQL 17+, Extension before).
 SELECT wait_event_type, wait_event IN ('AmplitudeResponse', 'Extension') AS waits_on_amplitude

@@ -278,7 +278,9 @@ CREATE TABLE blocked_users AS SELECT 'blocked-' || g AS user_id FROM generate_se
 SELECT name FROM amplitude_sync.create_sync('blocked', 'amplitude_mock', 'user', 'blocked_users');
 SELECT sync_id AS blocked_id FROM amplitude_sync.syncs WHERE name = 'blocked' \gset
 -- (The run's answer comes 3 s late: time enough for the blocker to look,
--- even on a loaded machine.)
+-- even on a loaded machine. The mock is emptied first: wait_for_requests
+-- must see this run's request, not an earlier one.)
+SELECT mock_reset();
 SELECT mock_faults('[{"action": "pass", "delay_ms": 3000}]');
 SELECT dblink_connect('runner', :'conn_base' || ' user=' || current_user);
 SELECT dblink_send_query('runner', $$CALL amplitude_sync.run_sync('blocked')$$);
