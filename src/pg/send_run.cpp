@@ -411,12 +411,13 @@ void remember_rejection(Rejection &rejection, const char *state_key, const RowCh
     rejection.record.position = position ? *position : 0;
 }
 
-// Encodes a row and, unless previewing, queues it. For saved syncs a row
-// whose payload Amplitude already confirmed is skipped, and so is a row
-// rejected before and unchanged since (check_row). The encoded record (or
-// the rejection) stays in run->record / run->rejection for a preview.
-RowAction encode_and_queue(SendRun *run, uint64_t row_number, const Value *values, const char *state_key,
-                           const RowCheck &check, const int64_t *position) {
+// Encodes a row into run->record (and its properties event into
+// run->event), or its rejection into run->rejection, for the run's sink to
+// take. For saved syncs a row whose payload Amplitude already confirmed is
+// not encoded (a preview shows its payload all the same), and neither is a
+// row rejected before and unchanged since (check_row).
+RowAction encode_row_of_run(SendRun *run, uint64_t row_number, const Value *values, const char *state_key,
+                            const RowCheck &check, const int64_t *position) {
     if (run->incremental && !needs_work(check.verdict)) {
         run->unchanged++;
         // A preview shows the payload of an unchanged record too.
@@ -431,7 +432,6 @@ RowAction encode_and_queue(SendRun *run, uint64_t row_number, const Value *value
     if (timed) run->encode_time += (std::chrono::steady_clock::now() - started) * kTimingSample;
     if (!encoded) {
         if (run->incremental) remember_rejection(run->rejection, state_key, check, position);
-        if (!run->preview) run->main->delivery.reject(std::move(run->rejection));
         return RowAction::kRejected;
     }
     RowAction action = RowAction::kCreate;
@@ -442,7 +442,6 @@ RowAction encode_and_queue(SendRun *run, uint64_t row_number, const Value *value
             run->rejection.record = run->record;
             run->rejection.field = "insert_id";
             run->rejection.reason = "insert_id is missing: an append sync remembers events by their insert_id";
-            if (!run->preview) run->main->delivery.reject(std::move(run->rejection));
             return RowAction::kRejected;
         }
         action = check.verdict;
@@ -453,10 +452,18 @@ RowAction encode_and_queue(SendRun *run, uint64_t row_number, const Value *value
         run->record.position = position ? *position : 0;
     }
     if (run->events) build_properties_event(run);
-    if (run->preview) return action;
-    if (run->events && !run->event.json.empty()) run->events->delivery.add(std::move(run->event));
-    run->main->delivery.add(std::move(run->record));
     return action;
+}
+
+// Hands what encode_row_of_run made to the deliveries: a record to send
+// (and its properties event), or a rejection to record.
+void queue_row(SendRun *run, RowAction action) {
+    if (action == RowAction::kRejected) {
+        run->main->delivery.reject(std::move(run->rejection));
+    } else if (action == RowAction::kCreate || action == RowAction::kUpdate) {
+        if (run->events && !run->event.json.empty()) run->events->delivery.add(std::move(run->event));
+        run->main->delivery.add(std::move(run->record));
+    }
 }
 
 void finish_run(SendRun *run) {
@@ -958,20 +965,98 @@ void check_source_columns(const SendSpec *spec) {
     SPI_finish();
 }
 
+namespace {
+
+// What the run loop hands over when the source is read.
+struct RunEnd {
+    const AmpConnection *conn;
+    SendRun *run;
+    RowSource *source;
+    TupleDesc result_desc;
+    MemoryContext run_context;
+    bool own_spi;
+    int64 rows_read;
+    int64 *counts;  // by RowAction
+    instr_time read_time;
+    bool more;  // the source may hold rows the run did not read
+};
+
+// Where the rows of a run go once checked and encoded: to Amplitude, or
+// into preview_sync's result. The run loop is the same for both: it hands
+// the sink each row, tells it when a fetched batch is done, and lets it end
+// the run.
+struct RowSink {
+    void (*take)(RowSink *sink, SendRun *run, int64 row_number, const char *record_key, RowAction action,
+                 const char *stored_reason);
+    void (*batch_done)(RowSink *sink, SendRun *run);
+    Datum (*finish)(RowSink *sink, RunEnd *end);
+    bool every_row;  // it shows unchanged rows too: their keys and values are read
+    const SendSpec *spec;
+    RunLog *log;                // delivery: the run's record
+    RunLog own_log;             // delivery: when the caller keeps none
+    TupleDesc desc;             // preview: its rows' type
+    Tuplestorestate *store;     // preview: its rows
+    int64 events_previewed;     // preview: properties events a run would send beside
+};
+
+Datum finish_delivery(RowSink *sink, RunEnd *end);
+Datum finish_preview(RowSink *sink, RunEnd *end);
+
+void deliver_row(RowSink *, SendRun *run, int64, const char *, RowAction action, const char *) {
+    AMP_CXX(queue_row(run, action));
+}
+
+void store_batch_outcomes(RowSink *sink, SendRun *run) { store_outcomes(sink->log, run, sink->spec); }
+
+void preview_row(RowSink *sink, SendRun *run, int64 row_number, const char *record_key, RowAction action,
+                 const char *stored_reason) {
+    put_preview_rows(sink->spec, sink->desc, sink->store, row_number, record_key, action, run, stored_reason,
+                     &sink->events_previewed);
+}
+
+void nothing_to_store(RowSink *, SendRun *) {}
+
+// Sends: the run has a record (the caller's, or its own) and shows its
+// progress to other sessions.
+void start_delivery_sink(RowSink *sink, const SendSpec *spec, const AmpConnection *conn, SendRun *run) {
+    *sink = RowSink{};
+    sink->take = deliver_row;
+    sink->batch_done = store_batch_outcomes;
+    sink->finish = finish_delivery;
+    sink->spec = spec;
+    sink->log = spec->log;
+    if (!sink->log) {
+        sink->log = &sink->own_log;
+        run_log_start(sink->log, spec->function_name, conn->server_name, spec->options.endpoint->path,
+                      spec->sync_id, spec->sync_name, "running", nullptr);
+    }
+    progress_begin(sink->log->run_id, run->progress.label.c_str());
+}
+
+// Sends nothing and writes nothing: the rows go to preview_sync's result.
+void start_preview_sink(RowSink *sink, const SendSpec *spec, TupleDesc result_desc, SendRun *run) {
+    *sink = RowSink{};
+    sink->take = preview_row;
+    sink->batch_done = nothing_to_store;
+    sink->finish = finish_preview;
+    sink->every_row = true;
+    sink->spec = spec;
+    MemoryContext outer = MemoryContextSwitchTo(spec->rsinfo->econtext->ecxt_per_query_memory);
+    sink->store = tuplestore_begin_heap(true, false, work_mem);
+    sink->desc = CreateTupleDescCopy(result_desc);
+    MemoryContextSwitchTo(outer);
+    spec->rsinfo->returnMode = SFRM_Materialize;
+    spec->rsinfo->setResult = sink->store;
+    spec->rsinfo->setDesc = sink->desc;
+    run->progress.stats = nullptr;  // nothing is sent: no progress to tell
+}
+
+}  // namespace
+
 Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const SendSpec *spec) {
     TupleDesc result_desc = spec->report_desc;
     if (!result_desc && get_call_result_type(fcinfo, nullptr, &result_desc) != TYPEFUNC_COMPOSITE)
         elog(ERROR, "amplitude_sync: return type must be a row type");
-    Tuplestorestate *preview_store = nullptr;
-    if (spec->preview) {
-        MemoryContext outer = MemoryContextSwitchTo(spec->rsinfo->econtext->ecxt_per_query_memory);
-        preview_store = tuplestore_begin_heap(true, false, work_mem);
-        result_desc = CreateTupleDescCopy(result_desc);
-        MemoryContextSwitchTo(outer);
-        spec->rsinfo->returnMode = SFRM_Materialize;
-        spec->rsinfo->setResult = preview_store;
-        spec->rsinfo->setDesc = result_desc;
-    }
 
     bool own_spi = spec->segments == nullptr;
     if (own_spi && SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
@@ -993,21 +1078,18 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
     AMP_CXX(run = make_send_run(*conn, *spec, column_inputs(desc, readers, payload_natts));
             run->progress.label = spec->sync_id ? "sync \"" + std::string(spec->sync_name) + "\""
                                                 : std::string(spec->function_name));
-    if (spec->preview) run->progress.stats = nullptr;  // nothing is sent: no progress to tell
     resources->run = run;
     raise_plan_warnings(run);
     cleanup->func = release_run_resources;
     cleanup->arg = resources;
     MemoryContextRegisterResetCallback(run_context, cleanup);
 
-    RunLog own_log;
-    RunLog *log = spec->log;
-    if (!spec->preview && !log) {
-        log = &own_log;
-        run_log_start(log, spec->function_name, conn->server_name, spec->options.endpoint->path, spec->sync_id,
-                      spec->sync_name, "running", nullptr);
-    }
-    if (!spec->preview) progress_begin(log->run_id, run->progress.label.c_str());
+    // The call's options chose where the rows go; the loop below is the
+    // same for both.
+    RowSink sink;
+    if (spec->preview) start_preview_sink(&sink, spec, result_desc, run);
+    else start_delivery_sink(&sink, spec, conn, run);
+    RunLog *log = sink.log;
     TimestampTz last_commit = GetCurrentTimestamp();
 
     Datum *datums = static_cast<Datum *>(palloc(sizeof(Datum) * (natts + 2)));
@@ -1028,7 +1110,6 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
                                                       ALLOCSET_DEFAULT_SIZES);
     int64 rows_read = 0;
     int64 counts[5] = {0, 0, 0, 0, 0};  // by RowAction
-    int64 events_previewed = 0;         // properties events a run would send beside
     instr_time read_time;            // fetching rows and reading their values
     INSTR_TIME_SET_ZERO(read_time);
     // A saved sync compares rows with its state, loaded once.
@@ -1116,22 +1197,21 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
                 }
                 AMP_CXX(check = check_row(run, probe));
                 RowKey key = row_key(datums, nulls, natts);
-                if (key.data && (spec->preview || needs_work(check.verdict)))
+                if (key.data && (sink.every_row || needs_work(check.verdict)))
                     record_key = pnstrdup(key.data, key.len);
             }
             // The values are read (output functions, UTF-8) only for rows that
             // are encoded.
-            if (!spec->sync_id || spec->preview || needs_work(check.verdict))
+            if (!spec->sync_id || sink.every_row || needs_work(check.verdict))
                 for (int i = 0; i < payload_natts; ++i)
                     read_column_value(&readers[i], datums[i], nulls[i], &values[i]);
             if (timed) add_elapsed(&read_time, read_started, kTimingSample);
             run->progress.rows_read = rows_read;
             RowAction action = RowAction::kCreate;
-            AMP_CXX(action = encode_and_queue(run, static_cast<uint64_t>(row_number), values, record_key, check,
-                                              has_position ? &position : nullptr));
+            AMP_CXX(action = encode_row_of_run(run, static_cast<uint64_t>(row_number), values, record_key, check,
+                                               has_position ? &position : nullptr));
             counts[static_cast<int>(action)]++;
-            if (spec->preview) put_preview_rows(spec, result_desc, preview_store, row_number, record_key, action,
-                                                run, check.reason, &events_previewed);
+            sink.take(&sink, run, row_number, record_key, action, check.reason);
             MemoryContextSwitchTo(outer);
             MemoryContextReset(row_context);
         }
@@ -1140,7 +1220,7 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
         if (spec->sync_id) MemoryContextReset(batch.context);
         idle = spec->sync_id && rows_read > read_before &&
                run->unchanged - unchanged_before == static_cast<uint64_t>(rows_read - read_before);
-        if (!spec->preview) store_outcomes(log, run, spec);
+        sink.batch_done(&sink, run);
         if (spec->counts) {
             const DeliveryStats &so_far = run->main->delivery.stats();
             *spec->counts = {rows_read, static_cast<int64>(so_far.sent), static_cast<int64>(so_far.rejected),
@@ -1162,28 +1242,48 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
         }
     }
     if (source.portal) SPI_cursor_close(source.portal);
+    RunEnd end = {conn, run, &source, result_desc, run_context, own_spi, rows_read, counts, read_time, more};
+    return sink.finish(&sink, &end);
+}
 
-    if (spec->preview) {
-        // Census's "recap of what will happen".
-        // The properties events go to /2/httpapi beside the identifications.
-        const char *events_part =
-            spec->options.properties_event
-                ? psprintf(" and send %lld \"%s\" events", static_cast<long long>(events_previewed),
-                           spec->options.properties_event)
-                : "";
-        ereport(NOTICE, (errmsg("sync \"%s\" would create %lld, update %lld and reject %lld records%s; "
-                                "%lld are unchanged",
-                                spec->sync_name, static_cast<long long>(counts[2]), static_cast<long long>(counts[3]),
-                                static_cast<long long>(counts[0] + counts[4]), events_part,
-                                static_cast<long long>(counts[1])),
-                         counts[4] ? errdetail("%lld of the rejected are rows rejected before and unchanged since.",
-                                               static_cast<long long>(counts[4]))
-                                   : 0));
-        MemoryContextDelete(run_context);
-        if (own_spi) SPI_finish();
-        return (Datum)0;
-    }
+namespace {
 
+// A preview ends with Census's "recap of what will happen"; its rows are
+// already in the result.
+Datum finish_preview(RowSink *sink, RunEnd *end) {
+    const SendSpec *spec = sink->spec;
+    const int64 *counts = end->counts;
+    // The properties events go to /2/httpapi beside the identifications.
+    const char *events_part =
+        spec->options.properties_event
+            ? psprintf(" and send %lld \"%s\" events", static_cast<long long>(sink->events_previewed),
+                       spec->options.properties_event)
+            : "";
+    ereport(NOTICE, (errmsg("sync \"%s\" would create %lld, update %lld and reject %lld records%s; "
+                            "%lld are unchanged",
+                            spec->sync_name, static_cast<long long>(counts[2]), static_cast<long long>(counts[3]),
+                            static_cast<long long>(counts[0] + counts[4]), events_part,
+                            static_cast<long long>(counts[1])),
+                     counts[4] ? errdetail("%lld of the rejected are rows rejected before and unchanged since.",
+                                           static_cast<long long>(counts[4]))
+                               : 0));
+    MemoryContextDelete(end->run_context);
+    if (end->own_spi) SPI_finish();
+    return (Datum)0;
+}
+
+
+// A delivery ends by waiting for Amplitude's last answers, recording the
+// run and returning its report (or raising, when the run failed).
+Datum finish_delivery(RowSink *sink, RunEnd *end) {
+    const SendSpec *spec = sink->spec;
+    const AmpConnection *conn = end->conn;
+    SendRun *run = end->run;
+    RunLog *log = sink->log;
+    RowSource &source = *end->source;
+    int64 rows_read = end->rows_read;
+    bool more = end->more;
+    instr_time read_time = end->read_time;
     AMP_CXX(finish_run(run); run->silent_change_warnings = run->encoder->silent_changes().warnings());
     for (size_t i = 0; i < run->silent_change_warnings.size(); ++i)
         ereport(WARNING, (errmsg("%s", run->silent_change_warnings[i].c_str())));
@@ -1287,14 +1387,16 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
                         Int64GetDatum(static_cast<int64>(retries)),
                         run_log_elapsed(log)};
     bool result_nulls[10] = {false, false, false, false, false, false, false, false, false, false};
-    HeapTuple tuple = heap_form_tuple(BlessTupleDesc(result_desc), result, result_nulls);
+    HeapTuple tuple = heap_form_tuple(BlessTupleDesc(end->result_desc), result, result_nulls);
     if (source.store) {
         tuplestore_end(source.store);
         spec->segments->materialized = nullptr;
     }
-    MemoryContextDelete(run_context);
+    MemoryContextDelete(end->run_context);
     // Copy the result out of SPI's memory before SPI_finish frees it.
     Datum out = SPI_datumTransfer(HeapTupleGetDatum(tuple), false, -1);
-    if (own_spi) SPI_finish();
+    if (end->own_spi) SPI_finish();
     return out;
 }
+
+}  // namespace
