@@ -31,6 +31,21 @@ void leave_batch_memory(const BatchMemory *memory) {
     MemoryContextDelete(memory->context);
 }
 
+// A record's 128-bit fingerprint as a uuid Datum (sync_state.fingerprint).
+Datum fingerprint_datum(const unsigned char *fingerprint) {
+    pg_uuid_t *uuid = static_cast<pg_uuid_t *>(palloc(sizeof(pg_uuid_t)));
+    memcpy(uuid->data, fingerprint, UUID_LEN);
+    return UUIDPGetDatum(uuid);
+}
+
+// The watermark positions of n records as an int8[] (NULL where a record
+// has none).
+Datum positions_array(Datum *positions, bool *no_position, int n) {
+    int dims[1] = {n};
+    int lbs[1] = {1};
+    return PointerGetDatum(construct_md_array(positions, no_position, 1, dims, lbs, INT8OID, 8, true, TYPALIGN_DOUBLE));
+}
+
 // UTF-8 text from the core as a text Datum in the database encoding.
 Datum text_datum(const std::string &s) {
     char *server = pg_any_to_server(s.data(), static_cast<int>(s.size()), PG_UTF8);
@@ -270,20 +285,15 @@ void run_log_store_confirmed(int sync_id, std::vector<ConfirmedRecord> *confirme
     for (int i = 0; i < n; ++i) {
         const ConfirmedRecord *c = &(*confirmed)[i];
         keys[i] = text_datum(c->state_key);
-        pg_uuid_t *uuid = static_cast<pg_uuid_t *>(palloc(sizeof(pg_uuid_t)));
-        memcpy(uuid->data, c->fingerprint.data(), UUID_LEN);
-        fingerprints[i] = UUIDPGetDatum(uuid);
+        fingerprints[i] = fingerprint_datum(c->fingerprint.data());
         positions[i] = Int64GetDatum(c->position);
         no_position[i] = !c->has_position;
     }
-    int dims[1] = {n};
-    int lbs[1] = {1};
     Oid argtypes[4] = {INT4OID, TEXTARRAYOID, UUIDARRAYOID, INT8ARRAYOID};
     Datum args[4] = {Int32GetDatum(sync_id),
                      PointerGetDatum(construct_array(keys, n, TEXTOID, -1, false, TYPALIGN_INT)),
                      PointerGetDatum(construct_array(fingerprints, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR)),
-                     PointerGetDatum(construct_md_array(positions, no_position, 1, dims, lbs, INT8OID, 8, true,
-                                                        TYPALIGN_DOUBLE))};
+                     positions_array(positions, no_position, n)};
     RoleScope scope;
     enter_extension_scope(&scope);
     // The last confirmation of a key wins (a source may repeat a key).
@@ -318,23 +328,18 @@ void run_log_remember_rejections(int sync_id, const std::vector<Rejection> *reje
     for (const Rejection &r : *rejections) {
         if (r.outcome != Outcome::kRejected || r.record.state_key.empty()) continue;
         keys[i] = text_datum(r.record.state_key);
-        pg_uuid_t *uuid = static_cast<pg_uuid_t *>(palloc(sizeof(pg_uuid_t)));
-        memcpy(uuid->data, r.record.fingerprint.data(), UUID_LEN);
-        fingerprints[i] = UUIDPGetDatum(uuid);
+        fingerprints[i] = fingerprint_datum(r.record.fingerprint.data());
         reasons[i] = text_datum(r.reason);
         positions[i] = Int64GetDatum(r.record.position);
         no_position[i] = !r.record.has_position;
         ++i;
     }
-    int dims[1] = {n};
-    int lbs[1] = {1};
     Oid argtypes[5] = {INT4OID, TEXTARRAYOID, UUIDARRAYOID, TEXTARRAYOID, INT8ARRAYOID};
     Datum args[5] = {Int32GetDatum(sync_id),
                      PointerGetDatum(construct_array(keys, n, TEXTOID, -1, false, TYPALIGN_INT)),
                      PointerGetDatum(construct_array(fingerprints, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR)),
                      PointerGetDatum(construct_array(reasons, n, TEXTOID, -1, false, TYPALIGN_INT)),
-                     PointerGetDatum(construct_md_array(positions, no_position, 1, dims, lbs, INT8OID, 8, true,
-                                                        TYPALIGN_DOUBLE))};
+                     positions_array(positions, no_position, n)};
     RoleScope scope;
     enter_extension_scope(&scope);
     // The latest verdict on a key wins: the refused payload (or row) is
