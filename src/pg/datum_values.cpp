@@ -144,3 +144,9 @@ void read_column_value(const ColumnReader *reader, Datum datum, bool is_null, Va
     value->ndims = count > 0 ? ndims : 0;
     for (int k = 0; k < value->ndims; ++k) value->dims[k] = ARR_DIMS(array)[k];
 }
+
+Datum utf8_text_datum(const std::string &s) {
+    char *server = pg_any_to_server(s.data(), static_cast<int>(s.size()), PG_UTF8);
+    return PointerGetDatum(server == s.data() ? cstring_to_text_with_len(s.data(), static_cast<int>(s.size()))
+                                              : cstring_to_text(server));
+}

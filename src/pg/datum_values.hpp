@@ -2,6 +2,8 @@
 // per-column type work (output functions, array layout) done once.
 #pragma once
 
+#include <string>
+
 #include "pg_headers.hpp"
 #include "value.hpp"
 
@@ -24,3 +26,6 @@ void init_column_reader(ColumnReader *reader, Oid type_oid);
 // and is converted to UTF-8 when the database encoding is another one.
 void read_column_value(const ColumnReader *reader, Datum datum, bool is_null,
                        amplitude_sync::Value *value);
+
+// And back: UTF-8 text from the core as a text Datum in the database encoding.
+Datum utf8_text_datum(const std::string &s);

@@ -90,13 +90,6 @@ void encode_entry(Target target, const std::vector<ColumnInput> &columns, Value 
     if (!out->ok) make_storable(out->rejection);
 }
 
-// UTF-8 text from the core as a text Datum in the database encoding.
-Datum utf8_text_datum(const std::string &s) {
-    char *server = pg_any_to_server(s.data(), static_cast<int>(s.size()), PG_UTF8);
-    return PointerGetDatum(server == s.data() ? cstring_to_text_with_len(s.data(), static_cast<int>(s.size()))
-                                              : cstring_to_text(server));
-}
-
 // The two statements every entry runs, prepared once per backend (and
 // again if the extension was dropped and created anew).
 struct OutboxPlans {

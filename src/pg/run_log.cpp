@@ -1,5 +1,6 @@
 #include "run_log.hpp"
 
+#include "datum_values.hpp"
 #include "role_scope.hpp"
 
 #include <cstring>
@@ -46,12 +47,6 @@ Datum positions_array(Datum *positions, bool *no_position, int n) {
     return PointerGetDatum(construct_md_array(positions, no_position, 1, dims, lbs, INT8OID, 8, true, TYPALIGN_DOUBLE));
 }
 
-// UTF-8 text from the core as a text Datum in the database encoding.
-Datum text_datum(const std::string &s) {
-    char *server = pg_any_to_server(s.data(), static_cast<int>(s.size()), PG_UTF8);
-    return PointerGetDatum(server == s.data() ? cstring_to_text_with_len(s.data(), static_cast<int>(s.size()))
-                                              : cstring_to_text(server));
-}
 
 }  // namespace
 
@@ -127,7 +122,7 @@ void run_log_store_rejections(RunLog *log, std::vector<Rejection> *rejections) {
         for (int i = 0; i < 9; ++i) {
             bool keep = !texts[i]->empty() && (i != 8 || texts[i]->size() <= kMaxStoredPayload);
             column_nulls[1 + i][k] = !keep;
-            columns[1 + i][k] = keep ? text_datum(*texts[i]) : (Datum)0;
+            columns[1 + i][k] = keep ? utf8_text_datum(*texts[i]) : (Datum)0;
         }
     }
     int dims[1] = {n};
@@ -284,7 +279,7 @@ void run_log_store_confirmed(int sync_id, std::vector<ConfirmedRecord> *confirme
     bool *no_position = static_cast<bool *>(palloc(sizeof(bool) * n));
     for (int i = 0; i < n; ++i) {
         const ConfirmedRecord *c = &(*confirmed)[i];
-        keys[i] = text_datum(c->state_key);
+        keys[i] = utf8_text_datum(c->state_key);
         fingerprints[i] = fingerprint_datum(c->fingerprint.data());
         positions[i] = Int64GetDatum(c->position);
         no_position[i] = !c->has_position;
@@ -327,9 +322,9 @@ void run_log_remember_rejections(int sync_id, const std::vector<Rejection> *reje
     int i = 0;
     for (const Rejection &r : *rejections) {
         if (r.outcome != Outcome::kRejected || r.record.state_key.empty()) continue;
-        keys[i] = text_datum(r.record.state_key);
+        keys[i] = utf8_text_datum(r.record.state_key);
         fingerprints[i] = fingerprint_datum(r.record.fingerprint.data());
-        reasons[i] = text_datum(r.reason);
+        reasons[i] = utf8_text_datum(r.reason);
         positions[i] = Int64GetDatum(r.record.position);
         no_position[i] = !r.record.has_position;
         ++i;
