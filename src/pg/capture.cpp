@@ -19,6 +19,7 @@
 #include "outbox.hpp"
 #include "pg_headers.hpp"
 #include "role_scope.hpp"
+#include "sql_arguments.hpp"
 #include "saved_syncs.hpp"
 
 
@@ -177,13 +178,13 @@ PG_FUNCTION_INFO_V1(amplitude_sync_capture);
 // capture(source regclass, server name, object text, mapping text,
 //         on_insert bool, on_update bool, on_delete bool) RETURNS int
 Datum amplitude_sync_capture(PG_FUNCTION_ARGS) {
+    // (mapping may be NULL: new.*)
+    const char *required[7] = {"source", "server", "object", nullptr, "on_insert", "on_update", "on_delete"};
     for (int i = 0; i < 7; ++i)
-        if (PG_ARGISNULL(i) && i != 3)
-            ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-                            errmsg("argument %d of capture() must not be null", i + 1)));
+        if (required[i]) require_arg(fcinfo, i, required[i]);
     Oid source = PG_GETARG_OID(0);
-    const char *server_name = NameStr(*PG_GETARG_NAME(1));
-    const char *object = text_to_cstring(PG_GETARG_TEXT_PP(2));
+    const char *server_name = name_arg(fcinfo, 1, "server");
+    const char *object = text_arg(fcinfo, 2, "object");
     const char *mapping = PG_ARGISNULL(3) ? "new.*" : text_to_cstring(PG_GETARG_TEXT_PP(3));
     bool on[3] = {PG_GETARG_BOOL(4), PG_GETARG_BOOL(5), PG_GETARG_BOOL(6)};
 
@@ -273,8 +274,7 @@ PG_FUNCTION_INFO_V1(amplitude_sync_uncapture);
 
 // uncapture(source regclass, server name, object text) RETURNS int
 Datum amplitude_sync_uncapture(PG_FUNCTION_ARGS) {
-    if (PG_ARGISNULL(0))
-        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("argument \"source\" must not be null")));
+    require_arg(fcinfo, 0, "source");
     Oid source = PG_GETARG_OID(0);
     Oid argtypes[3] = {OIDOID, TEXTOID, TEXTOID};
     Datum args[3] = {ObjectIdGetDatum(source), PG_ARGISNULL(1) ? (Datum)0 : CStringGetTextDatum(NameStr(*PG_GETARG_NAME(1))),

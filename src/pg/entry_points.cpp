@@ -14,6 +14,7 @@
 #include "run_log.hpp"
 #include "send_run.hpp"
 #include "source_query.hpp"
+#include "sql_arguments.hpp"
 
 using namespace amplitude_sync;
 
@@ -21,26 +22,9 @@ namespace {
 
 bool interrupt_pending() { return QueryCancelPending != 0 || ProcDiePending != 0; }
 
-const char *server_arg(FunctionCallInfo fcinfo) {
-    if (PG_ARGISNULL(0))
-        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("argument \"server\" must not be null")));
-    return NameStr(*PG_GETARG_NAME(0));
-}
-
-const char *text_arg(FunctionCallInfo fcinfo, int arg, const char *name) {
-    if (PG_ARGISNULL(arg))
-        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-                        errmsg("argument \"%s\" must not be null", name)));
-    return text_to_cstring(PG_GETARG_TEXT_PP(arg));
-}
-
 // An int4 argument, or kNotGiven when NULL.
 int optional_int_arg(FunctionCallInfo fcinfo, int arg) {
     return PG_ARGISNULL(arg) ? kNotGiven : PG_GETARG_INT32(arg);
-}
-
-const char *optional_text_arg(FunctionCallInfo fcinfo, int arg) {
-    return PG_ARGISNULL(arg) ? nullptr : text_to_cstring(PG_GETARG_TEXT_PP(arg));
 }
 
 // jsonb argument as text, or NULL.
@@ -61,7 +45,7 @@ void one_shot_spec(FunctionCallInfo fcinfo, const CallArguments &arguments, cons
 
 Datum run_one_shot(FunctionCallInfo fcinfo, const SendSpec *spec) {
     AmpConnection conn;
-    load_connection(server_arg(fcinfo), &conn);
+    load_connection(name_arg(fcinfo, 0, "server"), &conn);
     return execute_send_run(fcinfo, &conn, spec);
 }
 
@@ -126,7 +110,7 @@ PG_FUNCTION_INFO_V1(amplitude_sync_send_test_event);
 
 // send_test_event(server name, OUT http_status int, OUT response text)
 Datum amplitude_sync_send_test_event(PG_FUNCTION_ARGS) {
-    const char *server_name = server_arg(fcinfo);
+    const char *server_name = name_arg(fcinfo, 0, "server");
     TupleDesc result_desc;
     if (get_call_result_type(fcinfo, nullptr, &result_desc) != TYPEFUNC_COMPOSITE)
         elog(ERROR, "amplitude_sync: return type must be a row type");

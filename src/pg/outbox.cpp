@@ -21,6 +21,7 @@
 #include "outbox.hpp"
 #include "pg_headers.hpp"
 #include "role_scope.hpp"
+#include "sql_arguments.hpp"
 #include "run_log.hpp"
 #include "send_run.hpp"
 
@@ -308,19 +309,9 @@ OutboxField *jsonb_fields(Jsonb *jb, const char *argument, int *count) {
     return fields;
 }
 
-const char *required_text(FunctionCallInfo fcinfo, int arg, const char *name) {
-    if (PG_ARGISNULL(arg))
-        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("argument \"%s\" must not be null", name)));
-    return text_to_cstring(PG_GETARG_TEXT_PP(arg));
-}
-
 int64 queue_jsonb(FunctionCallInfo fcinfo, int json_arg, const char *argument, Target target) {
-    if (PG_ARGISNULL(0))
-        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("argument \"server\" must not be null")));
-    if (PG_ARGISNULL(json_arg))
-        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-                        errmsg("argument \"%s\" must not be null", argument)));
-    const char *server_name = NameStr(*PG_GETARG_NAME(0));
+    const char *server_name = name_arg(fcinfo, 0, "server");
+    require_arg(fcinfo, json_arg, argument);
     Jsonb *jb = PG_GETARG_JSONB_P(json_arg);
     int count = 0;
     OutboxField *fields = jsonb_fields(jb, argument, &count);
@@ -559,7 +550,7 @@ PG_FUNCTION_INFO_V1(amplitude_sync_outbox_identify);
 
 // identify(server name, object text, identification jsonb) RETURNS bigint
 Datum amplitude_sync_outbox_identify(PG_FUNCTION_ARGS) {
-    const char *object = required_text(fcinfo, 1, "object");
+    const char *object = text_arg(fcinfo, 1, "object");
     CallArguments arguments;
     arguments.object = object;
     CallOptions options;
@@ -575,9 +566,7 @@ PG_FUNCTION_INFO_V1(amplitude_sync_flush_outbox);
 
 // flush_outbox(server name) RETURNS SETOF amplitude_sync.run_report
 Datum amplitude_sync_flush_outbox(PG_FUNCTION_ARGS) {
-    if (PG_ARGISNULL(0))
-        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("argument \"server\" must not be null")));
-    ForeignServer *server = amplitude_server(NameStr(*PG_GETARG_NAME(0)));
+    ForeignServer *server = amplitude_server(name_arg(fcinfo, 0, "server"));
     if (!has_server_usage(server, GetUserId()))
         aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_FOREIGN_SERVER, server->servername);
     ReturnSetInfo *rsinfo = reinterpret_cast<ReturnSetInfo *>(fcinfo->resultinfo);

@@ -11,6 +11,7 @@
 #include "connection.hpp"
 #include "pg_headers.hpp"
 #include "role_scope.hpp"
+#include "sql_arguments.hpp"
 #include "run_log.hpp"
 #include "saved_syncs.hpp"
 #include "send_run.hpp"
@@ -45,17 +46,6 @@ struct SavedSync {
     bool has_floor;
     int64 ledger_floor;
 };
-
-const char *text_arg(FunctionCallInfo fcinfo, int arg, const char *name) {
-    if (PG_ARGISNULL(arg))
-        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-                        errmsg("argument \"%s\" must not be null", name)));
-    return text_to_cstring(PG_GETARG_TEXT_PP(arg));
-}
-
-const char *optional_text_arg(FunctionCallInfo fcinfo, int arg) {
-    return PG_ARGISNULL(arg) ? nullptr : text_to_cstring(PG_GETARG_TEXT_PP(arg));
-}
 
 const char *copied_value(HeapTuple tuple, TupleDesc desc, int column) {
     char *value = SPI_getvalue(tuple, desc, column);
@@ -618,9 +608,7 @@ PG_FUNCTION_INFO_V1(amplitude_sync_create_sync);
 Datum amplitude_sync_create_sync(PG_FUNCTION_ARGS) {
     SavedSync sync{};
     sync.name = text_arg(fcinfo, 0, "name");
-    if (PG_ARGISNULL(1))
-        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("argument \"server\" must not be null")));
-    sync.server = NameStr(*PG_GETARG_NAME(1));
+    sync.server = name_arg(fcinfo, 1, "server");
     sync.object = text_arg(fcinfo, 2, "object");
     sync.source = text_arg(fcinfo, 3, "source");
     sync.behaviour = optional_text_arg(fcinfo, 4);
