@@ -18,7 +18,7 @@ GRANT USAGE ON FOREIGN SERVER amplitude_mock TO regress_hostile;
 CALL create_test_mapping('regress_hostile', 'amplitude_mock');
 GRANT EXECUTE ON FUNCTION amplitude_sync.amplitude_send_events, amplitude_sync.amplitude_identify,
     amplitude_sync.amplitude_group_identify, amplitude_sync.send_test_event TO regress_hostile;
-GRANT EXECUTE ON PROCEDURE amplitude_sync.run_sync TO regress_hostile;
+GRANT EXECUTE ON PROCEDURE amplitude_sync.run_sync, amplitude_sync.run_sync_into TO regress_hostile;
 GRANT EXECUTE ON FUNCTION amplitude_sync.track, amplitude_sync.identify, amplitude_sync.flush_outbox,
     amplitude_sync.capture, amplitude_sync.uncapture TO regress_hostile;
 GRANT CREATE ON SCHEMA public TO regress_hostile;
@@ -124,6 +124,14 @@ SELECT name FROM amplitude_sync.alter_sync('hostile_players', nulls => 'unset', 
 SELECT name FROM amplitude_sync.alter_sync('hostile_players2', source => $$SELECT user_id, level FROM players WHERE level < 4$$);
 CALL amplitude_sync.run_sync('hostile_players2') \gset
 \echo status=:status sent=:sent
+DO $$
+DECLARE
+    report amplitude_sync.run_report;
+BEGIN
+    CALL amplitude_sync.run_sync_into('hostile_players2', report);
+    RAISE NOTICE 'run_sync_into: %', report.status;
+END $$;
+SELECT count(*) AS other_runs_under_way FROM amplitude_sync.run_progress;
 -- (Terse: the hint depends on whether pg_cron is preloaded, which differs
 -- between the PostgreSQL versions the suite runs on.)
 \set VERBOSITY terse
