@@ -47,12 +47,16 @@ private:
 };
 
 // The 64-bit entry of a confirmed identification: its key with its
-// payload's fingerprint.
+// payload's fingerprint. Its top 24 bits are the key hash's, so the set's
+// bucket for a record is known from its key alone (a run fetches it into
+// cache while it fingerprints the row); the other 40 mix key and
+// fingerprint.
+constexpr uint64_t kKeyBits = 0xFFFFFF0000000000ull;
 uint64_t state_entry(uint64_t key_hash, const Fingerprint &fingerprint);
 
-// A set of 64-bit hashes in about 5.3 bytes per entry: sorted, bucketed by
-// their top bits (b = log2(n / 8), at most 24), each entry stored as the 40
-// bits that follow. A lookup of a hash that is not in the set answers true
+// A set of 64-bit hashes in about 5.3 bytes per entry: bucketed by their
+// top bits (b = log2(n / 8), at most 24), each entry stored as its low 40
+// bits, sorted within its bucket. A lookup of a hash that is not in the set answers true
 // with probability about n / 2^(b + 40), about 8 / 2^40 = 7e-12 whatever
 // the size: a changed record would be taken for unchanged that rarely.
 // Built in one of two ways: from all the values at once (8 bytes each while
@@ -79,8 +83,9 @@ public:
     void end_fill();
 
     bool contains(uint64_t value) const;
-    // Lookups of many values go faster when each is announced first: the
-    // bucket's offset (prefetch), then, once that is in cache, its entries
+    // Lookups go faster when each is announced first: the bucket's offset
+    // (prefetch; any value with the same top 24 bits will do, such as the
+    // key hash of a state_entry), then, once that is in cache, its entries
     // (prefetch_entries).
     void prefetch(uint64_t value) const {
         if (offsets_) __builtin_prefetch(&offsets_[bucket(value)]);
@@ -93,7 +98,9 @@ public:
 
 private:
     static constexpr int kEntryBytes = 5;
-    uint64_t remainder(uint64_t value) const { return (value << bits_) >> 24; }
+    static constexpr int kRemainderBits = 40;
+    static constexpr uint64_t kRemainderMask = (static_cast<uint64_t>(1) << kRemainderBits) - 1;
+    static uint64_t remainder(uint64_t value) { return value & kRemainderMask; }
     size_t bucket(uint64_t value) const { return bits_ ? static_cast<size_t>(value >> (64 - bits_)) : 0; }
     uint64_t entry_at(size_t i) const;
     void set_entry(size_t i, uint64_t remainder);

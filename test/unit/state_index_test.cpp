@@ -62,6 +62,36 @@ TEST(StateEntry, DependsOnKeyAndFingerprint) {
     EXPECT_NE(key_hash("user-1"), key_hash("user-2"));
 }
 
+TEST(StateEntry, ItsTopBitsAreTheKeysSoTheBucketIsKnownBeforeTheFingerprint) {
+    uint64_t key = key_hash("user-1");
+    Fingerprint a{}, b{};
+    b[0] = 7;
+    EXPECT_EQ(state_entry(key, a) & kKeyBits, key & kKeyBits);
+    EXPECT_EQ(state_entry(key, b) & kKeyBits, key & kKeyBits);
+    EXPECT_NE(state_entry(key, a) & ~kKeyBits, state_entry(key, b) & ~kKeyBits);
+}
+
+TEST(CompactHashSet, ARecordWhosePayloadChangedIsNotFound) {
+    // Entries of one key share a bucket: the set tells them apart by the
+    // bits that mix key and fingerprint.
+    std::vector<uint64_t> entries;
+    std::vector<uint64_t> changed;
+    for (int i = 0; i < 100000; ++i) {
+        uint64_t key = key_hash("user-" + std::to_string(i));
+        Fingerprint old{}, now{};
+        old[0] = 1;
+        now[0] = 2;
+        entries.push_back(state_entry(key, old));
+        changed.push_back(state_entry(key, now));
+    }
+    CompactHashSet s;
+    s.build(std::vector<uint64_t>(entries));
+    for (uint64_t e : entries) ASSERT_TRUE(s.contains(e));
+    size_t false_hits = 0;
+    for (uint64_t e : changed) false_hits += s.contains(e);
+    EXPECT_EQ(false_hits, 0u);
+}
+
 namespace {
 
 std::vector<uint64_t> RandomValues(size_t n, uint64_t seed) {
