@@ -58,6 +58,7 @@ extern "C" {
 #include "utils/portal.h"
 #include "utils/rel.h"
 #include "nodes/parsenodes.h"
+#include "tcop/pquery.h"
 #include "tcop/tcopprot.h"
 #include "tcop/utility.h"
 #include "common/pg_prng.h"

@@ -23,6 +23,7 @@
 #include "pg_headers.hpp"
 #include "progress.hpp"
 #include "role_scope.hpp"
+#include "row_receiver.hpp"
 #include "run_log.hpp"
 #include "send_run.hpp"
 
@@ -70,8 +71,6 @@ namespace {
 // executor round trip, small enough that memory does not follow row count.
 constexpr long kFetchRows = 1000;
 constexpr long kFetchRowsCommitting = 100;
-constexpr long kFetchRowsMaterializing = 10000;
-constexpr long kFetchStateRows = 10000;
 
 // A sync's state up to this many records is loaded in one pass (8 bytes a
 // record while loading); a larger one in two (count, then fill), so the
@@ -345,19 +344,8 @@ bool needs_work(RowAction verdict) {
     return verdict != RowAction::kUnchanged && verdict != RowAction::kStillRejected;
 }
 
-struct RowProbe;
-
-// A batch of source rows deformed and probed ahead (probe_batch).
-struct BatchProbes {
-    MemoryContext context;  // detoasted values, reset per batch
-    int stride;             // Datums per row
-    Datum *datums;
-    bool *nulls;
-    RowProbe *probes;
-};
-
 // A row's key and fingerprint, and the entry that stands for them in the
-// state (computed ahead of the lookups, so the lookups can be prefetched).
+// state.
 struct RowProbe {
     Fingerprint fingerprint;
     bool keyed;
@@ -365,11 +353,11 @@ struct RowProbe {
     uint64_t entry;
 };
 
-RowProbe probe_row(const SendRun *run, const Fingerprint &fingerprint, std::string_view key) {
+RowProbe probe_row(const SendRun *run, const Fingerprint &fingerprint, bool keyed, uint64_t key) {
     RowProbe p;
     p.fingerprint = fingerprint;
-    p.keyed = !key.empty();
-    p.key = p.keyed ? key_hash(key) : 0;
+    p.keyed = keyed;
+    p.key = key;
     // Events are remembered by key alone, identifications with their payload.
     p.entry = run->append ? p.key : state_entry(p.key, fingerprint);
     return p;
@@ -675,6 +663,47 @@ void prepare_fingerprints(SendRun *run, TupleDesc desc, const ColumnReader *read
 
 // One pass over the sync's state (in the extension's scope): pass 0 of a
 // two-pass load counts, the last pass fills (state_index.hpp).
+struct StateReceiver {
+    RowReceiver receiver;
+    SendRun *run;
+    bool last;       // the pass that fills
+    bool two_pass;
+    bool keys;       // the known keys too (previews of identifications)
+    MemoryContext row_context;
+};
+
+bool receive_state_row(TupleTableSlot *slot, RowReceiver *receiver) {
+    StateReceiver *r = reinterpret_cast<StateReceiver *>(receiver);
+    SendRun *run = r->run;
+    slot_getallattrs(slot);
+    MemoryContext outer = MemoryContextSwitchTo(r->row_context);
+    text *t = DatumGetTextPP(slot->tts_values[0]);
+    uint64_t k = 0;
+    Fingerprint f;
+    memcpy(f.data(), DatumGetUUIDP(slot->tts_values[1])->data, f.size());
+    AMP_CXX(k = key_hash(std::string_view(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t))));
+    if (!slot->tts_isnull[2]) {
+        if (r->last) {
+            const char *why = run->preview ? TextDatumGetCString(slot->tts_values[2]) : "";
+            AMP_CXX(run->rejected[k] = SendRun::Rejected{f, why});
+        }
+    } else {
+        uint64_t entry = run->append ? k : state_entry(k, f);
+        if (!r->two_pass) {
+            AMP_CXX(run->loading.push_back(entry); if (r->keys) run->loading_keys.push_back(k));
+        } else if (!r->last) {
+            run->confirmed.count(entry);
+            if (r->keys) run->known_keys.count(k);
+        } else {
+            run->confirmed.fill(entry);
+            if (r->keys) run->known_keys.fill(k);
+        }
+    }
+    MemoryContextSwitchTo(outer);
+    MemoryContextReset(r->row_context);
+    return true;
+}
+
 void scan_sync_state(const SendSpec *spec, SendRun *run, int pass, bool two_pass) {
     RoleScope scope;
     enter_extension_scope(&scope);
@@ -688,42 +717,16 @@ void scan_sync_state(const SendSpec *spec, SendRun *run, int pass, bool two_pass
             : "SELECT record_key, fingerprint, rejected_reason FROM amplitude_sync.sync_state "
               "WHERE sync_id OPERATOR(pg_catalog.=) $1",
         spec->has_state_floor ? 2 : 1, types, args, nullptr, true, 0);
-    bool last = !two_pass || pass == 1;
-    bool keys = run->preview && !run->append;
-    for (;;) {
-        SPI_cursor_fetch(portal, true, kFetchStateRows);
-        uint64 n = SPI_processed;
-        SPITupleTable *table = SPI_tuptable;
-        for (uint64 r = 0; r < n; ++r) {
-            bool null_key, null_fp, null_reason;
-            Datum key = SPI_getbinval(table->vals[r], table->tupdesc, 1, &null_key);
-            Datum fp = SPI_getbinval(table->vals[r], table->tupdesc, 2, &null_fp);
-            Datum reason = SPI_getbinval(table->vals[r], table->tupdesc, 3, &null_reason);
-            text *t = DatumGetTextPP(key);
-            uint64_t k = 0;
-            Fingerprint f;
-            memcpy(f.data(), DatumGetUUIDP(fp)->data, f.size());
-            AMP_CXX(k = key_hash(std::string_view(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t))));
-            if (!null_reason) {
-                if (!last) continue;
-                const char *why = run->preview ? TextDatumGetCString(reason) : "";
-                AMP_CXX(run->rejected[k] = SendRun::Rejected{f, why});
-                continue;
-            }
-            uint64_t entry = run->append ? k : state_entry(k, f);
-            if (!two_pass) {
-                AMP_CXX(run->loading.push_back(entry); if (keys) run->loading_keys.push_back(k));
-            } else if (pass == 0) {
-                run->confirmed.count(entry);
-                if (keys) run->known_keys.count(k);
-            } else {
-                run->confirmed.fill(entry);
-                if (keys) run->known_keys.fill(k);
-            }
-        }
-        SPI_freetuptable(table);
-        if (n < static_cast<uint64>(kFetchStateRows)) break;
-    }
+    StateReceiver receiver;
+    init_row_receiver(&receiver.receiver, receive_state_row);
+    receiver.run = run;
+    receiver.last = !two_pass || pass == 1;
+    receiver.two_pass = two_pass;
+    receiver.keys = run->preview && !run->append;
+    receiver.row_context = AllocSetContextCreate(CurrentMemoryContext, "amplitude_sync state row",
+                                                 ALLOCSET_SMALL_SIZES);
+    fetch_rows(portal, FETCH_ALL, &receiver.receiver);
+    MemoryContextDelete(receiver.row_context);
     SPI_cursor_close(portal);
     leave_role_scope(&scope);
 }
@@ -800,16 +803,6 @@ void open_source(const SendSpec *spec, RowSource *source) {
         init_column_reader(&source->readers[i], TupleDescAttr(source->desc, i)->atttypid);
 }
 
-// Fetches the next rows from the cursor, in the source's scope.
-SPITupleTable *fetch_source_rows(const SendSpec *spec, RowSource *source, long count, uint64 *fetched) {
-    RoleScope scope;
-    enter_source_scope(spec, &scope);
-    SPI_cursor_fetch(source->portal, true, count);
-    leave_role_scope(&scope);
-    *fetched = SPI_processed;
-    return SPI_tuptable;
-}
-
 // The tuple layout of a materialized source: its columns and the row's
 // number in what the run read.
 TupleDesc with_row_number(TupleDesc desc) {
@@ -858,23 +851,98 @@ Fingerprint datum_fingerprint(SendRun *run, TupleDesc desc, Datum *datums, bool 
     return f;
 }
 
-// Deforms a batch of the source's rows and probes each (fingerprint, key,
-// state entry), prefetching the state's lines for the lookups that follow:
-// row r's Datums at datums + r * stride. Detoasted values live in
-// CurrentMemoryContext (the caller resets it after the batch).
-void probe_batch(SendRun *run, TupleDesc desc, HeapTuple *tuples, uint64 count, int payload_natts, Datum *datums,
-                 bool *nulls, int stride, ByteSpan *spans, RowProbe *probes) {
-    int natts = desc->natts;
-    for (uint64 r = 0; r < count; ++r) {
-        Datum *d = datums + r * stride;
-        bool *n = nulls + r * stride;
-        heap_deform_tuple(tuples[r], desc, d, n);
-        Fingerprint fingerprint = datum_fingerprint(run, desc, d, n, payload_natts, spans);
-        RowKey key = row_key(d, n, natts);
-        AMP_CXX(probes[r] = probe_row(run, fingerprint, std::string_view(key.data ? key.data : "", key.len)));
-        run->confirmed.prefetch(probes[r].entry);
+// What the state says of a row of a saved sync. Its key is hashed first so
+// that the state's bucket for it is fetched into cache while the row is
+// fingerprinted (state_entry's top bits are the key's). Detoasted values
+// live in CurrentMemoryContext.
+RowCheck check_source_row(SendRun *run, TupleDesc desc, Datum *datums, bool *nulls, int payload_natts,
+                          ByteSpan *spans) {
+    RowKey key = row_key(datums, nulls, desc->natts);
+    bool keyed = key.len > 0;
+    uint64_t hash = 0;
+    AMP_CXX(hash = keyed ? key_hash(std::string_view(key.data, key.len)) : 0);
+    run->confirmed.prefetch(hash);
+    Fingerprint fingerprint = datum_fingerprint(run, desc, datums, nulls, payload_natts, spans);
+    RowCheck check;
+    AMP_CXX(check = check_row(run, probe_row(run, fingerprint, keyed, hash)));
+    return check;
+}
+
+// A row of the source that a fetch handed to the run loop: its number in
+// what the run read and, for a saved sync, what the state says of it.
+struct KeptRow {
+    HeapTuple tuple;
+    int64 row_number;
+    RowCheck check;
+};
+
+// Receives the source's rows as the executor produces them. A saved sync
+// looks each row up in its state as it comes and keeps only those the run
+// must still work on (every row for one-shot calls and for previews that
+// show every row): in the batch the run loop reads next or, once the run
+// reads the rest of its source before its first commit, in the tuplestore.
+// A row whose payload Amplitude already has is counted and dropped.
+struct SourceReceiver {
+    RowReceiver receiver;
+    const SendSpec *spec;
+    SendRun *run;
+    RowSource *source;
+    int payload_natts;
+    bool keep_all;
+    ByteSpan *spans;
+    MemoryContext row_context;    // the row being looked at, reset after it
+    MemoryContext batch_context;  // the kept rows, reset by the run loop
+    KeptRow *kept;                // room for kFetchRows
+    uint64 kept_count;
+    Datum *datums;  // materializing: the stored row (its columns and number)
+    bool *nulls;
+    int64 *rows_read;
+    int64 *counts;  // by RowAction
+};
+
+bool receive_source_row(TupleTableSlot *slot, RowReceiver *receiver) {
+    SourceReceiver *r = reinterpret_cast<SourceReceiver *>(receiver);
+    RowSource *source = r->source;
+    MemoryContext outer = MemoryContextSwitchTo(r->row_context);
+    int64 row_number = ++*r->rows_read;
+    RowCheck check;
+    bool keep = true;
+    if (r->spec->sync_id) {
+        slot_getallattrs(slot);
+        check = check_source_row(r->run, source->desc, slot->tts_values, slot->tts_isnull, r->payload_natts, r->spans);
+        keep = r->keep_all || needs_work(check.verdict);
     }
-    for (uint64 r = 0; r < count; ++r) run->confirmed.prefetch_entries(probes[r].entry);
+    if (!keep) {
+        r->run->unchanged++;
+        r->counts[static_cast<int>(check.verdict)]++;
+        if (source->cursor_index >= 0 && !slot->tts_isnull[source->cursor_index])
+            note_position(source, slot->tts_values[source->cursor_index]);
+    } else if (source->store) {
+        // Values stored out of line are fetched now: after the commit no
+        // snapshot would let them be read.
+        int natts = source->desc->natts;
+        HeapTuple flat = toast_flatten_tuple(ExecCopySlotHeapTuple(slot), source->desc);
+        heap_deform_tuple(flat, source->desc, r->datums, r->nulls);
+        r->datums[natts] = Int64GetDatum(row_number);
+        r->nulls[natts] = false;
+        tuplestore_putvalues(source->store, source->stored_desc, r->datums, r->nulls);
+    } else {
+        MemoryContextSwitchTo(r->batch_context);
+        r->kept[r->kept_count++] = KeptRow{ExecCopySlotHeapTuple(slot), row_number, check};
+    }
+    MemoryContextSwitchTo(outer);
+    MemoryContextReset(r->row_context);
+    return true;
+}
+
+// Fetches up to count rows of the source into the receiver, in the
+// source's scope; returns how many were read.
+uint64 fetch_source_rows(SourceReceiver *receiver, long count) {
+    RoleScope scope;
+    enter_source_scope(receiver->spec, &scope);
+    uint64 fetched = fetch_rows(receiver->source->portal, count, &receiver->receiver);
+    leave_role_scope(&scope);
+    return fetched;
 }
 
 // At the first commit of a run that commits as it goes: reads the rest of
@@ -882,9 +950,9 @@ void probe_batch(SendRun *run, TupleDesc desc, HeapTuple *tuples, uint64 count, 
 // only the rows the run must still work on, with their row numbers, in a
 // tuplestore that outlives commits; rows whose payload Amplitude already
 // has are counted as read and unchanged, and not copied.
-void materialize_source(const SendSpec *spec, RowSource *source, MemoryContext context, SendRun *run,
-                        MemoryContext row_context, BatchProbes *batch, Datum *datums, bool *nulls, ByteSpan *spans,
-                        int64 *rows_read, int64 *counts) {
+void materialize_source(SourceReceiver *receiver, MemoryContext context) {
+    const SendSpec *spec = receiver->spec;
+    RowSource *source = receiver->source;
     // The store outlives commits (interXact) and is ended by the run, or by
     // run_sync when the run fails (spec->segments->materialized).
     MemoryContext outer = MemoryContextSwitchTo(MemoryContextGetParent(context));
@@ -894,44 +962,7 @@ void materialize_source(const SendSpec *spec, RowSource *source, MemoryContext c
     source->stored_desc = with_row_number(source->desc);
     source->slot = MakeSingleTupleTableSlot(source->stored_desc, &TTSOpsMinimalTuple);
     MemoryContextSwitchTo(outer);
-    int natts = source->desc->natts;
-    int payload_natts = natts - 1;
-    uint64 fetched;
-    do {
-        SPITupleTable *table = fetch_source_rows(spec, source, kFetchRowsMaterializing, &fetched);
-        MemoryContext batch_outer = MemoryContextSwitchTo(batch->context);
-        probe_batch(run, source->desc, table->vals, fetched, payload_natts, batch->datums, batch->nulls,
-                    batch->stride, spans, batch->probes);
-        MemoryContextSwitchTo(batch_outer);
-        for (uint64 r = 0; r < fetched; ++r) {
-            MemoryContext row_outer = MemoryContextSwitchTo(row_context);
-            Datum *row_datums = batch->datums + r * batch->stride;
-            bool *row_nulls = batch->nulls + r * batch->stride;
-            RowCheck check;
-            if (r + 8 < fetched) run->confirmed.prefetch_entries(batch->probes[r + 8].entry);
-            AMP_CXX(check = check_row(run, batch->probes[r]));
-            ++*rows_read;
-            if (needs_work(check.verdict)) {
-                // Values stored out of line are fetched now: after the commit
-                // no snapshot would let them be read.
-                HeapTuple flat = toast_flatten_tuple(table->vals[r], source->desc);
-                heap_deform_tuple(flat, source->desc, datums, nulls);
-                datums[natts] = Int64GetDatum(*rows_read);
-                nulls[natts] = false;
-                MemoryContextSwitchTo(row_outer);
-                tuplestore_putvalues(source->store, source->stored_desc, datums, nulls);
-            } else {
-                run->unchanged++;
-                counts[static_cast<int>(check.verdict)]++;
-                if (source->cursor_index >= 0 && !row_nulls[source->cursor_index])
-                    note_position(source, row_datums[source->cursor_index]);
-            }
-            MemoryContextSwitchTo(row_outer);
-            MemoryContextReset(row_context);
-        }
-        MemoryContextReset(batch->context);
-        SPI_freetuptable(table);
-    } while (fetched == static_cast<uint64>(kFetchRowsMaterializing));
+    fetch_source_rows(receiver, FETCH_ALL);
     SPI_cursor_close(source->portal);
     source->portal = nullptr;
 }
@@ -1097,19 +1128,26 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
     Value *values = static_cast<Value *>(palloc0(sizeof(Value) * (natts + 1)));
     ByteSpan *spans = static_cast<ByteSpan *>(palloc0(sizeof(ByteSpan) * (natts + 1)));
     if (spec->sync_id) prepare_fingerprints(run, desc, readers, payload_natts);
-    // Saved syncs probe each fetched batch ahead (probe_batch).
-    BatchProbes batch = {};
-    if (spec->sync_id) {
-        batch.context = AllocSetContextCreate(run_context, "amplitude_sync batch", ALLOCSET_DEFAULT_SIZES);
-        batch.stride = natts + 1;
-        batch.datums = static_cast<Datum *>(palloc(sizeof(Datum) * batch.stride * kFetchRowsMaterializing));
-        batch.nulls = static_cast<bool *>(palloc(sizeof(bool) * batch.stride * kFetchRowsMaterializing));
-        batch.probes = static_cast<RowProbe *>(palloc(sizeof(RowProbe) * kFetchRowsMaterializing));
-    }
     MemoryContext row_context = AllocSetContextCreate(run_context, "amplitude_sync row",
                                                       ALLOCSET_DEFAULT_SIZES);
     int64 rows_read = 0;
     int64 counts[5] = {0, 0, 0, 0, 0};  // by RowAction
+    SourceReceiver receiver;
+    init_row_receiver(&receiver.receiver, receive_source_row);
+    receiver.spec = spec;
+    receiver.run = run;
+    receiver.source = &source;
+    receiver.payload_natts = payload_natts;
+    receiver.keep_all = !spec->sync_id || sink.every_row;
+    receiver.spans = spans;
+    receiver.row_context = AllocSetContextCreate(run_context, "amplitude_sync source row", ALLOCSET_DEFAULT_SIZES);
+    receiver.batch_context = AllocSetContextCreate(run_context, "amplitude_sync batch", ALLOCSET_DEFAULT_SIZES);
+    receiver.kept = static_cast<KeptRow *>(palloc(sizeof(KeptRow) * kFetchRows));
+    receiver.kept_count = 0;
+    receiver.datums = datums;
+    receiver.nulls = nulls;
+    receiver.rows_read = &rows_read;
+    receiver.counts = counts;
     instr_time read_time;            // fetching rows and reading their values
     INSTR_TIME_SET_ZERO(read_time);
     // A saved sync compares rows with its state, loaded once.
@@ -1127,45 +1165,35 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
         int64 read_before = rows_read;
         instr_time read_started;
         INSTR_TIME_SET_CURRENT(read_started);
-        SPITupleTable *table = nullptr;
-        uint64 fetched = 0;
-        if (source.portal) {
-            table = fetch_source_rows(spec, &source, fetch_rows, &fetched);
-            more = fetched == static_cast<uint64>(fetch_rows);
-        } else {
-            more = true;
-            fetched = 0;
+        // From the cursor: the rows the receiver kept. From the store (the
+        // rest of the source, read before the first commit): up to
+        // fetch_rows rows.
+        bool from_cursor = source.portal != nullptr;
+        if (from_cursor) {
+            receiver.kept_count = 0;
+            more = fetch_source_rows(&receiver, fetch_rows) == static_cast<uint64>(fetch_rows);
         }
-        if (table && spec->sync_id) {
-            MemoryContext outer = MemoryContextSwitchTo(batch.context);
-            probe_batch(run, desc, table->vals, fetched, payload_natts, batch.datums, batch.nulls, batch.stride, spans,
-                        batch.probes);
-            MemoryContextSwitchTo(outer);
-        }
+        run->progress.rows_read = rows_read;
         add_elapsed(&read_time, read_started, 1);
-        for (uint64 r = 0; (table ? r < fetched : more) && run->state() == DeliveryState::kRunning; ++r) {
+        uint64 batch_rows = from_cursor ? receiver.kept_count : static_cast<uint64>(fetch_rows);
+        for (uint64 r = 0; r < batch_rows && run->state() == DeliveryState::kRunning; ++r) {
             MemoryContext outer = MemoryContextSwitchTo(row_context);
-            bool timed = (rows_read + 1) % kTimingSample == 0;
+            bool timed = (r + 1) % kTimingSample == 0;
             if (timed) INSTR_TIME_SET_CURRENT(read_started);
             int64 row_number;
-            if (table) {
-                if (spec->sync_id) {
-                    memcpy(datums, batch.datums + r * batch.stride, sizeof(Datum) * natts);
-                    memcpy(nulls, batch.nulls + r * batch.stride, sizeof(bool) * natts);
-                } else {
-                    heap_deform_tuple(table->vals[r], desc, datums, nulls);
-                }
-                row_number = ++rows_read;
+            RowCheck check;
+            if (from_cursor) {
+                heap_deform_tuple(receiver.kept[r].tuple, desc, datums, nulls);
+                row_number = receiver.kept[r].row_number;
+                check = receiver.kept[r].check;
             } else {
-                // Materialized: up to fetch_rows rows from the tuplestore. A
-                // row read back from disk is palloc'd and freed by the slot at
-                // the next read: it must not live in the per-row context.
+                // A row read back from disk is palloc'd and freed by the slot
+                // at the next read: it must not live in the per-row context.
                 MemoryContextSwitchTo(outer);
-                bool got = r < static_cast<uint64>(fetch_rows) &&
-                           tuplestore_gettupleslot(source.store, true, false, source.slot);
+                bool got = tuplestore_gettupleslot(source.store, true, false, source.slot);
                 MemoryContextSwitchTo(row_context);
                 if (!got) {
-                    if (r < static_cast<uint64>(fetch_rows)) more = false;
+                    more = false;
                     MemoryContextSwitchTo(outer);
                     break;
                 }
@@ -1174,8 +1202,8 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
                 memcpy(nulls, source.slot->tts_isnull, sizeof(bool) * (natts + 1));
                 // Counted as read when it was stored.
                 row_number = DatumGetInt64(datums[natts]);
+                check = check_source_row(run, desc, datums, nulls, payload_natts, spans);
             }
-            RowCheck check;
             const char *record_key = nullptr;
             int64 position = 0;
             bool has_position = source.cursor_index >= 0 && !nulls[source.cursor_index];
@@ -1185,17 +1213,6 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
                 note_position(&source, datums[source.cursor_index]);
             }
             if (spec->sync_id) {
-                RowProbe probe;
-                if (table) {
-                    probe = batch.probes[r];
-                    // Keep the lookups of the rows ahead in cache.
-                    if (r + 8 < fetched) run->confirmed.prefetch_entries(batch.probes[r + 8].entry);
-                } else {
-                    Fingerprint fingerprint = datum_fingerprint(run, desc, datums, nulls, payload_natts, spans);
-                    RowKey key = row_key(datums, nulls, natts);
-                    AMP_CXX(probe = probe_row(run, fingerprint, std::string_view(key.data ? key.data : "", key.len)));
-                }
-                AMP_CXX(check = check_row(run, probe));
                 RowKey key = row_key(datums, nulls, natts);
                 if (key.data && (sink.every_row || needs_work(check.verdict)))
                     record_key = pnstrdup(key.data, key.len);
@@ -1206,7 +1223,6 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
                 for (int i = 0; i < payload_natts; ++i)
                     read_column_value(&readers[i], datums[i], nulls[i], &values[i]);
             if (timed) add_elapsed(&read_time, read_started, kTimingSample);
-            run->progress.rows_read = rows_read;
             RowAction action = RowAction::kCreate;
             AMP_CXX(action = encode_row_of_run(run, static_cast<uint64_t>(row_number), values, record_key, check,
                                                has_position ? &position : nullptr));
@@ -1215,9 +1231,8 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
             MemoryContextSwitchTo(outer);
             MemoryContextReset(row_context);
         }
-        if (table) SPI_freetuptable(table);
+        MemoryContextReset(receiver.batch_context);
         report_progress(&run->progress);
-        if (spec->sync_id) MemoryContextReset(batch.context);
         idle = spec->sync_id && rows_read > read_before &&
                run->unchanged - unchanged_before == static_cast<uint64_t>(rows_read - read_before);
         sink.batch_done(&sink, run);
@@ -1228,9 +1243,7 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
         }
         // About once a second: publish the counts, keep what Amplitude confirmed.
         if (spec->segments && more && TimestampDifferenceExceeds(last_commit, GetCurrentTimestamp(), 1000)) {
-            if (source.portal)
-                materialize_source(spec, &source, run_context, run, row_context, &batch, datums, nulls, spans,
-                                   &rows_read, counts);
+            if (source.portal) materialize_source(&receiver, run_context);
             run_log_progress(log, rows_read, static_cast<int64>(run->unchanged), &run->main->delivery.stats());
             if (spec->counts) {
                 const DeliveryStats &so_far = run->main->delivery.stats();
