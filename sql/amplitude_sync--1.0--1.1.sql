@@ -739,3 +739,25 @@ COMMENT ON FUNCTION amplitude_sync._drop_captures_of_dropped_views() IS
     'Event trigger: removes the captures (and their triggers) whose mapping view was dropped.';
 CREATE EVENT TRIGGER amplitude_sync_dropped_captures ON sql_drop
     EXECUTE FUNCTION amplitude_sync._drop_captures_of_dropped_views();
+
+-- State rows are written by the million; the foreign key to syncs checked
+-- each one (a trigger deletes a dropped sync's state now) and the keys
+-- compared by the database's collation.
+ALTER TABLE amplitude_sync.sync_state DROP CONSTRAINT sync_state_sync_id_fkey,
+                                      ALTER COLUMN record_key TYPE pg_catalog.text COLLATE pg_catalog."C";
+-- A sync's state goes with the sync. (Not a foreign key: a run writes a state
+-- row per record, millions for a large source, and a foreign key checks each
+-- one with a query of its own; a run locks its sync once per batch instead.)
+CREATE FUNCTION amplitude_sync._drop_state_of_dropped_syncs()
+RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM amplitude_sync.sync_state st USING dropped_syncs d
+    WHERE st.sync_id OPERATOR(pg_catalog.=) d.sync_id;
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION amplitude_sync._drop_state_of_dropped_syncs() FROM PUBLIC;
+COMMENT ON FUNCTION amplitude_sync._drop_state_of_dropped_syncs() IS
+    'Trigger: deletes the state of the syncs deleted from amplitude_sync.syncs.';
+CREATE TRIGGER drop_state AFTER DELETE ON amplitude_sync.syncs REFERENCING OLD TABLE AS dropped_syncs
+    FOR EACH STATEMENT EXECUTE FUNCTION amplitude_sync._drop_state_of_dropped_syncs();

@@ -324,9 +324,12 @@ DROP OWNED BY regress_carol;
 DROP ROLE regress_carol;
 SELECT count(*) AS carol_syncs FROM amplitude_sync.syncs WHERE name = 'carol_sync';
 -- Dropping what a sync reads needs CASCADE, which drops the sync too.
+SELECT count(*) > 0 AS blocked_has_state FROM amplitude_sync.sync_state WHERE sync_id = :blocked_id;
 DROP TABLE blocked_users;
 DROP TABLE blocked_users CASCADE;
 SELECT count(*) AS blocked_syncs FROM amplitude_sync.syncs WHERE name = 'blocked';
+-- Its state goes with it (a trigger: sync_state has no foreign key).
+SELECT count(*) AS blocked_state FROM amplitude_sync.sync_state WHERE sync_id = :blocked_id;
 
 -- A schema merely named cron is not pg_cron: a role with CREATE on the
 -- database plants one (a job table, unschedule, schedule and a trigger on its

@@ -268,6 +268,23 @@ void run_log_finish(RunLog *log, const char *status, int64 rows_read, int64 unch
     leave_role_scope(&scope);
 }
 
+// State rows are written for a sync that is locked, once per batch, against
+// a concurrent drop_sync (whose trigger deletes the sync's state): the
+// statement inserts nothing when the sync is gone. (A foreign key would
+// check every row.)
+#define LOCK_SYNC                                                                    \
+    "SELECT sync_id FROM amplitude_sync.syncs WHERE sync_id OPERATOR(pg_catalog.=) $1 " \
+    "FOR KEY SHARE"
+
+namespace {
+
+void raise_sync_dropped() {
+    ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE), errmsg("the sync was dropped while it ran"),
+                    errdetail("What Amplitude confirmed in its last batch is not remembered: the sync is gone.")));
+}
+
+}  // namespace
+
 void run_log_store_confirmed(int sync_id, std::vector<ConfirmedRecord> *confirmed) {
     if (confirmed->empty()) return;
     BatchMemory memory;
@@ -293,15 +310,17 @@ void run_log_store_confirmed(int sync_id, std::vector<ConfirmedRecord> *confirme
     enter_extension_scope(&scope);
     // The last confirmation of a key wins (a source may repeat a key).
     int rc = SPI_execute_with_args(
+        "WITH sync AS (" LOCK_SYNC ") "
         "INSERT INTO amplitude_sync.sync_state (sync_id, record_key, fingerprint, sent_at, position) "
-        "SELECT DISTINCT ON (k) $1, k, f, pg_catalog.clock_timestamp(), p "
-        "FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.uuid[]), "
+        "SELECT DISTINCT ON (k COLLATE pg_catalog.\"C\") sync.sync_id, k, f, pg_catalog.clock_timestamp(), p "
+        "FROM sync, ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.uuid[]), "
         "pg_catalog.unnest($4::pg_catalog.int8[])) WITH ORDINALITY AS c(k, f, p, n) "
-        "ORDER BY k USING OPERATOR(pg_catalog.<), n USING OPERATOR(pg_catalog.>) "
+        "ORDER BY k COLLATE pg_catalog.\"C\" USING OPERATOR(pg_catalog.<), n USING OPERATOR(pg_catalog.>) "
         "ON CONFLICT (sync_id, record_key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, sent_at = EXCLUDED.sent_at, "
         "rejected_reason = NULL, position = EXCLUDED.position",
         4, argtypes, args, nullptr, false, 0);
     if (rc != SPI_OK_INSERT) elog(ERROR, "amplitude_sync: could not remember the confirmed records");
+    if (SPI_processed == 0) raise_sync_dropped();
     leave_role_scope(&scope);
     leave_batch_memory(&memory);
     confirmed->clear();
@@ -340,16 +359,18 @@ void run_log_remember_rejections(int sync_id, const std::vector<Rejection> *reje
     // The latest verdict on a key wins: the refused payload (or row) is
     // remembered, and a changed one is sent again.
     int rc = SPI_execute_with_args(
+        "WITH sync AS (" LOCK_SYNC ") "
         "INSERT INTO amplitude_sync.sync_state (sync_id, record_key, fingerprint, sent_at, rejected_reason, position) "
-        "SELECT DISTINCT ON (k) $1, k, f, pg_catalog.clock_timestamp(), r, p "
-        "FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.uuid[]), "
+        "SELECT DISTINCT ON (k COLLATE pg_catalog.\"C\") sync.sync_id, k, f, pg_catalog.clock_timestamp(), r, p "
+        "FROM sync, ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.uuid[]), "
         "pg_catalog.unnest($4::pg_catalog.text[]), pg_catalog.unnest($5::pg_catalog.int8[])) "
         "WITH ORDINALITY AS c(k, f, r, p, n) "
-        "ORDER BY k USING OPERATOR(pg_catalog.<), n USING OPERATOR(pg_catalog.>) "
+        "ORDER BY k COLLATE pg_catalog.\"C\" USING OPERATOR(pg_catalog.<), n USING OPERATOR(pg_catalog.>) "
         "ON CONFLICT (sync_id, record_key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, "
         "sent_at = EXCLUDED.sent_at, rejected_reason = EXCLUDED.rejected_reason, position = EXCLUDED.position",
         5, argtypes, args, nullptr, false, 0);
     if (rc != SPI_OK_INSERT) elog(ERROR, "amplitude_sync: could not remember the rejected records");
+    if (SPI_processed == 0) raise_sync_dropped();
     leave_role_scope(&scope);
     leave_batch_memory(&memory);
 }
