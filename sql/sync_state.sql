@@ -49,6 +49,22 @@ CALL amplitude_sync.run_sync('state_users') \gset
 UPDATE state_customers SET note = '' WHERE score = 3;
 CALL amplitude_sync.run_sync('state_users') \gset
 \echo status=:status rows_read=:rows_read sent=:sent unchanged=:unchanged
+-- A state too large to load in one pass (over 1,000,000 records) is loaded
+-- in two (count, then fill), so loading never holds more than the compact
+-- set: with a million records of users no longer in the source beside the
+-- ten, the ten are still found unchanged and only the changed one is sent.
+SELECT sync_id AS state_users_id FROM amplitude_sync.syncs WHERE name = 'state_users' \gset
+INSERT INTO amplitude_sync.sync_state (sync_id, record_key, fingerprint, sent_at)
+SELECT :state_users_id, 'gone-' || g, md5(g::text)::uuid, now() FROM generate_series(1, 1000000) g;
+SELECT mock_reset();
+UPDATE state_customers SET plan = 'team' WHERE score = 7;
+CALL amplitude_sync.run_sync('state_users') \gset
+\echo status=:status rows_read=:rows_read sent=:sent unchanged=:unchanged
+SELECT u->>'user_id' AS user_id, u->'user_properties'->>'plan' AS plan FROM mock_users() u ORDER BY 1;
+-- A preview loads the keys Amplitude knows the same way: a changed user is
+-- an update, the others unchanged.
+UPDATE state_customers SET plan = 'enterprise' WHERE score = 8;
+SELECT record_key, action FROM amplitude_sync.preview_sync('state_users', include_unchanged => true) ORDER BY 1;
 SELECT amplitude_sync.drop_sync('state_users');
 
 -- Watermark mode: the arguments are checked like every other.
