@@ -217,13 +217,12 @@ bool CompactHashSet::contains(uint64_t value) const {
     if (!offsets_ || size_ == 0) return false;
     size_t b = bucket(value);
     uint64_t r = remainder(value);
-    size_t lo = offsets_[b], hi = offsets_[b + 1];
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        uint64_t e = entry_at(mid);
-        if (e == r) return true;
-        if (e < r) lo = mid + 1;
-        else hi = mid;
+    // A bucket holds about 8 entries in one or two cache lines: a forward
+    // scan (sorted, so it stops at the first larger one) beats a binary
+    // search's unpredictable branches.
+    for (size_t i = offsets_[b], end = offsets_[b + 1]; i < end; ++i) {
+        uint64_t e = entry_at(i);
+        if (e >= r) return e == r;
     }
     return false;
 }

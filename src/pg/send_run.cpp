@@ -863,6 +863,7 @@ RowCheck check_source_row(SendRun *run, TupleDesc desc, Datum *datums, bool *nul
     AMP_CXX(hash = keyed ? key_hash(std::string_view(key.data, key.len)) : 0);
     run->confirmed.prefetch(hash);
     Fingerprint fingerprint = datum_fingerprint(run, desc, datums, nulls, payload_natts, spans);
+    run->confirmed.prefetch_entries(hash);
     RowCheck check;
     AMP_CXX(check = check_row(run, probe_row(run, fingerprint, keyed, hash)));
     return check;
