@@ -130,6 +130,9 @@ for run in $(seq 1 "$RUNS"); do
     run_case "u3 run_sync users, 1% changed" \
         "UPDATE users SET logins = logins + 1 WHERE id % 100 = $run;" "CALL amplitude_sync.run_sync('bench-users')"
     run_case "u4 run_sync users, unchanged" "" "CALL amplitude_sync.run_sync('bench-users')"
+    # What sending that 1% costs on its own: the target for u3 is u4 + u5.
+    run_case "u5 amplitude_identify of the 1% changed (one-shot)" "" \
+        "SELECT status FROM amplitude_sync.amplitude_identify('sink', \$q\$$USERS_SOURCE WHERE id % 100 = $run\$q\$)"
     [ "$EVENTS" = 1 ] || continue
     run_case "e2 run_sync events (watermark), 1% new rows" \
         "INSERT INTO events SELECT g, 'Page Viewed', 'user-' || (g % 100000), timestamptz '2024-01-01 00:00:00+00' + g * interval '1 second', 'evt-' || g, md5(g::text), g % 1000, g % 2 = 0, 'plan-' || g % 4 FROM generate_series((SELECT max(id) + 1 FROM events), (SELECT max(id) FROM events) + $ROWS / 100) g;" \
