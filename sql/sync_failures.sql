@@ -45,6 +45,16 @@ CALL amplitude_sync.run_sync('f_users');
 SELECT status, rows_read, sent, rejected, not_sent, rows_read = sent + rejected + not_sent + unchanged AS adds_up,
        error LIKE '%503%' AS says_why
 FROM amplitude_sync.sync_runs WHERE sync_name = 'f_users' ORDER BY run_id DESC LIMIT 1;
+-- The same with small batches, so the run gives up while rows it has read
+-- wait to be queued: they are counted as not sent too (in the error's
+-- detail, and in a one-shot call's report). The source fits one fetch.
+SELECT name FROM amplitude_sync.create_sync('f_small', 'amplitude_flaky', 'user',
+    $$SELECT user_id, plan FROM f_users WHERE user_id <= 'fuser-0100'$$, batch_size => 10);
+CALL amplitude_sync.run_sync('f_small');
+SELECT status, rows_read, rows_read = sent + rejected + not_sent + unchanged AS adds_up
+FROM amplitude_sync.sync_runs WHERE sync_name = 'f_small' ORDER BY run_id DESC LIMIT 1;
+SELECT status, rows_read, rows_read = sent + rejected + not_sent AS adds_up
+FROM amplitude_sync.amplitude_identify('amplitude_flaky', 'SELECT user_id, plan FROM f_users', batch_size => 10);
 SELECT mock_call('DELETE', '/_mock/faults') IS NOT NULL AS cleared;
 SELECT notify_name, extra::jsonb - 'run_id' AS payload FROM dblink_get_notify('listener');
 SELECT dblink_disconnect('listener');

@@ -1011,6 +1011,7 @@ struct RunEnd {
     int64 *counts;  // by RowAction
     instr_time read_time;
     bool more;  // the source may hold rows the run did not read
+    int64 unqueued;  // rows read (and kept) that the run stopped before queueing: not sent
 };
 
 // Where the rows of a run go once checked and encoded: to Amplitude, or
@@ -1132,6 +1133,7 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
     MemoryContext row_context = AllocSetContextCreate(run_context, "amplitude_sync row",
                                                       ALLOCSET_DEFAULT_SIZES);
     int64 rows_read = 0;
+    int64 unqueued = 0;
     int64 counts[5] = {0, 0, 0, 0, 0};  // by RowAction
     SourceReceiver receiver;
     init_row_receiver(&receiver.receiver, receive_source_row);
@@ -1177,7 +1179,8 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
         run->progress.rows_read = rows_read;
         add_elapsed(&read_time, read_started, 1);
         uint64 batch_rows = from_cursor ? receiver.kept_count : static_cast<uint64>(fetch_rows);
-        for (uint64 r = 0; r < batch_rows && run->state() == DeliveryState::kRunning; ++r) {
+        uint64 r = 0;
+        for (; r < batch_rows && run->state() == DeliveryState::kRunning; ++r) {
             MemoryContext outer = MemoryContextSwitchTo(row_context);
             bool timed = (r + 1) % kTimingSample == 0;
             if (timed) INSTR_TIME_SET_CURRENT(read_started);
@@ -1232,6 +1235,9 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
             MemoryContextSwitchTo(outer);
             MemoryContextReset(row_context);
         }
+        // Rows of the fetch left when the deliveries stopped were read: they
+        // are not sent. (From the store, they were never taken out.)
+        if (from_cursor) unqueued += static_cast<int64>(batch_rows - r);
         MemoryContextReset(receiver.batch_context);
         report_progress(&run->progress);
         idle = spec->sync_id && rows_read > read_before &&
@@ -1256,7 +1262,7 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
         }
     }
     if (source.portal) SPI_cursor_close(source.portal);
-    RunEnd end = {conn, run, &source, result_desc, run_context, own_spi, rows_read, counts, read_time, more};
+    RunEnd end = {conn, run, &source, result_desc, run_context, own_spi, rows_read, counts, read_time, more, unqueued};
     return sink.finish(&sink, &end);
 }
 
@@ -1312,7 +1318,9 @@ Datum finish_delivery(RowSink *sink, RunEnd *end) {
     }
     store_outcomes(log, run, spec);
 
-    const DeliveryStats *stats = &run->main->delivery.stats();
+    DeliveryStats totals = run->main->delivery.stats();
+    totals.not_sent += static_cast<uint64_t>(end->unqueued);
+    const DeliveryStats *stats = &totals;
     if (run->state() == DeliveryState::kStopped)
         raise_stopped_run(conn, run->error().c_str(), run->stop_reason() == StopReason::kBadApiKey, rows_read,
                           stats->sent);
