@@ -67,6 +67,24 @@ UPDATE state_customers SET plan = 'enterprise' WHERE score = 8;
 SELECT record_key, action FROM amplitude_sync.preview_sync('state_users', include_unchanged => true) ORDER BY 1;
 SELECT amplitude_sync.drop_sync('state_users');
 
+-- Values stored out of line (TOAST) in the rows kept across the first
+-- commit are fetched before it: they reach Amplitude whole (cut to its
+-- 1,024 characters, as any long string).
+CREATE TABLE state_toasted (user_id text, bio text, n int);
+ALTER TABLE state_toasted ALTER COLUMN bio SET STORAGE EXTERNAL;
+INSERT INTO state_toasted
+SELECT 'toast-' || g, (SELECT string_agg(md5(g::text || '-' || i), '') FROM generate_series(1, 100) i), g
+FROM generate_series(1, 300) g;
+SELECT pg_relation_size(reltoastrelid) > 300 * 3200 AS out_of_line FROM pg_class WHERE oid = 'state_toasted'::regclass;
+SELECT mock_reset();
+SELECT name FROM amplitude_sync.create_sync('state_toasted', 'amplitude_mock', 'user',
+    $$SELECT user_id, bio, n + state_slow(n) AS n FROM state_toasted$$);
+CALL amplitude_sync.run_sync('state_toasted') \gset
+\echo status=:status rows_read=:rows_read sent=:sent
+SELECT count(*) AS profiles, count(*) FILTER (WHERE u->'user_properties'->>'bio' = left(t.bio, 1024)) AS whole
+FROM mock_users() u JOIN state_toasted t ON t.user_id = u->>'user_id';
+SELECT amplitude_sync.drop_sync('state_toasted');
+
 -- Watermark mode: the arguments are checked like every other.
 CREATE TABLE state_events (id int, user_id text, event_type text, insert_id text, created_at timestamptz, label text);
 SELECT name FROM amplitude_sync.create_sync('bad', 'amplitude_mock', 'user', 'state_customers', cursor_column => 'seen_at');

@@ -922,8 +922,9 @@ bool receive_source_row(TupleTableSlot *slot, RowReceiver *receiver) {
         // Values stored out of line are fetched now: after the commit no
         // snapshot would let them be read.
         int natts = source->desc->natts;
-        HeapTuple flat = toast_flatten_tuple(ExecCopySlotHeapTuple(slot), source->desc);
-        heap_deform_tuple(flat, source->desc, r->datums, r->nulls);
+        HeapTuple tuple = ExecCopySlotHeapTuple(slot);
+        if (HeapTupleHasExternal(tuple)) tuple = toast_flatten_tuple(tuple, source->desc);
+        heap_deform_tuple(tuple, source->desc, r->datums, r->nulls);
         r->datums[natts] = Int64GetDatum(row_number);
         r->nulls[natts] = false;
         tuplestore_putvalues(source->store, source->stored_desc, r->datums, r->nulls);
