@@ -679,24 +679,27 @@ bool receive_state_row(TupleTableSlot *slot, RowReceiver *receiver) {
     MemoryContext outer = MemoryContextSwitchTo(r->row_context);
     text *t = DatumGetTextPP(slot->tts_values[0]);
     uint64_t k = 0;
-    Fingerprint f;
-    memcpy(f.data(), DatumGetUUIDP(slot->tts_values[1])->data, f.size());
     AMP_CXX(k = key_hash(std::string_view(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t))));
-    if (!slot->tts_isnull[2]) {
-        if (r->last) {
+    if (r->two_pass && !r->last) {
+        // Counting needs only the bucket, which an entry takes from its key
+        // (state_entry). (Rejected records are counted too; the fill leaves
+        // their places out.)
+        run->confirmed.count(k);
+        if (r->keys) run->known_keys.count(k);
+    } else {
+        Fingerprint f;
+        memcpy(f.data(), DatumGetUUIDP(slot->tts_values[1])->data, f.size());
+        if (!slot->tts_isnull[2]) {
             const char *why = run->preview ? TextDatumGetCString(slot->tts_values[2]) : "";
             AMP_CXX(run->rejected[k] = SendRun::Rejected{f, why});
-        }
-    } else {
-        uint64_t entry = run->append ? k : state_entry(k, f);
-        if (!r->two_pass) {
-            AMP_CXX(run->loading.push_back(entry); if (r->keys) run->loading_keys.push_back(k));
-        } else if (!r->last) {
-            run->confirmed.count(entry);
-            if (r->keys) run->known_keys.count(k);
         } else {
-            run->confirmed.fill(entry);
-            if (r->keys) run->known_keys.fill(k);
+            uint64_t entry = run->append ? k : state_entry(k, f);
+            if (!r->two_pass) {
+                AMP_CXX(run->loading.push_back(entry); if (r->keys) run->loading_keys.push_back(k));
+            } else {
+                run->confirmed.fill(entry);
+                if (r->keys) run->known_keys.fill(k);
+            }
         }
     }
     MemoryContextSwitchTo(outer);
@@ -707,16 +710,16 @@ bool receive_state_row(TupleTableSlot *slot, RowReceiver *receiver) {
 void scan_sync_state(const SendSpec *spec, SendRun *run, int pass, bool two_pass) {
     RoleScope scope;
     enter_extension_scope(&scope);
+    bool counting = two_pass && pass == 0;
     Oid types[2] = {INT4OID, INT8OID};
     Datum args[2] = {Int32GetDatum(spec->sync_id), Int64GetDatum(spec->state_floor)};
-    Portal portal = SPI_cursor_open_with_args(
-        nullptr,
-        spec->has_state_floor
-            ? "SELECT record_key, fingerprint, rejected_reason FROM amplitude_sync.sync_state "
-              "WHERE sync_id OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.>=) $2"
-            : "SELECT record_key, fingerprint, rejected_reason FROM amplitude_sync.sync_state "
-              "WHERE sync_id OPERATOR(pg_catalog.=) $1",
-        spec->has_state_floor ? 2 : 1, types, args, nullptr, true, 0);
+    // (The counting pass reads the keys alone: an index-only scan will do.)
+    const char *query = psprintf(
+        "SELECT %s FROM amplitude_sync.sync_state WHERE sync_id OPERATOR(pg_catalog.=) $1%s",
+        counting ? "record_key" : "record_key, fingerprint, rejected_reason",
+        spec->has_state_floor ? " AND position OPERATOR(pg_catalog.>=) $2" : "");
+    Portal portal = SPI_cursor_open_with_args(nullptr, query, spec->has_state_floor ? 2 : 1, types, args, nullptr,
+                                              true, 0);
     StateReceiver receiver;
     init_row_receiver(&receiver.receiver, receive_state_row);
     receiver.run = run;
