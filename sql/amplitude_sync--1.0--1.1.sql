@@ -740,24 +740,31 @@ COMMENT ON FUNCTION amplitude_sync._drop_captures_of_dropped_views() IS
 CREATE EVENT TRIGGER amplitude_sync_dropped_captures ON sql_drop
     EXECUTE FUNCTION amplitude_sync._drop_captures_of_dropped_views();
 
--- State rows are written by the million; the foreign key to syncs checked
--- each one (a trigger deletes a dropped sync's state now) and the keys
--- compared by the database's collation.
-ALTER TABLE amplitude_sync.sync_state DROP CONSTRAINT sync_state_sync_id_fkey,
-                                      ALTER COLUMN record_key TYPE pg_catalog.text COLLATE pg_catalog."C";
+-- State rows are written by the million, and the foreign key to syncs
+-- checked each one: a trigger deletes a dropped sync's state now.
+ALTER TABLE amplitude_sync.sync_state DROP CONSTRAINT sync_state_sync_id_fkey;
 -- A sync's state goes with the sync. (Not a foreign key: a run writes a state
 -- row per record, millions for a large source, and a foreign key checks each
--- one with a query of its own; a run locks its sync once per batch instead.)
+-- one with a query of its own. Instead a run writes its sync's row once per
+-- batch of state rows, so a drop waits for the batch to commit, or fails
+-- with a serialization error in REPEATABLE READ, as it would have with the
+-- foreign key; and create_sync clears any state left under its new id.)
 CREATE FUNCTION amplitude_sync._drop_state_of_dropped_syncs()
 RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    DELETE FROM amplitude_sync.sync_state st USING dropped_syncs d
-    WHERE st.sync_id OPERATOR(pg_catalog.=) d.sync_id;
+    IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
+        TRUNCATE amplitude_sync.sync_state;
+    ELSE
+        DELETE FROM amplitude_sync.sync_state st USING dropped_syncs d
+        WHERE st.sync_id OPERATOR(pg_catalog.=) d.sync_id;
+    END IF;
     RETURN NULL;
 END $$;
 REVOKE ALL ON FUNCTION amplitude_sync._drop_state_of_dropped_syncs() FROM PUBLIC;
 COMMENT ON FUNCTION amplitude_sync._drop_state_of_dropped_syncs() IS
-    'Trigger: deletes the state of the syncs deleted from amplitude_sync.syncs.';
+    'Trigger: deletes the state of the syncs deleted from amplitude_sync.syncs (all of it on TRUNCATE).';
 CREATE TRIGGER drop_state AFTER DELETE ON amplitude_sync.syncs REFERENCING OLD TABLE AS dropped_syncs
+    FOR EACH STATEMENT EXECUTE FUNCTION amplitude_sync._drop_state_of_dropped_syncs();
+CREATE TRIGGER truncate_state AFTER TRUNCATE ON amplitude_sync.syncs
     FOR EACH STATEMENT EXECUTE FUNCTION amplitude_sync._drop_state_of_dropped_syncs();

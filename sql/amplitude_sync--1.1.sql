@@ -187,11 +187,9 @@ COMMENT ON TABLE amplitude_sync.syncs IS 'Saved syncs; change them with create_s
 
 -- What Amplitude confirmed, per sync and record: the record's key (user_id,
 -- device_id, group, or the event's insert_id) and its payload's fingerprint.
--- (Keys compare bytewise: only equality matters, and a run writes them by
--- the million.)
 CREATE TABLE amplitude_sync.sync_state (
     sync_id     pg_catalog.int4 NOT NULL,
-    record_key  pg_catalog.text COLLATE pg_catalog."C" NOT NULL,
+    record_key  pg_catalog.text NOT NULL,
     fingerprint pg_catalog.uuid NOT NULL,
     sent_at     pg_catalog.timestamptz NOT NULL,
     rejected_reason pg_catalog.text,  -- set: rejected (not sent again while the row is unchanged)
@@ -202,19 +200,28 @@ CREATE TABLE amplitude_sync.sync_state (
 CREATE INDEX sync_state_position ON amplitude_sync.sync_state (sync_id, position) WHERE position IS NOT NULL;
 -- A sync's state goes with the sync. (Not a foreign key: a run writes a state
 -- row per record, millions for a large source, and a foreign key checks each
--- one with a query of its own; a run locks its sync once per batch instead.)
+-- one with a query of its own. Instead a run writes its sync's row once per
+-- batch of state rows, so a drop waits for the batch to commit, or fails
+-- with a serialization error in REPEATABLE READ, as it would have with the
+-- foreign key; and create_sync clears any state left under its new id.)
 CREATE FUNCTION amplitude_sync._drop_state_of_dropped_syncs()
 RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    DELETE FROM amplitude_sync.sync_state st USING dropped_syncs d
-    WHERE st.sync_id OPERATOR(pg_catalog.=) d.sync_id;
+    IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
+        TRUNCATE amplitude_sync.sync_state;
+    ELSE
+        DELETE FROM amplitude_sync.sync_state st USING dropped_syncs d
+        WHERE st.sync_id OPERATOR(pg_catalog.=) d.sync_id;
+    END IF;
     RETURN NULL;
 END $$;
 REVOKE ALL ON FUNCTION amplitude_sync._drop_state_of_dropped_syncs() FROM PUBLIC;
 COMMENT ON FUNCTION amplitude_sync._drop_state_of_dropped_syncs() IS
-    'Trigger: deletes the state of the syncs deleted from amplitude_sync.syncs.';
+    'Trigger: deletes the state of the syncs deleted from amplitude_sync.syncs (all of it on TRUNCATE).';
 CREATE TRIGGER drop_state AFTER DELETE ON amplitude_sync.syncs REFERENCING OLD TABLE AS dropped_syncs
+    FOR EACH STATEMENT EXECUTE FUNCTION amplitude_sync._drop_state_of_dropped_syncs();
+CREATE TRIGGER truncate_state AFTER TRUNCATE ON amplitude_sync.syncs
     FOR EACH STATEMENT EXECUTE FUNCTION amplitude_sync._drop_state_of_dropped_syncs();
 
 -- The overlap guard: the session running a sync holds a session-level

@@ -47,14 +47,20 @@ SELECT status, rows_read, sent, rejected, not_sent, rows_read = sent + rejected 
 FROM amplitude_sync.sync_runs WHERE sync_name = 'f_users' ORDER BY run_id DESC LIMIT 1;
 -- The same with small batches, so the run gives up while rows it has read
 -- wait to be queued: they are counted as not sent too (in the error's
--- detail, and in a one-shot call's report). The source fits one fetch.
+-- detail, and in a one-shot call's report). The source (99 rows) is read in one fetch.
 SELECT name FROM amplitude_sync.create_sync('f_small', 'amplitude_flaky', 'user',
-    $$SELECT user_id, plan FROM f_users WHERE user_id <= 'fuser-0100'$$, batch_size => 10);
+    $$SELECT user_id, plan FROM f_users WHERE user_id < 'fuser-0100'$$, batch_size => 10);
 CALL amplitude_sync.run_sync('f_small');
-SELECT status, rows_read, rows_read = sent + rejected + not_sent + unchanged AS adds_up
-FROM amplitude_sync.sync_runs WHERE sync_name = 'f_small' ORDER BY run_id DESC LIMIT 1;
-SELECT status, rows_read, rows_read = sent + rejected + not_sent AS adds_up
-FROM amplitude_sync.amplitude_identify('amplitude_flaky', 'SELECT user_id, plan FROM f_users', batch_size => 10);
+SELECT status, rows_read, rows_read = sent + rejected + not_sent + unchanged AS adds_up,
+       not_sent = (SELECT count(*) FROM amplitude_sync.rejected_records rr
+                   WHERE rr.run_id = r.run_id AND rr.outcome = 'not_sent') AS each_listed
+FROM amplitude_sync.sync_runs r WHERE sync_name = 'f_small' ORDER BY run_id DESC LIMIT 1;
+SELECT run_id AS oneshot_run, status, rows_read, rows_read = sent + rejected + not_sent AS adds_up
+FROM amplitude_sync.amplitude_identify('amplitude_flaky', 'SELECT user_id, plan FROM f_users', batch_size => 10) \gset
+\echo status=:status rows_read=:rows_read adds_up=:adds_up
+SELECT not_sent = (SELECT count(*) FROM amplitude_sync.rejected_records rr
+                   WHERE rr.run_id = r.run_id AND rr.outcome = 'not_sent') AS each_listed
+FROM amplitude_sync.sync_runs r WHERE run_id = :oneshot_run;
 SELECT mock_call('DELETE', '/_mock/faults') IS NOT NULL AS cleared;
 SELECT notify_name, extra::jsonb - 'run_id' AS payload FROM dblink_get_notify('listener');
 SELECT dblink_disconnect('listener');

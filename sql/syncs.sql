@@ -228,6 +228,16 @@ SELECT amplitude_sync.schedule_sync('users', '*/15 * * * *');
 SELECT amplitude_sync.drop_sync('clicks');
 SELECT count(*) AS syncs_left FROM amplitude_sync.syncs WHERE name = 'clicks';
 SELECT count(*) AS state_left FROM amplitude_sync.sync_state WHERE sync_id NOT IN (SELECT sync_id FROM amplitude_sync.syncs);
+-- sync_state has no foreign key: a new sync starts with no state, whatever
+-- was left under its id.
+SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END AS next_sync_id
+FROM amplitude_sync.syncs_sync_id_seq \gset
+INSERT INTO amplitude_sync.sync_state (sync_id, record_key, fingerprint, sent_at)
+VALUES (:next_sync_id, 'left-over', md5('left-over')::uuid, now());
+SELECT sync_id = :next_sync_id AS same_id FROM amplitude_sync.create_sync('fresh', 'amplitude_mock', 'user',
+    $$SELECT 'left-over' AS user_id$$);
+SELECT count(*) AS inherited_state FROM amplitude_sync.sync_state WHERE sync_id = :next_sync_id;
+SELECT amplitude_sync.drop_sync('fresh');
 SELECT count(*) > 0 AS history_kept FROM amplitude_sync.sync_runs WHERE sync_name = 'clicks';
 DROP SERVER amplitude_one CASCADE;
 

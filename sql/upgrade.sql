@@ -134,6 +134,11 @@ UNION ALL
 (SELECT 'only fresh: ' || l FROM dblink(:'fresh_conn', 'SELECT * FROM catalog_lines()') AS f(l text)
  EXCEPT SELECT 'only fresh: ' || l FROM catalog_lines() l)
 ORDER BY 1;
+-- TRUNCATE of syncs (surgery by the extension's owner) takes the state with
+-- it (sync_state has no foreign key): no later sync inherits it.
+SELECT count(*) > 0 AS has_state FROM amplitude_sync.sync_state;
+TRUNCATE amplitude_sync.syncs CASCADE;
+SELECT count(*) AS state_left FROM amplitude_sync.sync_state;
 
 \c contrib_regression
 DROP DATABASE regress_amp_upgrade;

@@ -268,18 +268,20 @@ void run_log_finish(RunLog *log, const char *status, int64 rows_read, int64 unch
     leave_role_scope(&scope);
 }
 
-// State rows are written for a sync that is locked, once per batch, against
-// a concurrent drop_sync (whose trigger deletes the sync's state): the
-// statement inserts nothing when the sync is gone. (A foreign key would
-// check every row.)
-#define LOCK_SYNC                                                                    \
-    "SELECT sync_id FROM amplitude_sync.syncs WHERE sync_id OPERATOR(pg_catalog.=) $1 " \
-    "FOR KEY SHARE"
+// State rows are written with a write of their sync's row, once per batch
+// (a foreign key would check every row): a concurrent drop_sync, whose
+// trigger deletes the sync's state, waits for the batch to commit, or fails
+// to serialize in REPEATABLE READ; once the sync is gone the statement
+// inserts nothing.
+#define LOCK_SYNC                                                                                      \
+    "UPDATE amplitude_sync.syncs SET sync_id = sync_id WHERE sync_id OPERATOR(pg_catalog.=) $1 " \
+    "RETURNING sync_id"
 
 namespace {
 
-void raise_sync_dropped() {
-    ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE), errmsg("the sync was dropped while it ran"),
+void raise_sync_dropped(int sync_id) {
+    ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                    errmsg("sync %d was dropped while it ran", sync_id),
                     errdetail("What Amplitude confirmed in its last batch is not remembered: the sync is gone.")));
 }
 
@@ -320,7 +322,7 @@ void run_log_store_confirmed(int sync_id, std::vector<ConfirmedRecord> *confirme
         "rejected_reason = NULL, position = EXCLUDED.position",
         4, argtypes, args, nullptr, false, 0);
     if (rc != SPI_OK_INSERT) elog(ERROR, "amplitude_sync: could not remember the confirmed records");
-    if (SPI_processed == 0) raise_sync_dropped();
+    if (SPI_processed == 0) raise_sync_dropped(sync_id);
     leave_role_scope(&scope);
     leave_batch_memory(&memory);
     confirmed->clear();
@@ -370,7 +372,7 @@ void run_log_remember_rejections(int sync_id, const std::vector<Rejection> *reje
         "sent_at = EXCLUDED.sent_at, rejected_reason = EXCLUDED.rejected_reason, position = EXCLUDED.position",
         5, argtypes, args, nullptr, false, 0);
     if (rc != SPI_OK_INSERT) elog(ERROR, "amplitude_sync: could not remember the rejected records");
-    if (SPI_processed == 0) raise_sync_dropped();
+    if (SPI_processed == 0) raise_sync_dropped(sync_id);
     leave_role_scope(&scope);
     leave_batch_memory(&memory);
 }

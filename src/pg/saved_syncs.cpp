@@ -670,6 +670,11 @@ Datum amplitude_sync_create_sync(PG_FUNCTION_ARGS) {
             "$15, $16)",
             16, argtypes, args, nulls, false, 0) != SPI_OK_INSERT)
         elog(ERROR, "amplitude_sync: could not save the sync");
+    // A new sync starts with no state, whatever an earlier sync under the
+    // same id left (sync_state has no foreign key; see the install script).
+    if (SPI_execute_with_args("DELETE FROM amplitude_sync.sync_state WHERE sync_id OPERATOR(pg_catalog.=) $1", 1,
+                              argtypes, args, nullptr, false, 0) != SPI_OK_DELETE)
+        elog(ERROR, "amplitude_sync: could not clear the new sync's state");
     leave_role_scope(&scope);
     Datum row = sync_row(sync.sync_id);
     SPI_finish();

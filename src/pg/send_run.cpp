@@ -449,6 +449,17 @@ void queue_row(SendRun *run, RowAction action) {
     if (action == RowAction::kRejected) {
         run->main->delivery.reject(std::move(run->rejection));
     } else if (action == RowAction::kCreate || action == RowAction::kUpdate) {
+        if (run->state() != DeliveryState::kRunning) {
+            // The run stopped while rows it had read waited to be queued:
+            // each is listed as not sent (and its properties event is not
+            // sent either).
+            Rejection left;
+            left.record = std::move(run->record);
+            left.outcome = Outcome::kNotSent;
+            left.reason = "not sent: " + run->error();
+            run->main->delivery.reject(std::move(left));
+            return;
+        }
         if (run->events && !run->event.json.empty()) run->events->delivery.add(std::move(run->event));
         run->main->delivery.add(std::move(run->record));
     }
@@ -902,6 +913,7 @@ struct SourceReceiver {
     bool *nulls;
     int64 *rows_read;
     int64 *counts;  // by RowAction
+    int64 stored;   // rows put in the tuplestore
 };
 
 bool receive_source_row(TupleTableSlot *slot, RowReceiver *receiver) {
@@ -931,6 +943,7 @@ bool receive_source_row(TupleTableSlot *slot, RowReceiver *receiver) {
         r->datums[natts] = Int64GetDatum(row_number);
         r->nulls[natts] = false;
         tuplestore_putvalues(source->store, source->stored_desc, r->datums, r->nulls);
+        r->stored++;
     } else {
         MemoryContextSwitchTo(r->batch_context);
         r->kept[r->kept_count++] = KeptRow{ExecCopySlotHeapTuple(slot), row_number, check};
@@ -1014,8 +1027,8 @@ struct RunEnd {
     int64 rows_read;
     int64 *counts;  // by RowAction
     instr_time read_time;
-    bool more;  // the source may hold rows the run did not read
-    int64 unqueued;  // rows read (and kept) that the run stopped before queueing: not sent
+    bool more;  // the query may hold rows the run did not read
+    int64 unqueued;  // rows read that the run stopped before queueing: not sent
 };
 
 // Where the rows of a run go once checked and encoded: to Amplitude, or
@@ -1155,6 +1168,8 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
     receiver.nulls = nulls;
     receiver.rows_read = &rows_read;
     receiver.counts = counts;
+    receiver.stored = 0;
+    int64 taken = 0;  // rows taken back out of the tuplestore
     instr_time read_time;            // fetching rows and reading their values
     INSTR_TIME_SET_ZERO(read_time);
     // A saved sync compares rows with its state, loaded once.
@@ -1183,8 +1198,13 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
         run->progress.rows_read = rows_read;
         add_elapsed(&read_time, read_started, 1);
         uint64 batch_rows = from_cursor ? receiver.kept_count : static_cast<uint64>(fetch_rows);
+        // Rows the receiver kept are all queued, also after the deliveries
+        // stopped (queue_row lists them as not sent); the store is left
+        // as it is (its rows are counted as not sent at the end).
         uint64 r = 0;
-        for (; r < batch_rows && run->state() == DeliveryState::kRunning; ++r) {
+        for (; r < batch_rows && (from_cursor ? run->state() != DeliveryState::kInterrupted
+                                              : run->state() == DeliveryState::kRunning);
+             ++r) {
             MemoryContext outer = MemoryContextSwitchTo(row_context);
             bool timed = (r + 1) % kTimingSample == 0;
             if (timed) INSTR_TIME_SET_CURRENT(read_started);
@@ -1210,6 +1230,7 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
                 memcpy(nulls, source.slot->tts_isnull, sizeof(bool) * (natts + 1));
                 // Counted as read when it was stored.
                 row_number = DatumGetInt64(datums[natts]);
+                taken++;
                 check = check_source_row(run, desc, datums, nulls, payload_natts, spans);
             }
             const char *record_key = nullptr;
@@ -1239,8 +1260,8 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
             MemoryContextSwitchTo(outer);
             MemoryContextReset(row_context);
         }
-        // Rows of the fetch left when the deliveries stopped were read: they
-        // are not sent. (From the store, they were never taken out.)
+        // Rows of the fetch left when the run was interrupted were read:
+        // they are not sent.
         if (from_cursor) unqueued += static_cast<int64>(batch_rows - r);
         MemoryContextReset(receiver.batch_context);
         report_progress(&run->progress);
@@ -1265,8 +1286,12 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
             last_commit = GetCurrentTimestamp();
         }
     }
+    // Rows left in the store were read and are not sent; once the source is
+    // in the store, the query was read to its end.
+    if (source.store) unqueued += receiver.stored - taken;
+    bool query_left = more && source.portal != nullptr;
     if (source.portal) SPI_cursor_close(source.portal);
-    RunEnd end = {conn, run, &source, result_desc, run_context, own_spi, rows_read, counts, read_time, more, unqueued};
+    RunEnd end = {conn, run, &source, result_desc, run_context, own_spi, rows_read, counts, read_time, query_left, unqueued};
     return sink.finish(&sink, &end);
 }
 
@@ -1342,7 +1367,7 @@ Datum finish_delivery(RowSink *sink, RunEnd *end) {
     char *error = nullptr;
     // (more: the source may hold rows the run did not read.)
     if (failed)
-        error = more ? psprintf("%s; the run stopped after reading %lld rows (the rest of the query was not read)",
+        error = more ? psprintf("%s; the run stopped after reading %lld rows (the rest of the query, if any, was not read)",
                                 run->error().c_str(), static_cast<long long>(rows_read))
                      : psprintf("%s; the run stopped after reading all %lld rows of the query",
                                 run->error().c_str(), static_cast<long long>(rows_read));
