@@ -17,25 +17,6 @@ namespace {
 // Bumped whenever the binary form changes: every fingerprint changes with it.
 constexpr unsigned char kFingerprintVersion = 2;
 
-// The set's tables: a lookup lands at a random place in them, so a large
-// table is asked for in 2 MB pages where the kernel offers them (with
-// 4 kB pages most lookups would also miss the TLB).
-void *allocate_table(size_t bytes, bool zeroed) {
-    constexpr size_t kHugePage = 2u << 20;
-    void *p = nullptr;
-    if (bytes >= kHugePage) {
-        size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-        if (posix_memalign(&p, kHugePage, rounded) != 0) return nullptr;
-#ifdef MADV_HUGEPAGE
-        madvise(p, rounded, MADV_HUGEPAGE);
-#endif
-    } else {
-        p = std::malloc(bytes);
-    }
-    if (p && zeroed) std::memset(p, 0, bytes);
-    return p;
-}
-
 // 64-bit values in the binary form: 8 bytes, little-endian.
 char *put_u64(char *out, uint64_t v) {
     for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(v >> (8 * i));
@@ -57,6 +38,37 @@ Fingerprint hash_of(const char *bytes, size_t len) {
 }
 
 }  // namespace
+
+// The set's tables: a lookup lands at a random place in them, so a large
+// table is mapped on its own and asked for in 2 MB pages where the kernel
+// offers them (with 4 kB pages most lookups would also miss the TLB). Its
+// own mapping, so that no other allocation ever shares those pages.
+void *TableMemory::allocate(size_t bytes) {
+    release();
+    constexpr size_t kHugePage = 2u << 20;
+    if (bytes < kHugePage) {
+        base_ = std::calloc(1, bytes ? bytes : 1);
+        return base_;
+    }
+    // Room to align the start to a 2 MB boundary.
+    size_t length = (bytes + kHugePage - 1) / kHugePage * kHugePage + kHugePage;
+    void *base = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) return nullptr;
+    base_ = base;
+    length_ = length;
+    uintptr_t start = (reinterpret_cast<uintptr_t>(base) + kHugePage - 1) & ~(static_cast<uintptr_t>(kHugePage) - 1);
+#ifdef MADV_HUGEPAGE
+    madvise(reinterpret_cast<void *>(start), length - (start - reinterpret_cast<uintptr_t>(base)), MADV_HUGEPAGE);
+#endif
+    return reinterpret_cast<void *>(start);  // zeroed, as every new mapping
+}
+
+void TableMemory::release() {
+    if (length_) munmap(base_, length_);
+    else std::free(base_);
+    base_ = nullptr;
+    length_ = 0;
+}
 
 uint64_t key_hash(std::string_view key) { return XXH3_64bits(key.data(), key.size()); }
 
@@ -114,8 +126,8 @@ uint64_t state_entry(uint64_t key, const Fingerprint &fingerprint) {
 CompactHashSet::~CompactHashSet() { release(); }
 
 void CompactHashSet::release() {
-    std::free(entries_);
-    std::free(offsets_);
+    entries_memory_.release();
+    offsets_memory_.release();
     std::free(fill_at_);
     entries_ = nullptr;
     offsets_ = nullptr;
@@ -149,8 +161,8 @@ void CompactHashSet::build(std::vector<uint64_t> &&values) {
     values.erase(std::unique(values.begin(), values.end()), values.end());
     size_t n = values.size();
     size_t buckets = static_cast<size_t>(1) << bits_;
-    offsets_ = static_cast<uint32_t *>(allocate_table((buckets + 1) * sizeof(uint32_t), true));
-    entries_ = static_cast<unsigned char *>(allocate_table(n * kEntryBytes + 1, false));
+    offsets_ = static_cast<uint32_t *>(offsets_memory_.allocate((buckets + 1) * sizeof(uint32_t)));
+    entries_ = static_cast<unsigned char *>(entries_memory_.allocate(n * kEntryBytes + 1));
     if (!offsets_ || !entries_) {
         release();
         throw std::bad_alloc();
@@ -168,7 +180,7 @@ void CompactHashSet::begin(size_t expected) {
     release();
     choose_bits(expected);
     size_t buckets = static_cast<size_t>(1) << bits_;
-    offsets_ = static_cast<uint32_t *>(allocate_table((buckets + 1) * sizeof(uint32_t), true));
+    offsets_ = static_cast<uint32_t *>(offsets_memory_.allocate((buckets + 1) * sizeof(uint32_t)));
     if (!offsets_) throw std::bad_alloc();
 }
 
@@ -178,7 +190,7 @@ void CompactHashSet::begin_fill() {
     size_t buckets = static_cast<size_t>(1) << bits_;
     for (size_t b = 0; b < buckets; ++b) offsets_[b + 1] += offsets_[b];
     size_ = offsets_[buckets];
-    entries_ = static_cast<unsigned char *>(allocate_table(size_ * kEntryBytes + 1, false));
+    entries_ = static_cast<unsigned char *>(entries_memory_.allocate(size_ * kEntryBytes + 1));
     fill_at_ = static_cast<uint32_t *>(std::malloc(buckets * sizeof(uint32_t)));
     if (!entries_ || !fill_at_) {
         release();

@@ -54,6 +54,21 @@ private:
 constexpr uint64_t kKeyBits = 0xFFFFFF0000000000ull;
 uint64_t state_entry(uint64_t key_hash, const Fingerprint &fingerprint);
 
+// Memory for one of the set's tables (zeroed; large ones in 2 MB pages).
+class TableMemory {
+public:
+    TableMemory() = default;
+    ~TableMemory() { release(); }
+    TableMemory(const TableMemory &) = delete;
+    TableMemory &operator=(const TableMemory &) = delete;
+    void *allocate(size_t bytes);  // nullptr when out of memory
+    void release();
+
+private:
+    void *base_ = nullptr;
+    size_t length_ = 0;  // of the mapping; 0 when from calloc
+};
+
 // A set of 64-bit hashes in about 5.3 bytes per entry: bucketed by their
 // top bits (b = log2(n / 8), at most 24), each entry stored as its low 40
 // bits, sorted within its bucket. A lookup of a hash that is not in the set answers true
@@ -73,9 +88,11 @@ public:
     void build(std::vector<uint64_t> &&values);
 
     // Two passes: begin(n) with the number of values expected, count() each
-    // value, begin_fill(), fill() the same values, end_fill(). Values that
-    // differ between the passes are tolerated: a value the count did not
-    // see may be left out (never a false "present" for it).
+    // value (any value with the same top bits counts the same), begin_fill(),
+    // fill() the values, end_fill(). Values that differ between the passes
+    // are tolerated: a bucket whose count was too low leaves out the values
+    // that do not fit (whether seen in the count or not), never a false
+    // "present" for them; for a saved sync that means a record sent again.
     void begin(size_t expected);
     void count(uint64_t value);
     void begin_fill();
@@ -109,8 +126,10 @@ private:
 
     int bits_ = 0;
     size_t size_ = 0;
-    unsigned char *entries_ = nullptr;    // size_ * kEntryBytes (malloc)
-    uint32_t *offsets_ = nullptr;         // (1 << bits_) + 1 (malloc)
+    unsigned char *entries_ = nullptr;    // size_ * kEntryBytes
+    uint32_t *offsets_ = nullptr;         // (1 << bits_) + 1
+    TableMemory entries_memory_;
+    TableMemory offsets_memory_;
     uint32_t *fill_at_ = nullptr;         // two-pass build only
 };
 

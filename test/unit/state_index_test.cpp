@@ -112,7 +112,8 @@ TEST(CompactHashSet, EmptySetHoldsNothing) {
 }
 
 TEST(CompactHashSet, BuildFindsEveryValueAndFewOthers) {
-    for (size_t n : {1u, 7u, 100u, 100000u}) {
+    // (1,000,000: tables of 2 MB and more get their own mapping.)
+    for (size_t n : {1u, 7u, 100u, 100000u, 1000000u}) {
         std::vector<uint64_t> values = RandomValues(n, n);
         CompactHashSet s;
         s.build(std::vector<uint64_t>(values));
