@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <random>
 #include <set>
 #include <string>
@@ -155,4 +156,48 @@ TEST(CompactHashSet, TwoPassToleratesValuesThatChangedBetweenPasses) {
     for (size_t i = 900; i < 1000; ++i) EXPECT_FALSE(s.contains(counted[i]));
     EXPECT_LE(s.size(), 1000u);
     EXPECT_FALSE(s.contains(0));
+}
+
+// Review: offsets of 2 MB and more come from a fresh mapping (zeroed, 2 MB
+// aligned); a two-pass load counts key hashes and fills state entries, with
+// some counted values (rejected records) never filled.
+TEST(CompactHashSet, TwoPassLargeTablesCountByKey) {
+    for (size_t expected : {size_t(1) << 23, size_t(1) << 27}) {  // bits 19 (offsets 2 MB + 4), 24 (64 MB)
+        std::mt19937_64 rng(expected);
+        std::vector<uint64_t> keys(200000), entries;
+        for (uint64_t &k : keys) k = rng();
+        CompactHashSet s;
+        s.begin(expected);
+        for (uint64_t k : keys) s.count(k);
+        s.begin_fill();
+        for (size_t i = 0; i < keys.size(); ++i) {
+            if (i % 3 == 0) continue;  // counted but not filled
+            Fingerprint f{};
+            f[0] = static_cast<unsigned char>(i);
+            entries.push_back(state_entry(keys[i], f));
+            s.fill(entries.back());
+        }
+        s.end_fill();
+        EXPECT_EQ(s.size(), entries.size());
+        for (uint64_t e : entries) ASSERT_TRUE(s.contains(e));
+        size_t false_hits = 0;
+        for (int i = 0; i < 100000; ++i) false_hits += s.contains(rng());
+        EXPECT_LT(false_hits, 10u);
+    }
+}
+
+TEST(TableMemory, LargeIsAlignedZeroedAndReusable) {
+    TableMemory m;
+    for (size_t bytes : {size_t(2) << 20, (size_t(2) << 20) + 4, size_t(5000001), size_t(100), size_t(64) << 20}) {
+        unsigned char *p = static_cast<unsigned char *>(m.allocate(bytes));
+        ASSERT_NE(p, nullptr);
+        if (bytes >= (size_t(2) << 20)) {
+            EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % (size_t(2) << 20), 0u);
+        }
+        for (size_t i = 0; i < bytes; i += 4096) ASSERT_EQ(p[i], 0);
+        ASSERT_EQ(p[bytes - 1], 0);
+        std::memset(p, 0xab, bytes);  // the whole length is writable
+    }
+    m.release();
+    m.release();  // twice is harmless
 }
