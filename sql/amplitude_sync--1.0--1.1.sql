@@ -745,10 +745,9 @@ CREATE EVENT TRIGGER amplitude_sync_dropped_captures ON sql_drop
 ALTER TABLE amplitude_sync.sync_state DROP CONSTRAINT sync_state_sync_id_fkey;
 -- A sync's state goes with the sync. (Not a foreign key: a run writes a state
 -- row per record, millions for a large source, and a foreign key checks each
--- one with a query of its own. Instead a run writes its sync's row once per
--- batch of state rows, so a drop waits for the batch to commit, or fails
--- with a serialization error in REPEATABLE READ, as it would have with the
--- foreign key; and create_sync clears any state left under its new id.)
+-- one with a query of its own. Instead a run locks its sync's row once per
+-- batch of state rows, so a drop waits for the batch to commit; and
+-- create_sync clears any state left under its new id.)
 CREATE FUNCTION amplitude_sync._drop_state_of_dropped_syncs()
 RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$

@@ -26,6 +26,11 @@ CALL amplitude_sync.run_sync('f_users');
 SELECT count(*) AS requests FROM mock_requests() r;
 SELECT status, rows_read, sent, rejected, not_sent, error FROM amplitude_sync.sync_runs
 WHERE sync_name = 'f_users' ORDER BY run_id DESC LIMIT 1;
+-- Each row it read and did not send is listed (the segment it stopped in is
+-- kept, not rolled back with the error).
+SELECT not_sent > 0 AS some_not_sent, not_sent = (SELECT count(*) FROM amplitude_sync.rejected_records rr
+                   WHERE rr.run_id = r.run_id AND rr.outcome = 'not_sent') AS each_listed
+FROM amplitude_sync.sync_runs r WHERE sync_name = 'f_users' ORDER BY run_id DESC LIMIT 1;
 SELECT count(*) AS state FROM amplitude_sync.sync_state st JOIN amplitude_sync.syncs s USING (sync_id) WHERE s.name = 'f_users';
 
 -- Amplitude failing past the retry budget: the run raises (pg_cron sees a

@@ -268,14 +268,14 @@ void run_log_finish(RunLog *log, const char *status, int64 rows_read, int64 unch
     leave_role_scope(&scope);
 }
 
-// State rows are written with a write of their sync's row, once per batch
-// (a foreign key would check every row): a concurrent drop_sync, whose
-// trigger deletes the sync's state, waits for the batch to commit, or fails
-// to serialize in REPEATABLE READ; once the sync is gone the statement
-// inserts nothing.
-#define LOCK_SYNC                                                                                      \
-    "UPDATE amplitude_sync.syncs SET sync_id = sync_id WHERE sync_id OPERATOR(pg_catalog.=) $1 " \
-    "RETURNING sync_id"
+// State rows are written with a lock on their sync's row, once per batch (a
+// foreign key would check every row): a concurrent drop_sync, whose trigger
+// deletes the sync's state, waits for the batch to commit, and once the
+// sync is gone the statement inserts nothing. (A key-share lock: it does not
+// hold up alter_sync or the claim of the next run.)
+#define LOCK_SYNC                                                                    \
+    "SELECT sync_id FROM amplitude_sync.syncs WHERE sync_id OPERATOR(pg_catalog.=) $1 " \
+    "FOR KEY SHARE"
 
 namespace {
 

@@ -1274,7 +1274,10 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
                              static_cast<int64>(run->unchanged)};
         }
         // About once a second: publish the counts, keep what Amplitude confirmed.
-        if (spec->segments && more && TimestampDifferenceExceeds(last_commit, GetCurrentTimestamp(), 1000)) {
+        // (Not once the deliveries stopped: the loop ends, and the rest of
+        // the source is not read just to be counted as not sent.)
+        if (spec->segments && more && run->state() == DeliveryState::kRunning &&
+            TimestampDifferenceExceeds(last_commit, GetCurrentTimestamp(), 1000)) {
             if (source.portal) materialize_source(&receiver, run_context);
             run_log_progress(log, rows_read, static_cast<int64>(run->unchanged), &run->main->delivery.stats());
             if (spec->counts) {
@@ -1351,8 +1354,13 @@ Datum finish_delivery(RowSink *sink, RunEnd *end) {
     totals.not_sent += static_cast<uint64_t>(end->unqueued);
     const DeliveryStats *stats = &totals;
     if (run->state() == DeliveryState::kStopped)
+    {
+        // A saved sync keeps what this segment confirmed and the rows it
+        // lists as not sent: the error rolls back only what follows.
+        if (spec->segments) spec->segments->commit(spec->segments);
         raise_stopped_run(conn, run->error().c_str(), run->stop_reason() == StopReason::kBadApiKey, rows_read,
                           stats->sent);
+    }
 
     // Requests and retries count the synthetic events' too; sent, rejected,
     // not_sent and unchanged count rows, so they add up to rows_read.
