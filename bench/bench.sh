@@ -32,10 +32,7 @@ command -v node >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get
 harness_build_and_install || exit 1
 harness_start_cluster "shared_buffers = '256MB'" "work_mem = '64MB'" "max_wal_size = '4GB'" \
     "synchronous_commit = off" || exit 1
-/usr/bin/python3 bench/sink.py "$HARNESS_DIR/sink.port" &
-SINK_PID=$!
-for _ in $(seq 1 50); do [ -s "$HARNESS_DIR/sink.port" ] && break; sleep 0.1; done
-SINK="http://127.0.0.1:$(cat "$HARNESS_DIR/sink.port")"
+harness_start_sink || exit 1
 trap 'kill $SINK_PID 2>/dev/null; harness_cleanup' EXIT
 (cd bench/node && npm install --silent --no-audit --no-fund >/dev/null 2>&1) || echo "npm install failed: the Node SDK case will be skipped"
 

@@ -40,10 +40,7 @@ if [ "${BENCH_INSTALL:-0}" = 1 ]; then harness_build_and_install || exit 1; fi
 [ -f "$(pg_config --sharedir)/extension/amplitude_sync.control" ] ||
     { echo "amplitude_sync is not installed for $(command -v pg_config) (BENCH_INSTALL=1 installs it)"; exit 1; }
 harness_start_cluster "shared_buffers = '256MB'" "work_mem = '64MB'" "synchronous_commit = off" || exit 1
-/usr/bin/python3 bench/sink.py "$HARNESS_DIR/sink.port" "$DELAY_MS" &
-SINK_PID=$!
-for _ in $(seq 1 50); do [ -s "$HARNESS_DIR/sink.port" ] && break; sleep 0.1; done
-SINK="http://127.0.0.1:$(cat "$HARNESS_DIR/sink.port")"
+harness_start_sink "$DELAY_MS" || exit 1
 harness_start_mock --api-key bench-key-0123456789 --enforce-id-rates --response-delay-ms "$DELAY_MS" || exit 1
 
 q() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }

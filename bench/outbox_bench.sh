@@ -28,10 +28,7 @@ OUT=bench/outbox_results.md
 trap 'kill $SINK_PID 2>/dev/null; harness_cleanup' EXIT
 harness_start_cluster "shared_preload_libraries = 'amplitude_sync'" "shared_buffers = '256MB'" \
     "max_connections = 50" || exit 1
-SINK_LATENCY=1 /usr/bin/python3 bench/sink.py "$HARNESS_DIR/sink.port" &
-SINK_PID=$!
-for _ in $(seq 1 50); do [ -s "$HARNESS_DIR/sink.port" ] && break; sleep 0.1; done
-SINK="http://127.0.0.1:$(cat "$HARNESS_DIR/sink.port")"
+SINK_LATENCY=1 harness_start_sink || exit 1
 
 q() { "$PSQL" -X -q -At -v ON_ERROR_STOP=1 "$@"; }
 q -v sink="$SINK" <<'SQL' || exit 1

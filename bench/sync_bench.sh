@@ -25,10 +25,7 @@ OUT=${BENCH_OUT:-bench/sync_results.md}
 harness_build_and_install || exit 1
 harness_start_cluster "shared_buffers = '256MB'" "work_mem = '64MB'" "max_wal_size = '4GB'" \
     "synchronous_commit = off" || exit 1
-/usr/bin/python3 bench/sink.py "$HARNESS_DIR/sink.port" &
-SINK_PID=$!
-for _ in $(seq 1 50); do [ -s "$HARNESS_DIR/sink.port" ] && break; sleep 0.1; done
-SINK="http://127.0.0.1:$(cat "$HARNESS_DIR/sink.port")"
+harness_start_sink || exit 1
 # BENCH_KEEP=1: the cluster stays up at the end (for perf); its directory is printed.
 if [ -n "${BENCH_KEEP:-}" ]; then trap 'kill $SINK_PID 2>/dev/null' EXIT; else trap 'kill $SINK_PID 2>/dev/null; harness_cleanup' EXIT; fi
 

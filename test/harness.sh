@@ -91,6 +91,17 @@ harness_start_mock() {
     export AMPLITUDE_MOCK_PORT AMPLITUDE_MOCK_URL
 }
 
+# The benchmarks' local sink (bench/sink.py; extra arguments go to it, and
+# so does the environment, e.g. SINK_LATENCY=1): sets SINK_PID and SINK.
+harness_start_sink() {
+    rm -f "$HARNESS_DIR/sink.port"
+    /usr/bin/python3 "$HARNESS_REPO/bench/sink.py" "$HARNESS_DIR/sink.port" "$@" &
+    SINK_PID=$!
+    for _ in $(seq 1 50); do [ -s "$HARNESS_DIR/sink.port" ] && break; sleep 0.1; done
+    [ -s "$HARNESS_DIR/sink.port" ] || { echo "the sink did not start"; return 1; }
+    SINK="http://127.0.0.1:$(cat "$HARNESS_DIR/sink.port")"
+}
+
 harness_cleanup() {
     if [ -n "$HARNESS_MOCK_PID" ]; then
         kill "$HARNESS_MOCK_PID" 2>/dev/null
