@@ -1182,22 +1182,22 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
         // commit about once a second even when Amplitude is slow.
         // (A batch with nothing to send after one that had nothing either is
         // read 1,000 rows at a time: an unchanged run reads at full speed.)
-        long fetch_rows = spec->segments && !idle ? kFetchRowsCommitting : kFetchRows;
+        long fetch_count = spec->segments && !idle ? kFetchRowsCommitting : kFetchRows;
         uint64_t unchanged_before = run->unchanged;
         int64 read_before = rows_read;
         instr_time read_started;
         INSTR_TIME_SET_CURRENT(read_started);
         // From the cursor: the rows the receiver kept. From the store (the
         // rest of the source, read before the first commit): up to
-        // fetch_rows rows.
+        // fetch_count rows.
         bool from_cursor = source.portal != nullptr;
         if (from_cursor) {
             receiver.kept_count = 0;
-            more = fetch_source_rows(&receiver, fetch_rows) == static_cast<uint64>(fetch_rows);
+            more = fetch_source_rows(&receiver, fetch_count) == static_cast<uint64>(fetch_count);
         }
         run->progress.rows_read = rows_read;
         add_elapsed(&read_time, read_started, 1);
-        uint64 batch_rows = from_cursor ? receiver.kept_count : static_cast<uint64>(fetch_rows);
+        uint64 batch_rows = from_cursor ? receiver.kept_count : static_cast<uint64>(fetch_count);
         // Rows the receiver kept are all queued, also after the deliveries
         // stopped (queue_row lists them as not sent); the store is left
         // as it is (its rows are counted as not sent at the end).
