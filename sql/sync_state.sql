@@ -67,6 +67,23 @@ UPDATE state_customers SET plan = 'enterprise' WHERE score = 8;
 SELECT record_key, action FROM amplitude_sync.preview_sync('state_users', include_unchanged => true) ORDER BY 1;
 SELECT amplitude_sync.drop_sync('state_users');
 
+-- A changed record's state row is rewritten in place, a HOT update (no new
+-- index entry, half the write-ahead log): the table keeps room on its pages
+-- (fillfactor), which a first run's thousand rows would otherwise fill.
+CREATE TABLE state_many AS SELECT 'many-' || g AS user_id, 'free' AS plan FROM generate_series(1, 1000) g;
+SELECT name FROM amplitude_sync.create_sync('state_many', 'amplitude_mock', 'user', 'state_many');
+CALL amplitude_sync.run_sync('state_many') \gset
+\echo status=:status sent=:sent
+UPDATE state_many SET plan = 'pro' WHERE user_id = 'many-500';
+SELECT pg_stat_force_next_flush();
+SELECT n_tup_hot_upd AS hot_before FROM pg_stat_user_tables WHERE relid = 'amplitude_sync.sync_state'::regclass \gset
+CALL amplitude_sync.run_sync('state_many') \gset
+\echo status=:status sent=:sent unchanged=:unchanged
+SELECT pg_stat_force_next_flush();
+SELECT n_tup_hot_upd - :hot_before AS hot_updates FROM pg_stat_user_tables
+WHERE relid = 'amplitude_sync.sync_state'::regclass;
+SELECT amplitude_sync.drop_sync('state_many');
+
 -- Values stored out of line (TOAST) in the rows kept across the first
 -- commit are fetched before it: they reach Amplitude whole (cut to its
 -- 1,024 characters, as any long string).

@@ -19,11 +19,12 @@ CREATE FUNCTION catalog_lines() RETURNS SETOF text LANGUAGE sql AS $$
     SELECT 'acl ' || c.relname || ' ' || coalesce((SELECT string_agg(CASE WHEN a.grantee = 0 THEN 'public' ELSE 'owner' END
                                                                       || ':' || a.privilege_type, ',' ORDER BY 1)
                                                    FROM aclexplode(c.relacl) a WHERE a.grantee IN (0, c.relowner)), 'default')
-           || ' rls=' || c.relrowsecurity
+           || ' rls=' || c.relrowsecurity || ' options=' || coalesce(c.reloptions::text, 'none')
     FROM pg_class c WHERE c.oid IN (SELECT oid FROM tables)
     UNION ALL
     SELECT 'column ' || a.attrelid::regclass || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
            || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END || coalesce(' default ' || pg_get_expr(ad.adbin, ad.adrelid), '')
+           || CASE WHEN a.attgenerated <> '' THEN ' generated' ELSE '' END
            || coalesce(' collate ' || (SELECT collname FROM pg_collation WHERE oid = a.attcollation), '')
     FROM pg_attribute a LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
     WHERE a.attrelid IN (SELECT oid FROM tables) AND a.attnum > 0 AND NOT a.attisdropped

@@ -66,7 +66,7 @@ def problems(sql):
     s = re.sub(r"OPERATOR\s*\(\s*pg_catalog\.[^)\s]+\s*\)", " qualified_operator ", s, flags=re.I)
     s = ASSIGNMENT_OPTIONS.sub(" opt ", s)
     s = re.sub(r"\bSET\s+\w+\s*=", " set ", s, flags=re.I)
-    s = re.sub(r"\bWITH\s*\(\s*\w+\s*=", " with_options ", s, flags=re.I)  # CREATE VIEW ... WITH (option = ...)  # SET search_path = ..., UPDATE .. SET col =
+    s = re.sub(r"\b(WITH|SET)\s*\(\s*\w+\s*=", " with_options ", s, flags=re.I)  # CREATE VIEW ... WITH (option = ...), ALTER TABLE ... SET (option = ...)  # SET search_path = ..., UPDATE .. SET col =
     s = re.sub(r",\s*\w+\s*=(?!>)", " , ", s)  # further assignments of an UPDATE's SET list
     s = re.sub(r"=>|:=|::", " ", s)
     s = re.sub(r"\.\*|\(\*\)|SELECT\s+\*", " ", s, flags=re.I)

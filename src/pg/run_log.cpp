@@ -1,10 +1,13 @@
 #include "run_log.hpp"
 
+#include "cxx_guard.hpp"
 #include "datum_values.hpp"
 #include "role_scope.hpp"
+#include "state_index.hpp"
 
 #include <cstring>
 #include <string>
+#include <string_view>
 
 using amplitude_sync::ConfirmedRecord;
 using amplitude_sync::Outcome;
@@ -49,6 +52,12 @@ Datum positions_array(Datum *positions, bool *no_position, int n) {
 
 
 }  // namespace
+
+int64 record_key_hash(const text *key) {
+    uint64_t hash = 0;
+    AMP_CXX(hash = amplitude_sync::key_hash(std::string_view(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key))));
+    return static_cast<int64>(hash);
+}
 
 void run_log_start(RunLog *log, const char *function_name, const char *server_name,
                    const char *endpoint, int sync_id, const char *sync_name, const char *status,
@@ -293,34 +302,39 @@ void run_log_store_confirmed(int sync_id, std::vector<ConfirmedRecord> *confirme
     enter_batch_memory(&memory);
     int n = static_cast<int>(confirmed->size());
     Datum *keys = static_cast<Datum *>(palloc(sizeof(Datum) * n));
+    Datum *hashes = static_cast<Datum *>(palloc(sizeof(Datum) * n));
     Datum *fingerprints = static_cast<Datum *>(palloc(sizeof(Datum) * n));
     Datum *positions = static_cast<Datum *>(palloc(sizeof(Datum) * n));
     bool *no_position = static_cast<bool *>(palloc(sizeof(bool) * n));
     for (int i = 0; i < n; ++i) {
         const ConfirmedRecord *c = &(*confirmed)[i];
         keys[i] = utf8_text_datum(c->state_key);
+        hashes[i] = Int64GetDatum(record_key_hash(DatumGetTextPP(keys[i])));
         fingerprints[i] = fingerprint_datum(c->fingerprint.data());
         positions[i] = Int64GetDatum(c->position);
         no_position[i] = !c->has_position;
     }
-    Oid argtypes[4] = {INT4OID, TEXTARRAYOID, UUIDARRAYOID, INT8ARRAYOID};
-    Datum args[4] = {Int32GetDatum(sync_id),
+    Oid argtypes[5] = {INT4OID, TEXTARRAYOID, UUIDARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
+    Datum args[5] = {Int32GetDatum(sync_id),
                      PointerGetDatum(construct_array(keys, n, TEXTOID, -1, false, TYPALIGN_INT)),
                      PointerGetDatum(construct_array(fingerprints, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR)),
-                     positions_array(positions, no_position, n)};
+                     positions_array(positions, no_position, n),
+                     PointerGetDatum(construct_array(hashes, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE))};
     RoleScope scope;
     enter_extension_scope(&scope);
-    // The last confirmation of a key wins (a source may repeat a key).
+    // The last confirmation of a key wins (a source may repeat a key). $5
+    // holds the keys' hashes, which the table's key_hash column computes
+    // again: rows in the index's order, one per key_hash.
     int rc = SPI_execute_with_args(
         "WITH sync AS (" LOCK_SYNC ") "
         "INSERT INTO amplitude_sync.sync_state (sync_id, record_key, fingerprint, sent_at, position) "
-        "SELECT DISTINCT ON (k COLLATE pg_catalog.\"C\") sync.sync_id, k, f, pg_catalog.clock_timestamp(), p "
+        "SELECT DISTINCT ON (h) sync.sync_id, k, f, pg_catalog.clock_timestamp(), p "
         "FROM sync, ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.uuid[]), "
-        "pg_catalog.unnest($4::pg_catalog.int8[])) WITH ORDINALITY AS c(k, f, p, n) "
-        "ORDER BY k COLLATE pg_catalog.\"C\" USING OPERATOR(pg_catalog.<), n USING OPERATOR(pg_catalog.>) "
-        "ON CONFLICT (sync_id, record_key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, sent_at = EXCLUDED.sent_at, "
-        "rejected_reason = NULL, position = EXCLUDED.position",
-        4, argtypes, args, nullptr, false, 0);
+        "pg_catalog.unnest($4::pg_catalog.int8[]), pg_catalog.unnest($5::pg_catalog.int8[])) WITH ORDINALITY AS c(k, f, p, h, n) "
+        "ORDER BY h USING OPERATOR(pg_catalog.<), n USING OPERATOR(pg_catalog.>) "
+        "ON CONFLICT (sync_id, key_hash) DO UPDATE SET record_key = EXCLUDED.record_key, fingerprint = EXCLUDED.fingerprint, "
+        "sent_at = EXCLUDED.sent_at, rejected_reason = NULL, position = EXCLUDED.position",
+        5, argtypes, args, nullptr, false, 0);
     if (rc != SPI_OK_INSERT) elog(ERROR, "amplitude_sync: could not remember the confirmed records");
     if (SPI_processed == 0) raise_sync_dropped(sync_id);
     leave_role_scope(&scope);
@@ -336,6 +350,7 @@ void run_log_remember_rejections(int sync_id, const std::vector<Rejection> *reje
     BatchMemory memory;
     enter_batch_memory(&memory);
     Datum *keys = static_cast<Datum *>(palloc(sizeof(Datum) * n));
+    Datum *hashes = static_cast<Datum *>(palloc(sizeof(Datum) * n));
     Datum *fingerprints = static_cast<Datum *>(palloc(sizeof(Datum) * n));
     Datum *reasons = static_cast<Datum *>(palloc(sizeof(Datum) * n));
     Datum *positions = static_cast<Datum *>(palloc(sizeof(Datum) * n));
@@ -344,18 +359,20 @@ void run_log_remember_rejections(int sync_id, const std::vector<Rejection> *reje
     for (const Rejection &r : *rejections) {
         if (r.outcome != Outcome::kRejected || r.record.state_key.empty()) continue;
         keys[i] = utf8_text_datum(r.record.state_key);
+        hashes[i] = Int64GetDatum(record_key_hash(DatumGetTextPP(keys[i])));
         fingerprints[i] = fingerprint_datum(r.record.fingerprint.data());
         reasons[i] = utf8_text_datum(r.reason);
         positions[i] = Int64GetDatum(r.record.position);
         no_position[i] = !r.record.has_position;
         ++i;
     }
-    Oid argtypes[5] = {INT4OID, TEXTARRAYOID, UUIDARRAYOID, TEXTARRAYOID, INT8ARRAYOID};
-    Datum args[5] = {Int32GetDatum(sync_id),
+    Oid argtypes[6] = {INT4OID, TEXTARRAYOID, UUIDARRAYOID, TEXTARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
+    Datum args[6] = {Int32GetDatum(sync_id),
                      PointerGetDatum(construct_array(keys, n, TEXTOID, -1, false, TYPALIGN_INT)),
                      PointerGetDatum(construct_array(fingerprints, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR)),
                      PointerGetDatum(construct_array(reasons, n, TEXTOID, -1, false, TYPALIGN_INT)),
-                     positions_array(positions, no_position, n)};
+                     positions_array(positions, no_position, n),
+                     PointerGetDatum(construct_array(hashes, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE))};
     RoleScope scope;
     enter_extension_scope(&scope);
     // The latest verdict on a key wins: the refused payload (or row) is
@@ -363,14 +380,14 @@ void run_log_remember_rejections(int sync_id, const std::vector<Rejection> *reje
     int rc = SPI_execute_with_args(
         "WITH sync AS (" LOCK_SYNC ") "
         "INSERT INTO amplitude_sync.sync_state (sync_id, record_key, fingerprint, sent_at, rejected_reason, position) "
-        "SELECT DISTINCT ON (k COLLATE pg_catalog.\"C\") sync.sync_id, k, f, pg_catalog.clock_timestamp(), r, p "
+        "SELECT DISTINCT ON (h) sync.sync_id, k, f, pg_catalog.clock_timestamp(), r, p "
         "FROM sync, ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.uuid[]), "
-        "pg_catalog.unnest($4::pg_catalog.text[]), pg_catalog.unnest($5::pg_catalog.int8[])) "
-        "WITH ORDINALITY AS c(k, f, r, p, n) "
-        "ORDER BY k COLLATE pg_catalog.\"C\" USING OPERATOR(pg_catalog.<), n USING OPERATOR(pg_catalog.>) "
-        "ON CONFLICT (sync_id, record_key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, "
+        "pg_catalog.unnest($4::pg_catalog.text[]), pg_catalog.unnest($5::pg_catalog.int8[]), "
+        "pg_catalog.unnest($6::pg_catalog.int8[])) WITH ORDINALITY AS c(k, f, r, p, h, n) "
+        "ORDER BY h USING OPERATOR(pg_catalog.<), n USING OPERATOR(pg_catalog.>) "
+        "ON CONFLICT (sync_id, key_hash) DO UPDATE SET record_key = EXCLUDED.record_key, fingerprint = EXCLUDED.fingerprint, "
         "sent_at = EXCLUDED.sent_at, rejected_reason = EXCLUDED.rejected_reason, position = EXCLUDED.position",
-        5, argtypes, args, nullptr, false, 0);
+        6, argtypes, args, nullptr, false, 0);
     if (rc != SPI_OK_INSERT) elog(ERROR, "amplitude_sync: could not remember the rejected records");
     if (SPI_processed == 0) raise_sync_dropped(sync_id);
     leave_role_scope(&scope);

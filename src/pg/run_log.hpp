@@ -62,6 +62,11 @@ void run_log_close_stale(int sync_id, int64 except_run_id);
 // rejected, unchanged} (NULL: those last recorded); the rest is not_sent.
 void run_log_fail(RunLog *log, const char *error, const int64 *counts);
 
+// A record key's hash as sync_state.key_hash holds it: key_hash
+// (state_index.hpp) of its bytes in the database's encoding, the hash a run
+// looks the key up by.
+int64 record_key_hash(const text *key);
+
 // Remembers a saved sync's confirmed records (and empties the vector).
 void run_log_store_confirmed(int sync_id,
                              std::vector<amplitude_sync::ConfirmedRecord> *confirmed);

@@ -877,7 +877,8 @@ Datum amplitude_sync_resync(PG_FUNCTION_ARGS) {
     int rc = all ? SPI_execute_with_args("DELETE FROM amplitude_sync.sync_state WHERE sync_id OPERATOR(pg_catalog.=) $1",
                                          1, argtypes, args, nullptr, false, 0)
                  : SPI_execute_with_args("DELETE FROM amplitude_sync.sync_state WHERE sync_id OPERATOR(pg_catalog.=) $1 "
-                                         "AND record_key OPERATOR(pg_catalog.=) ANY ($2)",
+                                         "AND key_hash OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT "
+                                         "amplitude_sync.record_key_hash(k) FROM pg_catalog.unnest($2) AS k))",
                                          2, argtypes, args, nullptr, false, 0);
     if (rc != SPI_OK_DELETE) elog(ERROR, "amplitude_sync: could not forget the sync's state");
     int64 forgotten = static_cast<int64>(SPI_processed);
@@ -1032,6 +1033,13 @@ Datum amplitude_sync_preview_sync(PG_FUNCTION_ARGS) {
     execute_send_run(fcinfo, &conn, &spec);
     SPI_finish();
     return (Datum)0;
+}
+
+PG_FUNCTION_INFO_V1(amplitude_sync_record_key_hash);
+
+// record_key_hash(record_key text) RETURNS int8: sync_state's key.
+Datum amplitude_sync_record_key_hash(PG_FUNCTION_ARGS) {
+    PG_RETURN_INT64(record_key_hash(PG_GETARG_TEXT_PP(0)));
 }
 
 }  // extern "C"

@@ -688,9 +688,7 @@ bool receive_state_row(TupleTableSlot *slot, RowReceiver *receiver) {
     SendRun *run = r->run;
     slot_getallattrs(slot);
     MemoryContext outer = MemoryContextSwitchTo(r->row_context);
-    text *t = DatumGetTextPP(slot->tts_values[0]);
-    uint64_t k = 0;
-    AMP_CXX(k = key_hash(std::string_view(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t))));
+    uint64_t k = static_cast<uint64_t>(DatumGetInt64(slot->tts_values[0]));  // key_hash
     if (r->two_pass && !r->last) {
         // Counting needs only the bucket, which an entry takes from its key
         // (state_entry). (Rejected records are counted too; the fill leaves
@@ -724,10 +722,11 @@ void scan_sync_state(const SendSpec *spec, SendRun *run, int pass, bool two_pass
     bool counting = two_pass && pass == 0;
     Oid types[2] = {INT4OID, INT8OID};
     Datum args[2] = {Int32GetDatum(spec->sync_id), Int64GetDatum(spec->state_floor)};
-    // (The counting pass reads the keys alone: an index-only scan will do.)
+    // (The counting pass reads the keys' hashes alone: an index-only scan
+    // will do.)
     const char *query = psprintf(
         "SELECT %s FROM amplitude_sync.sync_state WHERE sync_id OPERATOR(pg_catalog.=) $1%s",
-        counting ? "record_key" : "record_key, fingerprint, rejected_reason",
+        counting ? "key_hash" : "key_hash, fingerprint, rejected_reason",
         spec->has_state_floor ? " AND position OPERATOR(pg_catalog.>=) $2" : "");
     Portal portal = SPI_cursor_open_with_args(nullptr, query, spec->has_state_floor ? 2 : 1, types, args, nullptr,
                                               true, 0);
