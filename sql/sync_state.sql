@@ -194,3 +194,49 @@ SELECT amplitude_sync.drop_sync('state_times');
 SELECT amplitude_sync.drop_sync('state_later');
 DROP TABLE state_events, state_customers;
 DROP FUNCTION state_slow(int);
+
+-- Databases that are not UTF-8: the state keeps a key as the database holds
+-- it (the bytes a run hashes the source's key by), so the next run finds
+-- each record unchanged. A LATIN1 key that is no UTF-8 ('élise') and one
+-- whose bytes read as other UTF-8 ('Ã©mile'); in SQL_ASCII a key that is no
+-- UTF-8 is rejected, and the rejection kept.
+SELECT mock_reset();
+CREATE DATABASE regress_amp_state_latin1 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0;
+CREATE DATABASE regress_amp_state_ascii ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0;
+\c regress_amp_state_latin1
+SET client_min_messages = warning;
+CREATE EXTENSION amplitude_sync;
+RESET client_min_messages;
+CREATE SERVER amplitude_mock FOREIGN DATA WRAPPER amplitude_sync OPTIONS (endpoint :'mock_url');
+DO $$ BEGIN EXECUTE format('CREATE USER MAPPING FOR CURRENT_USER SERVER amplitude_mock OPTIONS (api_key %L)',
+                           btrim(pg_read_file('amplitude_test_key'), E' \n')); END $$;
+CREATE TABLE latin_users AS
+SELECT convert_from(k, 'LATIN1') AS user_id, 'free' AS plan
+FROM (VALUES ('\xe96c697365'::bytea), ('\xc3a96d696c65'::bytea), ('\x706c61696e'::bytea)) t(k);
+SELECT name FROM amplitude_sync.create_sync('latin_users', 'amplitude_mock', 'user', 'latin_users');
+CALL amplitude_sync.run_sync('latin_users') \gset
+CALL amplitude_sync.run_sync('latin_users') \gset
+SELECT run_id, status, sent, rejected, unchanged FROM amplitude_sync.sync_runs ORDER BY run_id;
+SELECT count(*) AS keys_as_in_source FROM amplitude_sync.sync_state s JOIN latin_users u ON s.record_key = u.user_id
+WHERE s.key_hash = amplitude_sync.record_key_hash(u.user_id);
+\c regress_amp_state_ascii
+SET client_min_messages = warning;
+CREATE EXTENSION amplitude_sync;
+RESET client_min_messages;
+CREATE SERVER amplitude_mock FOREIGN DATA WRAPPER amplitude_sync OPTIONS (endpoint :'mock_url');
+DO $$ BEGIN EXECUTE format('CREATE USER MAPPING FOR CURRENT_USER SERVER amplitude_mock OPTIONS (api_key %L)',
+                           btrim(pg_read_file('amplitude_test_key'), E' \n')); END $$;
+CREATE TABLE ascii_users AS SELECT v AS user_id, 'free' AS plan FROM (VALUES (E'bad \xff'), ('plain-ascii')) t(v);
+SELECT name FROM amplitude_sync.create_sync('ascii_users', 'amplitude_mock', 'user', 'ascii_users');
+CALL amplitude_sync.run_sync('ascii_users') \gset
+CALL amplitude_sync.run_sync('ascii_users') \gset
+SELECT run_id, status, sent, rejected, unchanged FROM amplitude_sync.sync_runs ORDER BY run_id;
+SELECT count(*) AS keys_as_in_source FROM amplitude_sync.sync_state s JOIN ascii_users u ON s.record_key = u.user_id
+WHERE s.key_hash = amplitude_sync.record_key_hash(u.user_id);
+\c contrib_regression
+-- Each user reached Amplitude once, in UTF-8 (the SQL_ASCII key that is not
+-- UTF-8 never).
+SELECT u->>'user_id' AS user_id, count(*) AS sent FROM mock_requests() r, jsonb_array_elements(r->'identification') u
+GROUP BY 1 ORDER BY 1;
+DROP DATABASE regress_amp_state_latin1;
+DROP DATABASE regress_amp_state_ascii;

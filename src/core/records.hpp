@@ -23,7 +23,8 @@ struct Record {
     size_t wire_bytes = 0;    // size in the request body (set by the delivery)
     size_t property_count = 0;  // identifications: properties carried (a per-request limit)
     // Saved syncs: the record's key in the sync's state, and its payload's
-    // fingerprint, remembered once Amplitude confirms the record.
+    // fingerprint, remembered once Amplitude confirms the record. (The key
+    // is the source's text in the database's encoding, not UTF-8.)
     std::string state_key;
     std::array<unsigned char, 16> fingerprint{};
     // Watermark syncs: the row's cursor value (the ledger is pruned by it).

@@ -50,6 +50,13 @@ Datum positions_array(Datum *positions, bool *no_position, int n) {
     return PointerGetDatum(construct_md_array(positions, no_position, 1, dims, lbs, INT8OID, 8, true, TYPALIGN_DOUBLE));
 }
 
+// A record's state key as sync_state.record_key: the key's text as the
+// source held it, in the database's encoding (send_run.cpp's row_key), which
+// the run hashes it by. (Not UTF-8: a LATIN1 or SQL_ASCII key read as UTF-8
+// fails, or becomes another key whose hash no source row has.)
+Datum state_key_datum(const std::string &key) {
+    return PointerGetDatum(cstring_to_text_with_len(key.data(), static_cast<int>(key.size())));
+}
 
 }  // namespace
 
@@ -308,7 +315,7 @@ void run_log_store_confirmed(int sync_id, std::vector<ConfirmedRecord> *confirme
     bool *no_position = static_cast<bool *>(palloc(sizeof(bool) * n));
     for (int i = 0; i < n; ++i) {
         const ConfirmedRecord *c = &(*confirmed)[i];
-        keys[i] = utf8_text_datum(c->state_key);
+        keys[i] = state_key_datum(c->state_key);
         hashes[i] = Int64GetDatum(record_key_hash(DatumGetTextPP(keys[i])));
         fingerprints[i] = fingerprint_datum(c->fingerprint.data());
         positions[i] = Int64GetDatum(c->position);
@@ -358,7 +365,7 @@ void run_log_remember_rejections(int sync_id, const std::vector<Rejection> *reje
     int i = 0;
     for (const Rejection &r : *rejections) {
         if (r.outcome != Outcome::kRejected || r.record.state_key.empty()) continue;
-        keys[i] = utf8_text_datum(r.record.state_key);
+        keys[i] = state_key_datum(r.record.state_key);
         hashes[i] = Int64GetDatum(record_key_hash(DatumGetTextPP(keys[i])));
         fingerprints[i] = fingerprint_datum(r.record.fingerprint.data());
         reasons[i] = utf8_text_datum(r.reason);
