@@ -199,7 +199,7 @@ COMMENT ON FUNCTION amplitude_sync.record_key_hash(pg_catalog.text) IS
 -- Keyed by the key's hash, not its text: a run writes a state row per
 -- changed record into an index of millions, and comparing 64-bit integers
 -- is several times cheaper than comparing text in the database's collation.
--- (Two keys of one sync with the same hash, about one chance in 200,000 for
+-- (Two keys of one sync with the same hash, about one chance in 370,000 for
 -- 10,000,000 keys, share a row: for identifications each run then sends one
 -- of them again; for events the later one is taken for sent, as the run's
 -- in-memory set of 64-bit hashes already did.)
