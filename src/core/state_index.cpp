@@ -152,30 +152,6 @@ void CompactHashSet::set_entry(size_t i, uint64_t r) {
     for (int k = 0; k < kEntryBytes; ++k) p[k] = static_cast<unsigned char>(r >> (8 * k));
 }
 
-void CompactHashSet::build(std::vector<uint64_t> &&values) {
-    release();
-    choose_bits(values.size());
-    // Sorted by bucket, then remainder: each value as the two side by side.
-    for (uint64_t &v : values) v = (static_cast<uint64_t>(bucket(v)) << kRemainderBits) | remainder(v);
-    std::sort(values.begin(), values.end());
-    values.erase(std::unique(values.begin(), values.end()), values.end());
-    size_t n = values.size();
-    size_t buckets = static_cast<size_t>(1) << bits_;
-    offsets_ = static_cast<uint32_t *>(offsets_memory_.allocate((buckets + 1) * sizeof(uint32_t)));
-    entries_ = static_cast<unsigned char *>(entries_memory_.allocate(n * kEntryBytes + 1));
-    if (!offsets_ || !entries_) {
-        release();
-        throw std::bad_alloc();
-    }
-    for (size_t i = 0; i < n; ++i) {
-        offsets_[(values[i] >> kRemainderBits) + 1]++;
-        set_entry(i, values[i] & kRemainderMask);
-    }
-    for (size_t b = 0; b < buckets; ++b) offsets_[b + 1] += offsets_[b];
-    size_ = n;
-    std::vector<uint64_t>().swap(values);
-}
-
 void CompactHashSet::begin(size_t expected) {
     release();
     choose_bits(expected);
@@ -187,6 +163,7 @@ void CompactHashSet::begin(size_t expected) {
 void CompactHashSet::count(uint64_t value) { offsets_[bucket(value) + 1]++; }
 
 void CompactHashSet::begin_fill() {
+    narrow_to_count();
     size_t buckets = static_cast<size_t>(1) << bits_;
     for (size_t b = 0; b < buckets; ++b) offsets_[b + 1] += offsets_[b];
     size_ = offsets_[buckets];
@@ -197,6 +174,32 @@ void CompactHashSet::begin_fill() {
         throw std::bad_alloc();
     }
     std::memcpy(fill_at_, offsets_, buckets * sizeof(uint32_t));
+}
+
+// The count was made with the buckets of begin's bound: when fewer values
+// were counted, adjacent buckets are merged into the number the count calls
+// for (a bucket's values share its top bits), in a table of that size.
+void CompactHashSet::narrow_to_count() {
+    size_t counted_buckets = static_cast<size_t>(1) << bits_;
+    size_t total = 0;
+    for (size_t b = 1; b <= counted_buckets; ++b) total += offsets_[b];
+    int counted_bits = bits_;
+    choose_bits(total);
+    if (bits_ >= counted_bits) {
+        bits_ = counted_bits;
+        return;
+    }
+    int shift = counted_bits - bits_;
+    TableMemory narrow_memory;
+    auto *narrow = static_cast<uint32_t *>(
+        narrow_memory.allocate(((static_cast<size_t>(1) << bits_) + 1) * sizeof(uint32_t)));
+    if (!narrow) {
+        release();
+        throw std::bad_alloc();
+    }
+    for (size_t b = 0; b < counted_buckets; ++b) narrow[(b >> shift) + 1] += offsets_[b + 1];
+    offsets_memory_.swap(narrow_memory);  // the counted table goes with narrow_memory
+    offsets_ = narrow;
 }
 
 void CompactHashSet::fill(uint64_t value) {

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 
@@ -63,6 +64,10 @@ public:
     TableMemory &operator=(const TableMemory &) = delete;
     void *allocate(size_t bytes);  // nullptr when out of memory
     void release();
+    void swap(TableMemory &other) noexcept {
+        std::swap(base_, other.base_);
+        std::swap(length_, other.length_);
+    }
 
 private:
     void *base_ = nullptr;
@@ -74,8 +79,7 @@ private:
 // bits, sorted within its bucket. A lookup of a hash that is not in the set answers true
 // with probability about n / 2^(b + 40), about 8 / 2^40 = 7e-12 whatever
 // the size: a changed record would be taken for unchanged that rarely.
-// Built in one of two ways: from all the values at once (8 bytes each while
-// building), or in two passes over the same values (count, then fill), which
+// Built in two passes over the same values (count, then fill), so building
 // never holds more than the final set.
 class CompactHashSet {
 public:
@@ -84,13 +88,12 @@ public:
     CompactHashSet(const CompactHashSet &) = delete;
     CompactHashSet &operator=(const CompactHashSet &) = delete;
 
-    // One pass: takes the values (sorts them and compacts them in place).
-    void build(std::vector<uint64_t> &&values);
-
-    // Two passes: begin(n) with the number of values expected, count() each
-    // value (any value with the same top bits counts the same), begin_fill(),
-    // fill() the values, end_fill(). Values that differ between the passes
-    // are tolerated: a bucket whose count was too low leaves out the values
+    // Two passes: begin(n) with the number of values expected, or any larger
+    // bound, count() each value (any value with the same top bits counts the
+    // same), begin_fill() (which narrows the buckets to the number counted:
+    // meanwhile the count holds 4 bytes per bucket of the bound), fill() the
+    // values, end_fill(). Values that differ between the passes are
+    // tolerated: a bucket whose count was too low leaves out the values
     // that do not fit (whether seen in the count or not), never a false
     // "present" for them; for a saved sync that means a record sent again.
     void begin(size_t expected);
@@ -122,6 +125,7 @@ private:
     uint64_t entry_at(size_t i) const;
     void set_entry(size_t i, uint64_t remainder);
     void choose_bits(size_t n);
+    void narrow_to_count();
     void release();
 
     int bits_ = 0;

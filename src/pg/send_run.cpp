@@ -72,10 +72,11 @@ namespace {
 constexpr long kFetchRows = 1000;
 constexpr long kFetchRowsCommitting = 100;
 
-// A sync's state up to this many records is loaded in one pass (8 bytes a
-// record while loading); a larger one in two (count, then fill), so the
-// load never holds more than the compact set (state_index.hpp).
-constexpr int64 kOnePassStateRows = 1000000;
+// A sync's state is loaded in two passes (count the keys, then fill), so
+// the load never holds more than the compact set (state_index.hpp). The
+// count needs no query of its own: it is made with the buckets of this many
+// records (16 MB while counting) and narrowed to the number counted.
+constexpr size_t kStateCountBound = static_cast<size_t>(1) << 25;
 
 // The rows of the source that a run must still work on after its first
 // commit are kept in a tuplestore with at most this much in memory (kB);
@@ -212,7 +213,6 @@ struct SendRun {
         std::string reason;  // previews only
     };
     std::unordered_map<uint64_t, Rejected> rejected;
-    std::vector<uint64_t> loading, loading_keys;  // one-pass load
     std::unique_ptr<RowFingerprint> fingerprint;  // saved syncs
     // Said once when the run starts (Amplitude would reset fields) and
     // when it ends (Amplitude changed data silently).
@@ -672,13 +672,12 @@ void prepare_fingerprints(SendRun *run, TupleDesc desc, const ColumnReader *read
     AMP_CXX(run->fingerprint = std::make_unique<RowFingerprint>(run->signature));
 }
 
-// One pass over the sync's state (in the extension's scope): pass 0 of a
-// two-pass load counts, the last pass fills (state_index.hpp).
+// One pass over the sync's state (in the extension's scope): the first
+// counts, the second fills (state_index.hpp).
 struct StateReceiver {
     RowReceiver receiver;
     SendRun *run;
-    bool last;       // the pass that fills
-    bool two_pass;
+    bool filling;    // the second pass
     bool keys;       // the known keys too (previews of identifications)
     MemoryContext row_context;
 };
@@ -689,7 +688,7 @@ bool receive_state_row(TupleTableSlot *slot, RowReceiver *receiver) {
     slot_getallattrs(slot);
     MemoryContext outer = MemoryContextSwitchTo(r->row_context);
     uint64_t k = static_cast<uint64_t>(DatumGetInt64(slot->tts_values[0]));  // key_hash
-    if (r->two_pass && !r->last) {
+    if (!r->filling) {
         // Counting needs only the bucket, which an entry takes from its key
         // (state_entry). (Rejected records are counted too; the fill leaves
         // their places out.)
@@ -702,13 +701,8 @@ bool receive_state_row(TupleTableSlot *slot, RowReceiver *receiver) {
             const char *why = run->preview ? TextDatumGetCString(slot->tts_values[2]) : "";
             AMP_CXX(run->rejected[k] = SendRun::Rejected{f, why});
         } else {
-            uint64_t entry = run->append ? k : state_entry(k, f);
-            if (!r->two_pass) {
-                AMP_CXX(run->loading.push_back(entry); if (r->keys) run->loading_keys.push_back(k));
-            } else {
-                run->confirmed.fill(entry);
-                if (r->keys) run->known_keys.fill(k);
-            }
+            run->confirmed.fill(run->append ? k : state_entry(k, f));
+            if (r->keys) run->known_keys.fill(k);
         }
     }
     MemoryContextSwitchTo(outer);
@@ -716,25 +710,26 @@ bool receive_state_row(TupleTableSlot *slot, RowReceiver *receiver) {
     return true;
 }
 
-void scan_sync_state(const SendSpec *spec, SendRun *run, int pass, bool two_pass) {
+void scan_sync_state(const SendSpec *spec, SendRun *run, bool filling) {
     RoleScope scope;
     enter_extension_scope(&scope);
-    bool counting = two_pass && pass == 0;
     Oid types[2] = {INT4OID, INT8OID};
     Datum args[2] = {Int32GetDatum(spec->sync_id), Int64GetDatum(spec->state_floor)};
-    // (The counting pass reads the keys' hashes alone: an index-only scan
-    // will do.)
+    // (The counting pass reads the keys' hashes alone.) A watermark run
+    // needs the ledger from its bound up (entries whose position is unknown
+    // were given the highest one: see alter_sync).
     const char *query = psprintf(
         "SELECT %s FROM amplitude_sync.sync_state WHERE sync_id OPERATOR(pg_catalog.=) $1%s",
-        counting ? "key_hash" : "key_hash, fingerprint, rejected_reason",
+        filling ? "key_hash, fingerprint, rejected_reason" : "key_hash",
         spec->has_state_floor ? " AND position OPERATOR(pg_catalog.>=) $2" : "");
+    // (Not read-only: that takes the active snapshot, which a procedure
+    // that committed has none of; this takes a fresh one, as the source.)
     Portal portal = SPI_cursor_open_with_args(nullptr, query, spec->has_state_floor ? 2 : 1, types, args, nullptr,
-                                              true, 0);
+                                              false, 0);
     StateReceiver receiver;
     init_row_receiver(&receiver.receiver, receive_state_row);
     receiver.run = run;
-    receiver.last = !two_pass || pass == 1;
-    receiver.two_pass = two_pass;
+    receiver.filling = filling;
     receiver.keys = run->preview && !run->append;
     receiver.row_context = AllocSetContextCreate(CurrentMemoryContext, "amplitude_sync state row",
                                                  ALLOCSET_SMALL_SIZES);
@@ -745,41 +740,14 @@ void scan_sync_state(const SendSpec *spec, SendRun *run, int pass, bool two_pass
 }
 
 // Loads what the sync's state holds into the run (the compact set of what
-// Amplitude confirmed, the rejected records), once per run.
+// Amplitude confirmed, the rejected records), once per run: two passes, so
+// that loading never holds more than the set.
 void load_sync_state(const SendSpec *spec, SendRun *run) {
-    int64 expected = 0;
-    {
-        RoleScope scope;
-        enter_extension_scope(&scope);
-        Oid types[2] = {INT4OID, INT8OID};
-        Datum args[2] = {Int32GetDatum(spec->sync_id), Int64GetDatum(spec->state_floor)};
-        // A watermark run needs the ledger from its bound up (entries whose
-        // position is unknown were given the highest one: see alter_sync).
-        if (SPI_execute_with_args(spec->has_state_floor
-                                      ? "SELECT pg_catalog.count(*) FROM amplitude_sync.sync_state "
-                                        "WHERE sync_id OPERATOR(pg_catalog.=) $1 AND position OPERATOR(pg_catalog.>=) $2"
-                                      : "SELECT pg_catalog.count(*) FROM amplitude_sync.sync_state "
-                                        "WHERE sync_id OPERATOR(pg_catalog.=) $1",
-                                  spec->has_state_floor ? 2 : 1, types, args, nullptr, true, 1) != SPI_OK_SELECT)
-            elog(ERROR, "amplitude_sync: could not read the sync's state");
-        bool isnull;
-        expected = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-        SPI_freetuptable(SPI_tuptable);
-        leave_role_scope(&scope);
-    }
     bool keys = run->preview && !run->append;
-    if (expected <= kOnePassStateRows) {
-        AMP_CXX(run->loading.reserve(static_cast<size_t>(expected));
-                if (keys) run->loading_keys.reserve(static_cast<size_t>(expected)));
-        scan_sync_state(spec, run, 0, false);
-        AMP_CXX(run->confirmed.build(std::move(run->loading)); run->known_keys.build(std::move(run->loading_keys)));
-        return;
-    }
-    AMP_CXX(run->confirmed.begin(static_cast<size_t>(expected));
-            if (keys) run->known_keys.begin(static_cast<size_t>(expected)));
-    scan_sync_state(spec, run, 0, true);
+    AMP_CXX(run->confirmed.begin(kStateCountBound); if (keys) run->known_keys.begin(kStateCountBound));
+    scan_sync_state(spec, run, false);
     AMP_CXX(run->confirmed.begin_fill(); if (keys) run->known_keys.begin_fill());
-    scan_sync_state(spec, run, 1, true);
+    scan_sync_state(spec, run, true);
     AMP_CXX(run->confirmed.end_fill(); if (keys) run->known_keys.end_fill());
 }
 

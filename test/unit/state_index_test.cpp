@@ -72,6 +72,19 @@ TEST(StateEntry, ItsTopBitsAreTheKeysSoTheBucketIsKnownBeforeTheFingerprint) {
     EXPECT_NE(state_entry(key, a) & ~kKeyBits, state_entry(key, b) & ~kKeyBits);
 }
 
+namespace {
+
+// The set as a run loads it: two passes, counted with a bound.
+void Load(CompactHashSet &s, const std::vector<uint64_t> &values) {
+    s.begin(size_t(1) << 25);
+    for (uint64_t v : values) s.count(v);
+    s.begin_fill();
+    for (uint64_t v : values) s.fill(v);
+    s.end_fill();
+}
+
+}  // namespace
+
 TEST(CompactHashSet, ARecordWhosePayloadChangedIsNotFound) {
     // Entries of one key share a bucket: the set tells them apart by the
     // bits that mix key and fingerprint.
@@ -86,7 +99,7 @@ TEST(CompactHashSet, ARecordWhosePayloadChangedIsNotFound) {
         changed.push_back(state_entry(key, now));
     }
     CompactHashSet s;
-    s.build(std::vector<uint64_t>(entries));
+    Load(s, entries);
     for (uint64_t e : entries) ASSERT_TRUE(s.contains(e));
     size_t false_hits = 0;
     for (uint64_t e : changed) false_hits += s.contains(e);
@@ -107,17 +120,17 @@ std::vector<uint64_t> RandomValues(size_t n, uint64_t seed) {
 TEST(CompactHashSet, EmptySetHoldsNothing) {
     CompactHashSet s;
     EXPECT_FALSE(s.contains(0));
-    s.build({});
+    Load(s, {});
     EXPECT_FALSE(s.contains(123));
     EXPECT_EQ(s.size(), 0u);
 }
 
-TEST(CompactHashSet, BuildFindsEveryValueAndFewOthers) {
+TEST(CompactHashSet, LoadFindsEveryValueAndFewOthers) {
     // (1,000,000: tables of 2 MB and more get their own mapping.)
     for (size_t n : {1u, 7u, 100u, 100000u, 1000000u}) {
         std::vector<uint64_t> values = RandomValues(n, n);
         CompactHashSet s;
-        s.build(std::vector<uint64_t>(values));
+        Load(s, values);
         for (uint64_t v : values) ASSERT_TRUE(s.contains(v)) << n;
         size_t false_hits = 0;
         for (uint64_t v : RandomValues(100000, n + 1)) false_hits += s.contains(v);
@@ -126,7 +139,7 @@ TEST(CompactHashSet, BuildFindsEveryValueAndFewOthers) {
     }
 }
 
-TEST(CompactHashSet, TwoPassBuildEqualsOnePass) {
+TEST(CompactHashSet, TwoPassWithTheExactCountFindsEveryValue) {
     std::vector<uint64_t> values = RandomValues(50000, 7);
     CompactHashSet s;
     s.begin(values.size());
@@ -137,6 +150,47 @@ TEST(CompactHashSet, TwoPassBuildEqualsOnePass) {
     EXPECT_EQ(s.size(), values.size());
     for (uint64_t v : values) ASSERT_TRUE(s.contains(v));
     for (uint64_t v : RandomValues(50000, 8)) ASSERT_FALSE(s.contains(v));
+}
+
+// A run counts its state with the buckets of a bound (1 << 25 values), not
+// of a count it would need a query for: the set narrows to what was counted
+// and ends up as one sized for the exact number.
+TEST(CompactHashSet, TwoPassWithABoundNarrowsToTheCount) {
+    for (size_t n : {size_t(0), size_t(1), size_t(9), size_t(5000), size_t(300000)}) {
+        std::vector<uint64_t> values = RandomValues(n, n + 40);
+        CompactHashSet exact, bounded;
+        exact.begin(n);
+        bounded.begin(size_t(1) << 25);
+        for (uint64_t v : values) {
+            exact.count(v);
+            bounded.count(v);
+        }
+        exact.begin_fill();
+        bounded.begin_fill();
+        for (uint64_t v : values) {
+            exact.fill(v);
+            bounded.fill(v);
+        }
+        exact.end_fill();
+        bounded.end_fill();
+        EXPECT_EQ(bounded.size(), n);
+        EXPECT_EQ(bounded.memory_bytes(), exact.memory_bytes()) << n;
+        for (uint64_t v : values) ASSERT_TRUE(bounded.contains(v)) << n;
+        for (uint64_t v : RandomValues(20000, n + 41)) ASSERT_FALSE(bounded.contains(v)) << n;
+    }
+}
+
+// More values than the bound: the buckets stay those of the bound (longer).
+TEST(CompactHashSet, TwoPassBeyondItsBoundKeepsEveryValue) {
+    std::vector<uint64_t> values = RandomValues(100000, 77);
+    CompactHashSet s;
+    s.begin(1000);
+    for (uint64_t v : values) s.count(v);
+    s.begin_fill();
+    for (uint64_t v : values) s.fill(v);
+    s.end_fill();
+    EXPECT_EQ(s.size(), values.size());
+    for (uint64_t v : values) ASSERT_TRUE(s.contains(v));
 }
 
 TEST(CompactHashSet, TwoPassToleratesValuesThatChangedBetweenPasses) {
