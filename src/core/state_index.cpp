@@ -129,9 +129,13 @@ void CompactHashSet::release() {
     entries_memory_.release();
     offsets_memory_.release();
     std::free(fill_at_);
+    std::free(pending_);
     entries_ = nullptr;
     offsets_ = nullptr;
     fill_at_ = nullptr;
+    pending_ = nullptr;
+    pending_count_ = 0;
+    counted_ = 0;
     size_ = 0;
 }
 
@@ -152,15 +156,34 @@ void CompactHashSet::set_entry(size_t i, uint64_t r) {
     for (int k = 0; k < kEntryBytes; ++k) p[k] = static_cast<unsigned char>(r >> (8 * k));
 }
 
+// The first kPendingCounts values counted are kept as their buckets, so
+// that a small count (most states) never touches the bound's table: its
+// pages stay unmapped, and begin_fill sizes the buckets from those alone.
 void CompactHashSet::begin(size_t expected) {
     release();
     choose_bits(expected);
     size_t buckets = static_cast<size_t>(1) << bits_;
     offsets_ = static_cast<uint32_t *>(offsets_memory_.allocate((buckets + 1) * sizeof(uint32_t)));
-    if (!offsets_) throw std::bad_alloc();
+    pending_ = static_cast<uint32_t *>(std::malloc(kPendingCounts * sizeof(uint32_t)));
+    if (!offsets_ || !pending_) {
+        release();
+        throw std::bad_alloc();
+    }
 }
 
-void CompactHashSet::count(uint64_t value) { offsets_[bucket(value) + 1]++; }
+void CompactHashSet::count(uint64_t value) {
+    size_t b = bucket(value);
+    ++counted_;
+    if (pending_count_ < kPendingCounts) {
+        pending_[pending_count_++] = static_cast<uint32_t>(b);
+        return;
+    }
+    if (pending_count_ == kPendingCounts) {  // the buffer is full: into the table
+        for (size_t i = 0; i < kPendingCounts; ++i) offsets_[pending_[i] + 1]++;
+        ++pending_count_;
+    }
+    offsets_[b + 1]++;
+}
 
 void CompactHashSet::begin_fill() {
     narrow_to_count();
@@ -181,13 +204,17 @@ void CompactHashSet::begin_fill() {
 // for (a bucket's values share its top bits), in a table of that size.
 void CompactHashSet::narrow_to_count() {
     size_t counted_buckets = static_cast<size_t>(1) << bits_;
-    size_t total = 0;
-    for (size_t b = 1; b <= counted_buckets; ++b) total += offsets_[b];
+    size_t total = counted_;
     int counted_bits = bits_;
+    bool in_table = pending_count_ > kPendingCounts;
     choose_bits(total);
     if (bits_ >= counted_bits) {
         bits_ = counted_bits;
-        return;
+        if (in_table) {
+            std::free(pending_);
+            pending_ = nullptr;
+            return;
+        }
     }
     int shift = counted_bits - bits_;
     TableMemory narrow_memory;
@@ -197,7 +224,13 @@ void CompactHashSet::narrow_to_count() {
         release();
         throw std::bad_alloc();
     }
-    for (size_t b = 0; b < counted_buckets; ++b) narrow[(b >> shift) + 1] += offsets_[b + 1];
+    if (in_table) {
+        for (size_t b = 0; b < counted_buckets; ++b) narrow[(b >> shift) + 1] += offsets_[b + 1];
+    } else {
+        for (size_t i = 0; i < pending_count_; ++i) narrow[(pending_[i] >> shift) + 1]++;
+    }
+    std::free(pending_);
+    pending_ = nullptr;
     offsets_memory_.swap(narrow_memory);  // the counted table goes with narrow_memory
     offsets_ = narrow;
 }

@@ -135,6 +135,12 @@ private:
     TableMemory entries_memory_;
     TableMemory offsets_memory_;
     uint32_t *fill_at_ = nullptr;         // two-pass build only
+    // Counting: the values counted, and the buckets of the first
+    // kPendingCounts of them (in the table once there are more).
+    static constexpr size_t kPendingCounts = static_cast<size_t>(1) << 16;
+    size_t counted_ = 0;
+    uint32_t *pending_ = nullptr;
+    size_t pending_count_ = 0;            // kPendingCounts + 1: in the table
 };
 
 }  // namespace amplitude_sync
