@@ -49,9 +49,10 @@ CALL amplitude_sync.run_sync('state_users') \gset
 UPDATE state_customers SET note = '' WHERE score = 3;
 CALL amplitude_sync.run_sync('state_users') \gset
 \echo status=:status rows_read=:rows_read sent=:sent unchanged=:unchanged
--- A state too large to load in one pass (over 1,000,000 records) is loaded
--- in two (count, then fill), so loading never holds more than the compact
--- set: with a million records of users no longer in the source beside the
+-- A large state (over 65,536 records: its count fills the buckets of the
+-- bound, then is narrowed to the number counted) is loaded in two passes
+-- (count, then fill), so loading never holds more than the compact set:
+-- with a million records of users no longer in the source beside the
 -- ten, the ten are still found unchanged and only the changed one is sent.
 SELECT sync_id AS state_users_id FROM amplitude_sync.syncs WHERE name = 'state_users' \gset
 INSERT INTO amplitude_sync.sync_state (sync_id, record_key, fingerprint, sent_at)

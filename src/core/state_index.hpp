@@ -91,7 +91,8 @@ public:
     // Two passes: begin(n) with the number of values expected, or any larger
     // bound, count() each value (any value with the same top bits counts the
     // same), begin_fill() (which narrows the buckets to the number counted:
-    // meanwhile the count holds 4 bytes per bucket of the bound), fill() the
+    // meanwhile the count holds the buckets of its first 65,536 values, and
+    // beyond that 4 bytes per bucket of the bound), fill() the
     // values, end_fill(). Values that differ between the passes are
     // tolerated: a bucket whose count was too low leaves out the values
     // that do not fit (whether seen in the count or not), never a false

@@ -75,7 +75,8 @@ constexpr long kFetchRowsCommitting = 100;
 // A sync's state is loaded in two passes (count the keys, then fill), so
 // the load never holds more than the compact set (state_index.hpp). The
 // count needs no query of its own: it is made with the buckets of this many
-// records (16 MB while counting) and narrowed to the number counted.
+// records (16 MB while counting more than 65,536 keys; a smaller count keeps
+// the keys' buckets alone) and narrowed to the number counted.
 constexpr size_t kStateCountBound = static_cast<size_t>(1) << 25;
 
 // The rows of the source that a run must still work on after its first
