@@ -303,87 +303,58 @@ void raise_sync_dropped(int sync_id) {
 
 }  // namespace
 
-void run_log_store_confirmed(int sync_id, std::vector<ConfirmedRecord> *confirmed) {
-    if (confirmed->empty()) return;
-    BatchMemory memory;
-    enter_batch_memory(&memory);
-    int n = static_cast<int>(confirmed->size());
-    Datum *keys = static_cast<Datum *>(palloc(sizeof(Datum) * n));
-    Datum *hashes = static_cast<Datum *>(palloc(sizeof(Datum) * n));
-    Datum *fingerprints = static_cast<Datum *>(palloc(sizeof(Datum) * n));
-    Datum *positions = static_cast<Datum *>(palloc(sizeof(Datum) * n));
-    bool *no_position = static_cast<bool *>(palloc(sizeof(bool) * n));
-    for (int i = 0; i < n; ++i) {
-        const ConfirmedRecord *c = &(*confirmed)[i];
-        keys[i] = state_key_datum(c->state_key);
-        hashes[i] = Int64GetDatum(record_key_hash(DatumGetTextPP(keys[i])));
-        fingerprints[i] = fingerprint_datum(c->fingerprint.data());
-        positions[i] = Int64GetDatum(c->position);
-        no_position[i] = !c->has_position;
-    }
-    Oid argtypes[5] = {INT4OID, TEXTARRAYOID, UUIDARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
-    Datum args[5] = {Int32GetDatum(sync_id),
-                     PointerGetDatum(construct_array(keys, n, TEXTOID, -1, false, TYPALIGN_INT)),
-                     PointerGetDatum(construct_array(fingerprints, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR)),
-                     positions_array(positions, no_position, n),
-                     PointerGetDatum(construct_array(hashes, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE))};
-    RoleScope scope;
-    enter_extension_scope(&scope);
-    // The last confirmation of a key wins (a source may repeat a key). $5
-    // holds the keys' hashes, which the table's key_hash column computes
-    // again: rows in the index's order, one per key_hash.
-    int rc = SPI_execute_with_args(
-        "WITH sync AS (" LOCK_SYNC ") "
-        "INSERT INTO amplitude_sync.sync_state (sync_id, record_key, fingerprint, sent_at, position) "
-        "SELECT DISTINCT ON (h) sync.sync_id, k, f, pg_catalog.clock_timestamp(), p "
-        "FROM sync, ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.uuid[]), "
-        "pg_catalog.unnest($4::pg_catalog.int8[]), pg_catalog.unnest($5::pg_catalog.int8[])) WITH ORDINALITY AS c(k, f, p, h, n) "
-        "ORDER BY h USING OPERATOR(pg_catalog.<), n USING OPERATOR(pg_catalog.>) "
-        "ON CONFLICT (sync_id, key_hash) DO UPDATE SET record_key = EXCLUDED.record_key, fingerprint = EXCLUDED.fingerprint, "
-        "sent_at = EXCLUDED.sent_at, rejected_reason = NULL, position = EXCLUDED.position",
-        5, argtypes, args, nullptr, false, 0);
-    if (rc != SPI_OK_INSERT) elog(ERROR, "amplitude_sync: could not remember the confirmed records");
-    if (SPI_processed == 0) raise_sync_dropped(sync_id);
-    leave_role_scope(&scope);
-    leave_batch_memory(&memory);
-    confirmed->clear();
+namespace {
+
+// State rows to write, as the arrays of one statement (in batch memory).
+struct StateRows {
+    int n;
+    Datum *keys, *hashes, *fingerprints, *reasons, *positions;
+    bool *no_reason, *no_position;
+};
+
+void begin_state_rows(StateRows *rows, int capacity) {
+    rows->n = 0;
+    rows->keys = static_cast<Datum *>(palloc(sizeof(Datum) * capacity));
+    rows->hashes = static_cast<Datum *>(palloc(sizeof(Datum) * capacity));
+    rows->fingerprints = static_cast<Datum *>(palloc(sizeof(Datum) * capacity));
+    rows->reasons = static_cast<Datum *>(palloc(sizeof(Datum) * capacity));
+    rows->positions = static_cast<Datum *>(palloc(sizeof(Datum) * capacity));
+    rows->no_reason = static_cast<bool *>(palloc(sizeof(bool) * capacity));
+    rows->no_position = static_cast<bool *>(palloc(sizeof(bool) * capacity));
 }
 
-void run_log_remember_rejections(int sync_id, const std::vector<Rejection> *rejections) {
-    int n = 0;
-    for (const Rejection &r : *rejections)
-        n += r.outcome == Outcome::kRejected && !r.record.state_key.empty();
-    if (n == 0) return;
-    BatchMemory memory;
-    enter_batch_memory(&memory);
-    Datum *keys = static_cast<Datum *>(palloc(sizeof(Datum) * n));
-    Datum *hashes = static_cast<Datum *>(palloc(sizeof(Datum) * n));
-    Datum *fingerprints = static_cast<Datum *>(palloc(sizeof(Datum) * n));
-    Datum *reasons = static_cast<Datum *>(palloc(sizeof(Datum) * n));
-    Datum *positions = static_cast<Datum *>(palloc(sizeof(Datum) * n));
-    bool *no_position = static_cast<bool *>(palloc(sizeof(bool) * n));
-    int i = 0;
-    for (const Rejection &r : *rejections) {
-        if (r.outcome != Outcome::kRejected || r.record.state_key.empty()) continue;
-        keys[i] = state_key_datum(r.record.state_key);
-        hashes[i] = Int64GetDatum(record_key_hash(DatumGetTextPP(keys[i])));
-        fingerprints[i] = fingerprint_datum(r.record.fingerprint.data());
-        reasons[i] = utf8_text_datum(r.reason);
-        positions[i] = Int64GetDatum(r.record.position);
-        no_position[i] = !r.record.has_position;
-        ++i;
-    }
+// reason: NULL for a record Amplitude confirmed.
+void add_state_row(StateRows *rows, const std::string &state_key, const unsigned char *fingerprint,
+                   const std::string *reason, bool has_position, int64 position) {
+    int i = rows->n++;
+    rows->keys[i] = state_key_datum(state_key);
+    rows->hashes[i] = Int64GetDatum(record_key_hash(DatumGetTextPP(rows->keys[i])));
+    rows->fingerprints[i] = fingerprint_datum(fingerprint);
+    rows->no_reason[i] = reason == nullptr;
+    rows->reasons[i] = reason ? utf8_text_datum(*reason) : (Datum)0;
+    rows->positions[i] = Int64GetDatum(position);
+    rows->no_position[i] = !has_position;
+}
+
+// Writes the rows into the sync's state: the last row of a key wins (a
+// source may repeat a key; the latest verdict on it counts), and a
+// confirmed record clears its rejection. The hashes ($5) are those the
+// table's key_hash column computes again: rows in the index's order, one
+// per key_hash.
+void upsert_state_rows(int sync_id, const StateRows *rows) {
+    int n = rows->n;
+    int dims[1] = {n};
+    int lbs[1] = {1};
     Oid argtypes[6] = {INT4OID, TEXTARRAYOID, UUIDARRAYOID, TEXTARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
     Datum args[6] = {Int32GetDatum(sync_id),
-                     PointerGetDatum(construct_array(keys, n, TEXTOID, -1, false, TYPALIGN_INT)),
-                     PointerGetDatum(construct_array(fingerprints, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR)),
-                     PointerGetDatum(construct_array(reasons, n, TEXTOID, -1, false, TYPALIGN_INT)),
-                     positions_array(positions, no_position, n),
-                     PointerGetDatum(construct_array(hashes, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE))};
+                     PointerGetDatum(construct_array(rows->keys, n, TEXTOID, -1, false, TYPALIGN_INT)),
+                     PointerGetDatum(construct_array(rows->fingerprints, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR)),
+                     PointerGetDatum(construct_md_array(rows->reasons, rows->no_reason, 1, dims, lbs, TEXTOID, -1,
+                                                        false, TYPALIGN_INT)),
+                     positions_array(rows->positions, rows->no_position, n),
+                     PointerGetDatum(construct_array(rows->hashes, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE))};
     RoleScope scope;
     enter_extension_scope(&scope);
-    // The latest verdict on a key wins: the refused payload (or row) is
-    // remembered, and a changed one is sent again.
     int rc = SPI_execute_with_args(
         "WITH sync AS (" LOCK_SYNC ") "
         "INSERT INTO amplitude_sync.sync_state (sync_id, record_key, fingerprint, sent_at, rejected_reason, position) "
@@ -395,9 +366,42 @@ void run_log_remember_rejections(int sync_id, const std::vector<Rejection> *reje
         "ON CONFLICT (sync_id, key_hash) DO UPDATE SET record_key = EXCLUDED.record_key, fingerprint = EXCLUDED.fingerprint, "
         "sent_at = EXCLUDED.sent_at, rejected_reason = EXCLUDED.rejected_reason, position = EXCLUDED.position",
         6, argtypes, args, nullptr, false, 0);
-    if (rc != SPI_OK_INSERT) elog(ERROR, "amplitude_sync: could not remember the rejected records");
+    if (rc != SPI_OK_INSERT) elog(ERROR, "amplitude_sync: could not remember the records in the sync's state");
     if (SPI_processed == 0) raise_sync_dropped(sync_id);
     leave_role_scope(&scope);
+}
+
+}  // namespace
+
+void run_log_store_confirmed(int sync_id, std::vector<ConfirmedRecord> *confirmed) {
+    if (confirmed->empty()) return;
+    BatchMemory memory;
+    enter_batch_memory(&memory);
+    StateRows rows;
+    begin_state_rows(&rows, static_cast<int>(confirmed->size()));
+    for (const ConfirmedRecord &c : *confirmed)
+        add_state_row(&rows, c.state_key, c.fingerprint.data(), nullptr, c.has_position, c.position);
+    upsert_state_rows(sync_id, &rows);
+    leave_batch_memory(&memory);
+    confirmed->clear();
+}
+
+// The refused payload (or row) is remembered, and a changed one is sent again.
+void run_log_remember_rejections(int sync_id, const std::vector<Rejection> *rejections) {
+    int n = 0;
+    for (const Rejection &r : *rejections)
+        n += r.outcome == Outcome::kRejected && !r.record.state_key.empty();
+    if (n == 0) return;
+    BatchMemory memory;
+    enter_batch_memory(&memory);
+    StateRows rows;
+    begin_state_rows(&rows, n);
+    for (const Rejection &r : *rejections) {
+        if (r.outcome != Outcome::kRejected || r.record.state_key.empty()) continue;
+        add_state_row(&rows, r.record.state_key, r.record.fingerprint.data(), &r.reason, r.record.has_position,
+                      r.record.position);
+    }
+    upsert_state_rows(sync_id, &rows);
     leave_batch_memory(&memory);
 }
 
