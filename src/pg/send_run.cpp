@@ -1321,8 +1321,7 @@ Datum finish_delivery(RowSink *sink, RunEnd *end) {
     DeliveryStats totals = run->main->delivery.stats();
     totals.not_sent += static_cast<uint64_t>(end->unqueued);
     const DeliveryStats *stats = &totals;
-    if (run->state() == DeliveryState::kStopped)
-    {
+    if (run->state() == DeliveryState::kStopped) {
         // A saved sync keeps what this segment confirmed and the rows it
         // lists as not sent: the error rolls back only what follows.
         if (spec->segments) spec->segments->commit(spec->segments);
