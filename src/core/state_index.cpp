@@ -43,24 +43,31 @@ Fingerprint hash_of(const char *bytes, size_t len) {
 // table is mapped on its own and asked for in 2 MB pages where the kernel
 // offers them (with 4 kB pages most lookups would also miss the TLB). Its
 // own mapping, so that no other allocation ever shares those pages.
+// Anything over 64 kB is mapped here rather than by malloc: freeing a block
+// glibc had mapped raises glibc's mmap threshold to its size (mallopt(3)),
+// and the request bodies and batches allocated after it would then stay
+// in the heap and fragment it (+16 MB in a run at 10M).
 void *TableMemory::allocate(size_t bytes) {
     release();
+    constexpr size_t kOwnMapping = 64u << 10;
     constexpr size_t kHugePage = 2u << 20;
-    if (bytes < kHugePage) {
+    if (bytes < kOwnMapping) {
         base_ = std::calloc(1, bytes ? bytes : 1);
         return base_;
     }
     // Room to align the start to a 2 MB boundary.
-    size_t length = (bytes + kHugePage - 1) / kHugePage * kHugePage + kHugePage;
+    size_t align = bytes < kHugePage ? 1 : kHugePage;
+    size_t length = (bytes + align - 1) / align * align + (align > 1 ? align : 0);
     void *base = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (base == MAP_FAILED) return nullptr;
     base_ = base;
     length_ = length;
+    if (align == 1) return base;  // zeroed, as every new mapping
     uintptr_t start = (reinterpret_cast<uintptr_t>(base) + kHugePage - 1) & ~(static_cast<uintptr_t>(kHugePage) - 1);
 #ifdef MADV_HUGEPAGE
     madvise(reinterpret_cast<void *>(start), length - (start - reinterpret_cast<uintptr_t>(base)), MADV_HUGEPAGE);
 #endif
-    return reinterpret_cast<void *>(start);  // zeroed, as every new mapping
+    return reinterpret_cast<void *>(start);
 }
 
 void TableMemory::release() {
@@ -128,8 +135,8 @@ CompactHashSet::~CompactHashSet() { release(); }
 void CompactHashSet::release() {
     entries_memory_.release();
     offsets_memory_.release();
-    std::free(fill_at_);
-    std::free(pending_);
+    fill_at_memory_.release();
+    pending_memory_.release();
     entries_ = nullptr;
     offsets_ = nullptr;
     fill_at_ = nullptr;
@@ -164,7 +171,7 @@ void CompactHashSet::begin(size_t expected) {
     choose_bits(expected);
     size_t buckets = static_cast<size_t>(1) << bits_;
     offsets_ = static_cast<uint32_t *>(offsets_memory_.allocate((buckets + 1) * sizeof(uint32_t)));
-    pending_ = static_cast<uint32_t *>(std::malloc(kPendingCounts * sizeof(uint32_t)));
+    pending_ = static_cast<uint32_t *>(pending_memory_.allocate(kPendingCounts * sizeof(uint32_t)));
     if (!offsets_ || !pending_) {
         release();
         throw std::bad_alloc();
@@ -191,7 +198,7 @@ void CompactHashSet::begin_fill() {
     for (size_t b = 0; b < buckets; ++b) offsets_[b + 1] += offsets_[b];
     size_ = offsets_[buckets];
     entries_ = static_cast<unsigned char *>(entries_memory_.allocate(size_ * kEntryBytes + 1));
-    fill_at_ = static_cast<uint32_t *>(std::malloc(buckets * sizeof(uint32_t)));
+    fill_at_ = static_cast<uint32_t *>(fill_at_memory_.allocate(buckets * sizeof(uint32_t)));
     if (!entries_ || !fill_at_) {
         release();
         throw std::bad_alloc();
@@ -211,7 +218,7 @@ void CompactHashSet::narrow_to_count() {
     if (bits_ >= counted_bits) {
         bits_ = counted_bits;
         if (in_table) {
-            std::free(pending_);
+            pending_memory_.release();
             pending_ = nullptr;
             return;
         }
@@ -229,7 +236,7 @@ void CompactHashSet::narrow_to_count() {
     } else {
         for (size_t i = 0; i < pending_count_; ++i) narrow[(pending_[i] >> shift) + 1]++;
     }
-    std::free(pending_);
+    pending_memory_.release();
     pending_ = nullptr;
     offsets_memory_.swap(narrow_memory);  // the counted table goes with narrow_memory
     offsets_ = narrow;
@@ -257,7 +264,7 @@ void CompactHashSet::end_fill() {
     }
     offsets_[buckets] = static_cast<uint32_t>(out);
     size_ = out;
-    std::free(fill_at_);
+    fill_at_memory_.release();
     fill_at_ = nullptr;
 }
 

@@ -55,7 +55,8 @@ private:
 constexpr uint64_t kKeyBits = 0xFFFFFF0000000000ull;
 uint64_t state_entry(uint64_t key_hash, const Fingerprint &fingerprint);
 
-// Memory for one of the set's tables (zeroed; large ones in 2 MB pages).
+// Memory for one of the set's tables (zeroed; over 64 kB a mapping of its
+// own, over 2 MB in 2 MB pages).
 class TableMemory {
 public:
     TableMemory() = default;
@@ -136,11 +137,13 @@ private:
     TableMemory entries_memory_;
     TableMemory offsets_memory_;
     uint32_t *fill_at_ = nullptr;         // two-pass build only
+    TableMemory fill_at_memory_;
     // Counting: the values counted, and the buckets of the first
     // kPendingCounts of them (in the table once there are more).
     static constexpr size_t kPendingCounts = static_cast<size_t>(1) << 16;
     size_t counted_ = 0;
     uint32_t *pending_ = nullptr;
+    TableMemory pending_memory_;
     size_t pending_count_ = 0;            // kPendingCounts + 1: in the table
 };
 
