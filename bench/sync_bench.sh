@@ -69,8 +69,9 @@ RESULTS="$HARNESS_DIR/results.tsv"
 : >"$RESULTS"
 
 # One case in a fresh session; appends "case secs peak_kb rows_read sent
-# peak_anon_kb". VmHWM counts the shared buffers the backend touched (up to
-# shared_buffers); the peak of RssAnon, sampled every 20 ms from outside, is
+# wal_bytes peak_anon_kb cpu_ticks" (wal_bytes: the WAL the cluster wrote
+# meanwhile; the bench is alone on it). VmHWM counts the shared buffers the
+# backend touched (up to shared_buffers); the peak of RssAnon, sampled every 20 ms from outside, is
 # the backend's private memory alone.
 run_case() {
     local name=$1 prepare=$2 sql=$3 app="bench-$RANDOM$RANDOM" line
@@ -92,7 +93,7 @@ run_case() {
     local sampler=$!
     line=$(PGAPPNAME=$app q -At -F "$(printf '\t')" -v name="$name" <<SQL
 $prepare
-SELECT clock_timestamp() AS t0,
+SELECT clock_timestamp() AS t0, pg_current_wal_insert_lsn() AS lsn0,
        (SELECT s[12]::int8 + s[13]::int8 FROM string_to_array(split_part(pg_read_file('/proc/' || pg_backend_pid() || '/stat'), ') ', 2), ' ') s) AS cpu0 \gset
 \o /dev/null
 $sql;
@@ -103,6 +104,7 @@ SELECT :'name', round(extract(epoch FROM clock_timestamp() - :'t0')::numeric, 3)
                  WHERE started_at >= :'t0' ORDER BY run_id DESC LIMIT 1), 0),
        COALESCE((SELECT sent FROM amplitude_sync.sync_runs
                  WHERE started_at >= :'t0' ORDER BY run_id DESC LIMIT 1), 0),
+       pg_wal_lsn_diff(pg_current_wal_insert_lsn(), :'lsn0'),
        (SELECT s[12]::int8 + s[13]::int8 FROM string_to_array(split_part(pg_read_file('/proc/' || pg_backend_pid() || '/stat'), ') ', 2), ' ') s) - :cpu0
 SQL
 ) || { echo "case $name failed"; kill $sampler 2>/dev/null; exit 1; }
@@ -128,8 +130,12 @@ for run in $(seq 1 "$RUNS"); do
     # which would otherwise fall on whatever reads the table first: the run
     # would pay for the UPDATE, and u4 after it would not. In a session of
     # its own: its memory is not the run's.)
-    q -c "UPDATE users SET logins = logins + 1 WHERE id % 100 = $run" -c "VACUUM users" || exit 1
+    # The CHECKPOINTs: on a schedule (every 15 minutes, against the default
+    # checkpoint_timeout of 5) a checkpoint comes between two runs, and the
+    # first change to each page after it writes the whole page to the WAL.
+    q -c "UPDATE users SET logins = logins + 1 WHERE id % 100 = $run" -c "VACUUM users" -c "CHECKPOINT" || exit 1
     run_case "u3 run_sync users, 1% changed" "" "CALL amplitude_sync.run_sync('bench-users')"
+    q -c "CHECKPOINT" || exit 1
     run_case "u4 run_sync users, unchanged" "" "CALL amplitude_sync.run_sync('bench-users')"
     # What sending that 1% costs on its own: the target for u3 is u4 + u5.
     run_case "u5 amplitude_identify of the 1% changed (one-shot)" "" \
@@ -153,11 +159,9 @@ for line in open(path):
     parts = line.rstrip("\n").split("\t")
     if len(parts) < 5:
         continue
-    name, secs, peak, read, sent = parts[:5]
-    anon = parts[5] if len(parts) > 5 else "0"
-    ticks = parts[6] if len(parts) > 6 else "0"
+    name, secs, peak, read, sent, wal, anon, ticks = parts[:8]
     cases.setdefault(name, []).append((float(secs), int(peak or 0), int(read or 0), int(sent or 0), int(anon or 0),
-                                       int(ticks or 0) / 100.0))
+                                       int(ticks or 0) / 100.0, float(wal or 0)))
 cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], capture_output=True, text=True).stdout.strip()
 copy = {k: statistics.median(c[0] for c in cases[n]) for k, n in
         (("u", "u0 COPY (users source) TO /dev/null"), ("e", "e0 COPY (events source) TO /dev/null")) if n in cases}
@@ -170,8 +174,8 @@ lines = [f"Saved syncs, {datetime.date.today()}: {what}, "
          f"{pgv}, work_mem 64MB, {platform.system()} {platform.release()}. " + (f"{ledger} after the last watermark run. " if events else "") +
          "Wall times vary with the other work on the machine; the backend's CPU time (utime + stime) varies less.",
          "",
-         "| case | wall s | source rows/s | × COPY (wall) | backend CPU s | × COPY (CPU) | peak RSS MB (VmHWM) | peak private MB (RssAnon) | rows_read | sent |",
-         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+         "| case | wall s | source rows/s | × COPY (wall) | backend CPU s | × COPY (CPU) | peak RSS MB (VmHWM) | peak private MB (RssAnon) | WAL MB | rows_read | sent |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 for name in sorted(cases):
     r = cases[name]
     secs = statistics.median(x[0] for x in r)
@@ -180,9 +184,10 @@ for name in sorted(cases):
     sent = int(statistics.median(x[3] for x in r))
     anon = max(x[4] for x in r) / 1024
     cpu_s = statistics.median(x[5] for x in r)
+    wal = statistics.median(x[6] for x in r) / 1e6
     ratio = secs / copy[name[0]]
     cpu_ratio = cpu_s / copy_cpu[name[0]] if copy_cpu[name[0]] else 0
-    lines.append(f"| {name} | {secs:.2f} | {rows / secs:,.0f} | {ratio:.2f} | {cpu_s:.2f} | {cpu_ratio:.2f} | {peak:.0f} | {anon:.0f} | {read:,} | {sent:,} |")
+    lines.append(f"| {name} | {secs:.2f} | {rows / secs:,.0f} | {ratio:.2f} | {cpu_s:.2f} | {cpu_ratio:.2f} | {peak:.0f} | {anon:.0f} | {wal:,.0f} | {read:,} | {sent:,} |")
 text = "\n".join(lines) + "\n"
 print(text)
 open(out, "w").write(text)
