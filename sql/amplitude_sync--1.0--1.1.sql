@@ -366,6 +366,15 @@ COMMENT ON FUNCTION amplitude_sync._drop_extension_jobs() IS
     'Event trigger: DROP EXTENSION amplitude_sync unschedules the pg_cron jobs schedule_sync made in this database.';
 CREATE EVENT TRIGGER amplitude_sync_drop_extension ON ddl_command_start WHEN TAG IN ('DROP EXTENSION')
     EXECUTE FUNCTION amplitude_sync._drop_extension_jobs();
+-- 1.1 drops the schema with the extension only when CREATE EXTENSION made
+-- it (a comment says so). Whether 1.0's did is not known: a schema with no
+-- comment of its own is taken for the extension's, as 1.0 installs make it.
+DO $$
+BEGIN
+    IF pg_catalog.obj_description(pg_catalog.to_regnamespace('amplitude_sync')::pg_catalog.oid, 'pg_namespace') IS NULL THEN
+        COMMENT ON SCHEMA amplitude_sync IS 'Made by CREATE EXTENSION amplitude_sync: DROP EXTENSION drops it when it is empty.';
+    END IF;
+END $$;
 
 ------------------------------------------------------------------------------
 -- Operating syncs: health at a glance, and self-documentation.

@@ -108,6 +108,17 @@ COMMIT;
 SELECT count(*) AS schema_kept, (SELECT extversion FROM pg_extension WHERE extname = 'amplitude_sync') AS version
 FROM pg_namespace WHERE nspname = 'amplitude_sync';
 DROP EXTENSION amplitude_sync;
+-- A schema amplitude_sync made before CREATE EXTENSION is the user's: DROP
+-- EXTENSION leaves it, with what was granted on it.
+CREATE SCHEMA amplitude_sync;
+GRANT USAGE ON SCHEMA amplitude_sync TO regress_cron_owner;
+SET client_min_messages = warning;
+CREATE EXTENSION amplitude_sync;
+RESET client_min_messages;
+DROP EXTENSION amplitude_sync;
+SELECT count(*) AS users_schema_kept, bool_or(has_schema_privilege('regress_cron_owner', oid, 'USAGE')) AS grant_kept
+FROM pg_namespace WHERE nspname = 'amplitude_sync';
+DROP SCHEMA amplitude_sync;
 SET client_min_messages = warning;
 CREATE EXTENSION amplitude_sync;
 RESET client_min_messages;

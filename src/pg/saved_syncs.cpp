@@ -387,9 +387,19 @@ int64 change_cron_jobs(const char *sql_format, const char *arg1, const char *arg
 // The schema amplitude_sync is made by CREATE EXTENSION (the control file
 // names it) and is not part of the extension, so DROP EXTENSION leaves it
 // behind. When a DROP EXTENSION amplitude_sync commits, the schema goes too
-// if nothing is left in it (a CREATE EXTENSION in the same transaction keeps
-// it).
+// if CREATE EXTENSION made it (the install script marks it so with a
+// comment that begins with this) and nothing is left in it (a CREATE
+// EXTENSION in the same transaction keeps it). A schema a user made
+// beforehand stays.
+constexpr char kSchemaMadeByExtension[] = "Made by CREATE EXTENSION amplitude_sync";
 bool drop_schema_at_commit = false;
+
+bool schema_made_by_extension() {
+    Oid schema = get_namespace_oid("amplitude_sync", true);
+    if (!OidIsValid(schema)) return false;
+    char *comment = GetComment(schema, NamespaceRelationId, 0);
+    return comment && strncmp(comment, kSchemaMadeByExtension, strlen(kSchemaMadeByExtension)) == 0;
+}
 
 bool schema_in_use(Oid schema) {
     Relation depend = table_open(DependRelationId, AccessShareLock);
@@ -1109,7 +1119,7 @@ Datum amplitude_sync_drop_extension_jobs(PG_FUNCTION_ARGS) {
         RegisterXactCallback(drop_empty_schema, nullptr);
         callback_registered = true;
     }
-    drop_schema_at_commit = true;
+    drop_schema_at_commit = schema_made_by_extension();
     if (SPI_connect() != SPI_OK_CONNECT) elog(ERROR, "amplitude_sync: SPI_connect failed");
     int64 jobs = change_cron_jobs("SELECT %s.unschedule(jobid) FROM %s.job "
                                   "WHERE jobname OPERATOR(pg_catalog.~~) $1 AND command OPERATOR(pg_catalog.~~) $2 "
