@@ -10,7 +10,8 @@
 #   - an event sync in watermark mode (cursor_column => 'id', lookback =>
 #     '1000'): the first run, then a run after 1% new rows (rows_read shows
 #     what it read).
-# BENCH_EVENTS=0 leaves the event sync out (for a quick 10M-user memory run).
+# BENCH_EVENTS=0 leaves the event sync out (for a quick 10M-user memory run);
+# BENCH_SMAPS=1 logs each case's largest private mappings at its peak.
 # Writes the table to bench/sync_results.md. Builds and installs with the
 # pg_config first on PATH: run it against an isolated PostgreSQL, e.g. the
 # tree that `AMPLITUDE_SYNC_PG_KEEP=1 ./test/pg_versions.sh 17` keeps:
@@ -87,7 +88,11 @@ run_case() {
         max=0
         while [ -n "$pid" ] && [ -r "/proc/$pid/status" ]; do
             a=$(awk '/^RssAnon/ {print $2}' "/proc/$pid/status" 2>/dev/null)
-            [ -n "$a" ] && [ "$a" -gt "$max" ] && max=$a
+            if [ -n "$a" ] && [ "$a" -gt "$max" ]; then
+                max=$a
+                # BENCH_SMAPS=1: where the peak is (the mappings at the highest sample).
+                [ -n "${BENCH_SMAPS:-}" ] && cp "/proc/$pid/smaps" "$HARNESS_DIR/smaps.$app" 2>/dev/null
+            fi
             sleep 0.02
         done
         echo "$max" >"$HARNESS_DIR/anon.$app"
@@ -111,6 +116,11 @@ SELECT :'name', round(extract(epoch FROM clock_timestamp() - :'t0')::numeric, 3)
 SQL
 ) || { echo "case $name failed"; kill $sampler 2>/dev/null; exit 1; }
     wait $sampler
+    if [ -s "$HARNESS_DIR/smaps.$app" ]; then
+        echo "$name: largest private mappings at the peak (kB)"
+        awk '/^[0-9a-f]+-[0-9a-f]+ / {m = $0} /^Anonymous:/ {if ($2 >= 1024) print "  " $2, m}' \
+            "$HARNESS_DIR/smaps.$app" | sort -rn | head -6
+    fi
     # (The backend's CPU time in clock ticks is the line's last field.)
     local cpu=${line##*$'\t'}
     printf '%s\t%s\t%s\n' "${line%$'\t'*}" "$(cat "$HARNESS_DIR/anon.$app")" "$cpu" >>"$RESULTS"
