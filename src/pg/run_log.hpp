@@ -75,6 +75,11 @@ void run_log_store_confirmed(int sync_id,
 // only their row can change (the vector is left for run_log_store_rejections).
 void run_log_remember_rejections(int sync_id, const std::vector<amplitude_sync::Rejection> *rejections);
 
+// After a run that wrote written state rows: when that is much of
+// sync_state (a first run), ANALYZE it, so that the next run's load is not
+// planned for the table PostgreSQL last measured (see run_log.cpp).
+void run_log_refresh_state_statistics(int64 written);
+
 // Microseconds since the run started, as an interval Datum.
 Datum run_log_elapsed(const RunLog *log);
 
