@@ -44,6 +44,7 @@ extern "C" {
 #include "utils/date.h"
 #include "utils/guc.h"
 #include "utils/jsonb.h"
+#include "storage/lmgr.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/syscache.h"

@@ -407,27 +407,28 @@ void run_log_remember_rejections(int sync_id, const std::vector<Rejection> *reje
 
 // Until autovacuum analyzes sync_state after a first run wrote millions of
 // rows, PostgreSQL plans the next load for the table it last measured (none:
-// a few thousand rows) and reads it with a bitmap of every row's address: 24
+// a few thousand rows) and reads it with a bitmap of every row's address: 26
 // MB more memory and more CPU at 10,000,000 records. As autovacuum decides
 // (changes over a tenth of the table), with a floor so that small runs never
-// pay for an ANALYZE.
+// pay for an ANALYZE. Never waits: when another session holds the lock
+// ANALYZE needs (an ANALYZE, a VACUUM), autovacuum is left to it.
 void run_log_refresh_state_statistics(int64 written) {
     constexpr int64 kAnalyzeFloor = 1000;
     if (written < kAnalyzeFloor) return;
+    Oid state = get_relname_relid("sync_state", get_namespace_oid("amplitude_sync", false));
+    HeapTuple tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(state));
+    if (!HeapTupleIsValid(tuple)) elog(ERROR, "amplitude_sync: could not read the size of sync_state");
+    double measured = reinterpret_cast<Form_pg_class>(GETSTRUCT(tuple))->reltuples;
+    ReleaseSysCache(tuple);
+    // (reltuples is -1 for a table never analyzed. The lock is held to the
+    // end of the transaction, which ends with the run: ANALYZE takes it again.)
+    if ((measured >= 0 && static_cast<double>(written) <= 0.1 * measured) ||
+        !ConditionalLockRelationOid(state, ShareUpdateExclusiveLock))
+        return;
     RoleScope scope;
     enter_extension_scope(&scope);
-    if (SPI_execute("SELECT c.reltuples FROM pg_catalog.pg_class c "
-                    "WHERE c.oid OPERATOR(pg_catalog.=) 'amplitude_sync.sync_state'::pg_catalog.regclass",
-                    true, 1) != SPI_OK_SELECT ||
-        SPI_processed != 1)
-        elog(ERROR, "amplitude_sync: could not read the size of sync_state");
-    bool isnull;
-    double measured = DatumGetFloat4(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-    // (reltuples is -1 for a table never analyzed.)
-    if (measured < 0 || static_cast<double>(written) > 0.1 * measured) {
-        if (SPI_execute("ANALYZE amplitude_sync.sync_state", false, 0) != SPI_OK_UTILITY)
-            elog(ERROR, "amplitude_sync: could not analyze sync_state");
-    }
+    if (SPI_execute("ANALYZE amplitude_sync.sync_state", false, 0) != SPI_OK_UTILITY)
+        elog(ERROR, "amplitude_sync: could not analyze sync_state");
     leave_role_scope(&scope);
 }
 

@@ -990,6 +990,10 @@ Datum run_saved_sync(FunctionCallInfo fcinfo, TupleDesc report_desc) {
     }
     PG_END_TRY();
     release_sync_run(key);
+    // The run's outcomes are committed before its state is analyzed: an
+    // ANALYZE that fails (a cancel) cannot take them back.
+    SPI_commit();
+    run_log_refresh_state_statistics(counts.sent + counts.rejected);
     Datum report = SPI_datumTransfer(result, false, -1);
     SPI_finish();
     return report;

@@ -1360,7 +1360,6 @@ Datum finish_delivery(RowSink *sink, RunEnd *end) {
     // moves its watermark up and prunes its ledger below watermark - lookback.
     if (spec->sync_id && spec->cursor_column && !failed && stats->not_sent == 0 && source.has_max_position)
         run_log_advance_watermark(spec->sync_id, source.max_position, spec->lookback);
-    if (spec->sync_id) run_log_refresh_state_statistics(static_cast<int64>(stats->sent + stats->rejected));
     if (failed) {
         char *detail = psprintf("Run %lld: %llu rows were sent, %llu rejected and %llu not sent.",
                                 static_cast<long long>(log->run_id), static_cast<unsigned long long>(stats->sent),
