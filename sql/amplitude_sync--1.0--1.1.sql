@@ -367,11 +367,16 @@ COMMENT ON FUNCTION amplitude_sync._drop_extension_jobs() IS
 CREATE EVENT TRIGGER amplitude_sync_drop_extension ON ddl_command_start WHEN TAG IN ('DROP EXTENSION')
     EXECUTE FUNCTION amplitude_sync._drop_extension_jobs();
 -- 1.1 drops the schema with the extension only when CREATE EXTENSION made
--- it (a comment says so). Whether 1.0's did is not known: a schema with no
--- comment of its own is taken for the extension's, as 1.0 installs make it.
+-- it (a comment says so). Whether 1.0's did is not known: a schema as
+-- CREATE EXTENSION leaves it (no comment, no grants, the extension's owner)
+-- is taken for the extension's; any other stays the user's.
 DO $$
 BEGIN
-    IF pg_catalog.obj_description(pg_catalog.to_regnamespace('amplitude_sync')::pg_catalog.oid, 'pg_namespace') IS NULL THEN
+    IF EXISTS (SELECT FROM pg_catalog.pg_namespace n, pg_catalog.pg_extension e
+               WHERE n.nspname OPERATOR(pg_catalog.=) 'amplitude_sync'
+                 AND e.extname OPERATOR(pg_catalog.=) 'amplitude_sync'
+                 AND n.nspacl IS NULL AND n.nspowner OPERATOR(pg_catalog.=) e.extowner
+                 AND pg_catalog.obj_description(n.oid, 'pg_namespace') IS NULL) THEN
         COMMENT ON SCHEMA amplitude_sync IS 'Made by CREATE EXTENSION amplitude_sync: DROP EXTENSION drops it when it is empty.';
     END IF;
 END $$;

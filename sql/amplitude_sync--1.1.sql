@@ -13,13 +13,17 @@ LANGUAGE C STRICT;
 
 CREATE FOREIGN DATA WRAPPER amplitude_sync VALIDATOR amplitude_sync.fdw_validator;
 
--- The schema: when CREATE EXTENSION made it (its catalog row is this
--- transaction's), a comment says so, and DROP EXTENSION drops it once it is
--- empty. A schema made beforehand is the user's: it stays.
+-- The schema: when CREATE EXTENSION made it (its catalog row was written by
+-- the (sub)transaction that wrote the extension's, and nobody granted on it
+-- or gave it away since), a comment says so, and DROP EXTENSION drops it
+-- once it is empty. A schema made beforehand is the user's: it stays.
 DO $$
 BEGIN
-    IF (SELECT n.xmin OPERATOR(pg_catalog.=) pg_catalog.xid(pg_catalog.pg_current_xact_id())
-        FROM pg_catalog.pg_namespace n WHERE n.nspname OPERATOR(pg_catalog.=) 'amplitude_sync') THEN
+    IF EXISTS (SELECT FROM pg_catalog.pg_namespace n, pg_catalog.pg_extension e
+               WHERE n.nspname OPERATOR(pg_catalog.=) 'amplitude_sync'
+                 AND e.extname OPERATOR(pg_catalog.=) 'amplitude_sync'
+                 AND n.xmin OPERATOR(pg_catalog.=) e.xmin AND n.nspacl IS NULL
+                 AND n.nspowner OPERATOR(pg_catalog.=) e.extowner) THEN
         COMMENT ON SCHEMA amplitude_sync IS 'Made by CREATE EXTENSION amplitude_sync: DROP EXTENSION drops it when it is empty.';
     END IF;
 END $$;

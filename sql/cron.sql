@@ -109,16 +109,27 @@ SELECT count(*) AS schema_kept, (SELECT extversion FROM pg_extension WHERE extna
 FROM pg_namespace WHERE nspname = 'amplitude_sync';
 DROP EXTENSION amplitude_sync;
 -- A schema amplitude_sync made before CREATE EXTENSION is the user's: DROP
--- EXTENSION leaves it, with what was granted on it.
+-- EXTENSION leaves it, with what was granted on it (also when all three are
+-- one transaction, as a migration tool runs them).
+BEGIN;
 CREATE SCHEMA amplitude_sync;
 GRANT USAGE ON SCHEMA amplitude_sync TO regress_cron_owner;
-SET client_min_messages = warning;
+SET LOCAL client_min_messages = warning;
 CREATE EXTENSION amplitude_sync;
-RESET client_min_messages;
+COMMIT;
 DROP EXTENSION amplitude_sync;
 SELECT count(*) AS users_schema_kept, bool_or(has_schema_privilege('regress_cron_owner', oid, 'USAGE')) AS grant_kept
 FROM pg_namespace WHERE nspname = 'amplitude_sync';
 DROP SCHEMA amplitude_sync;
+-- One that CREATE EXTENSION made in a savepoint is the extension's: it goes.
+BEGIN;
+SAVEPOINT before_extension;
+SET LOCAL client_min_messages = warning;
+CREATE EXTENSION amplitude_sync;
+RELEASE SAVEPOINT before_extension;
+COMMIT;
+DROP EXTENSION amplitude_sync;
+SELECT count(*) AS extensions_schema_left FROM pg_namespace WHERE nspname = 'amplitude_sync';
 SET client_min_messages = warning;
 CREATE EXTENSION amplitude_sync;
 RESET client_min_messages;
