@@ -55,14 +55,14 @@ void *TableMemory::allocate(size_t bytes) {
         base_ = std::calloc(1, bytes ? bytes : 1);
         return base_;
     }
-    // Room to align the start to a 2 MB boundary.
-    size_t align = bytes < kHugePage ? 1 : kHugePage;
-    size_t length = (bytes + align - 1) / align * align + (align > 1 ? align : 0);
+    // A table of 2 MB or more gets room to align its start to a 2 MB boundary.
+    bool huge = bytes >= kHugePage;
+    size_t length = huge ? (bytes + kHugePage - 1) / kHugePage * kHugePage + kHugePage : bytes;
     void *base = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (base == MAP_FAILED) return nullptr;
     base_ = base;
     length_ = length;
-    if (align == 1) return base;  // zeroed, as every new mapping
+    if (!huge) return base;  // zeroed, as every new mapping
     uintptr_t start = (reinterpret_cast<uintptr_t>(base) + kHugePage - 1) & ~(static_cast<uintptr_t>(kHugePage) - 1);
 #ifdef MADV_HUGEPAGE
     madvise(reinterpret_cast<void *>(start), length - (start - reinterpret_cast<uintptr_t>(base)), MADV_HUGEPAGE);
