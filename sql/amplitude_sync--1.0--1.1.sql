@@ -754,34 +754,6 @@ COMMENT ON FUNCTION amplitude_sync._drop_captures_of_dropped_views() IS
 CREATE EVENT TRIGGER amplitude_sync_dropped_captures ON sql_drop
     EXECUTE FUNCTION amplitude_sync._drop_captures_of_dropped_views();
 
--- State rows are written by the million, and the foreign key to syncs
--- checked each one: a trigger deletes a dropped sync's state now.
-ALTER TABLE amplitude_sync.sync_state DROP CONSTRAINT sync_state_sync_id_fkey;
--- A sync's state goes with the sync. (Not a foreign key: a run writes a state
--- row per record, millions for a large source, and a foreign key checks each
--- one with a query of its own. Instead a run locks its sync's row once per
--- batch of state rows, so a drop waits for the batch to commit; and
--- create_sync clears any state left under its new id.)
-CREATE FUNCTION amplitude_sync._drop_state_of_dropped_syncs()
-RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
-        TRUNCATE amplitude_sync.sync_state;
-    ELSE
-        DELETE FROM amplitude_sync.sync_state st USING dropped_syncs d
-        WHERE st.sync_id OPERATOR(pg_catalog.=) d.sync_id;
-    END IF;
-    RETURN NULL;
-END $$;
-REVOKE ALL ON FUNCTION amplitude_sync._drop_state_of_dropped_syncs() FROM PUBLIC;
-COMMENT ON FUNCTION amplitude_sync._drop_state_of_dropped_syncs() IS
-    'Trigger: deletes the state of the syncs deleted from amplitude_sync.syncs (all of it on TRUNCATE).';
-CREATE TRIGGER drop_state AFTER DELETE ON amplitude_sync.syncs REFERENCING OLD TABLE AS dropped_syncs
-    FOR EACH STATEMENT EXECUTE FUNCTION amplitude_sync._drop_state_of_dropped_syncs();
-CREATE TRIGGER truncate_state AFTER TRUNCATE ON amplitude_sync.syncs
-    FOR EACH STATEMENT EXECUTE FUNCTION amplitude_sync._drop_state_of_dropped_syncs();
-
 -- sync_state is keyed by its keys' 64-bit hash (see the install script).
 CREATE FUNCTION amplitude_sync.record_key_hash(record_key pg_catalog.text)
 RETURNS pg_catalog.int8
@@ -801,3 +773,82 @@ DELETE FROM amplitude_sync.sync_state a USING amplitude_sync.sync_state b
 WHERE a.sync_id OPERATOR(pg_catalog.=) b.sync_id AND a.key_hash OPERATOR(pg_catalog.=) b.key_hash
   AND a.record_key OPERATOR(pg_catalog.>) b.record_key;
 ALTER TABLE amplitude_sync.sync_state DROP CONSTRAINT sync_state_pkey, ADD PRIMARY KEY (sync_id, key_hash);
+
+-- The state in two tables read through the view sync_state (see the install
+-- script): 1.0's rows are the entries, and no run has changed them since.
+DROP POLICY own_state ON amplitude_sync.sync_state;
+ALTER TABLE amplitude_sync.sync_state RENAME TO state_entries;
+ALTER INDEX amplitude_sync.sync_state_pkey RENAME TO state_entries_pkey;
+ALTER INDEX amplitude_sync.sync_state_position RENAME TO state_entries_position;
+CREATE TABLE amplitude_sync.state_changes (LIKE amplitude_sync.state_entries INCLUDING GENERATED,
+    PRIMARY KEY (sync_id, key_hash)
+) WITH (fillfactor = 90);
+CREATE INDEX state_changes_position ON amplitude_sync.state_changes (sync_id, position) WHERE position IS NOT NULL;
+CREATE VIEW amplitude_sync.sync_state WITH (security_invoker = true) AS
+    SELECT c.sync_id, c.record_key, c.fingerprint, c.sent_at, c.rejected_reason, c.position, c.key_hash
+    FROM amplitude_sync.state_changes c
+    UNION ALL
+    SELECT e.sync_id, e.record_key, e.fingerprint, e.sent_at, e.rejected_reason, e.position, e.key_hash
+    FROM amplitude_sync.state_entries e
+    WHERE NOT EXISTS (SELECT FROM amplitude_sync.state_changes c
+                      WHERE c.sync_id OPERATOR(pg_catalog.=) e.sync_id AND c.key_hash OPERATOR(pg_catalog.=) e.key_hash);
+ALTER TABLE amplitude_sync.state_changes ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_state ON amplitude_sync.state_entries FOR SELECT
+    USING (EXISTS (SELECT FROM amplitude_sync.syncs s
+                   WHERE s.sync_id OPERATOR(pg_catalog.=) state_entries.sync_id));
+CREATE POLICY own_state ON amplitude_sync.state_changes FOR SELECT
+    USING (EXISTS (SELECT FROM amplitude_sync.syncs s
+                   WHERE s.sync_id OPERATOR(pg_catalog.=) state_changes.sync_id));
+REVOKE ALL ON amplitude_sync.state_changes, amplitude_sync.sync_state FROM PUBLIC;
+GRANT SELECT ON amplitude_sync.state_changes, amplitude_sync.sync_state TO PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('amplitude_sync.state_changes', '');
+COMMENT ON VIEW amplitude_sync.sync_state IS
+    'Per saved sync and record: the fingerprint of the payload Amplitude last confirmed (state_changes over state_entries).';
+COMMENT ON TABLE amplitude_sync.state_entries IS
+    'The bulk of the saved syncs'' state (see sync_state); a record''s row in state_changes replaces its row here.';
+COMMENT ON TABLE amplitude_sync.state_changes IS
+    'What runs wrote to the saved syncs'' state since their last merge into state_entries (see sync_state).';
+COMMENT ON COLUMN amplitude_sync.state_entries.sync_id IS NULL;
+COMMENT ON COLUMN amplitude_sync.state_entries.record_key IS NULL;
+COMMENT ON COLUMN amplitude_sync.state_entries.fingerprint IS NULL;
+COMMENT ON COLUMN amplitude_sync.state_entries.sent_at IS NULL;
+COMMENT ON COLUMN amplitude_sync.state_entries.rejected_reason IS NULL;
+COMMENT ON COLUMN amplitude_sync.state_entries.position IS NULL;
+COMMENT ON COLUMN amplitude_sync.state_entries.key_hash IS NULL;
+COMMENT ON COLUMN amplitude_sync.sync_state.sync_id IS 'The sync.';
+COMMENT ON COLUMN amplitude_sync.sync_state.record_key IS 'user_id, device_id, group type and value, or insert_id.';
+COMMENT ON COLUMN amplitude_sync.sync_state.fingerprint IS '128-bit hash of the column values of the row Amplitude confirmed (or refused), with the columns and settings that shape its payload.';
+COMMENT ON COLUMN amplitude_sync.sync_state.sent_at IS 'When Amplitude confirmed (or refused) it.';
+COMMENT ON COLUMN amplitude_sync.sync_state.rejected_reason IS 'Set when the record was rejected: it is not sent again until its row changes (resync forces it).';
+COMMENT ON COLUMN amplitude_sync.sync_state.position IS 'Watermark syncs: the event''s cursor value; entries below the ledger floor are pruned.';
+COMMENT ON COLUMN amplitude_sync.sync_state.key_hash IS 'record_key_hash(record_key): the key the state is looked up by.';
+
+-- State rows are written by the million, and the foreign key to syncs
+-- checked each one: a trigger deletes a dropped sync's state now.
+ALTER TABLE amplitude_sync.state_entries DROP CONSTRAINT sync_state_sync_id_fkey;
+-- A sync's state goes with the sync. (Not a foreign key: a run writes a state
+-- row per record, millions for a large source, and a foreign key checks each
+-- one with a query of its own. Instead a run locks its sync's row once per
+-- batch of state rows, so a drop waits for the batch to commit; and
+-- create_sync clears any state left under its new id.)
+CREATE FUNCTION amplitude_sync._drop_state_of_dropped_syncs()
+RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
+        TRUNCATE amplitude_sync.state_entries, amplitude_sync.state_changes;
+    ELSE
+        DELETE FROM amplitude_sync.state_entries st USING dropped_syncs d
+        WHERE st.sync_id OPERATOR(pg_catalog.=) d.sync_id;
+        DELETE FROM amplitude_sync.state_changes st USING dropped_syncs d
+        WHERE st.sync_id OPERATOR(pg_catalog.=) d.sync_id;
+    END IF;
+    RETURN NULL;
+END $$;
+REVOKE ALL ON FUNCTION amplitude_sync._drop_state_of_dropped_syncs() FROM PUBLIC;
+COMMENT ON FUNCTION amplitude_sync._drop_state_of_dropped_syncs() IS
+    'Trigger: deletes the state of the syncs deleted from amplitude_sync.syncs (all of it on TRUNCATE).';
+CREATE TRIGGER drop_state AFTER DELETE ON amplitude_sync.syncs REFERENCING OLD TABLE AS dropped_syncs
+    FOR EACH STATEMENT EXECUTE FUNCTION amplitude_sync._drop_state_of_dropped_syncs();
+CREATE TRIGGER truncate_state AFTER TRUNCATE ON amplitude_sync.syncs
+    FOR EACH STATEMENT EXECUTE FUNCTION amplitude_sync._drop_state_of_dropped_syncs();

@@ -218,7 +218,16 @@ COMMENT ON FUNCTION amplitude_sync.record_key_hash(pg_catalog.text) IS
 -- 10,000,000 keys, share a row: for identifications each run then sends one
 -- of them again; for events the later one is taken for sent, as the run's
 -- in-memory set of 64-bit hashes already did.)
-CREATE TABLE amplitude_sync.sync_state (
+--
+-- Two tables, read together through the view sync_state: state_entries
+-- holds the bulk, state_changes what runs wrote since the sync's last merge
+-- (a key's row there replaces its row in state_entries). A run that changes
+-- 1% of 10,000,000 records would otherwise rewrite rows on most pages of
+-- state_entries, and after each checkpoint log every such page whole: 0.5
+-- GB of WAL per run. Rows in state_changes fill few pages; a run merges
+-- them into state_entries once they pass a tenth of its rows (README,
+-- "How a saved sync remembers").
+CREATE TABLE amplitude_sync.state_entries (
     sync_id     pg_catalog.int4 NOT NULL,
     record_key  pg_catalog.text NOT NULL,
     fingerprint pg_catalog.uuid NOT NULL,
@@ -227,9 +236,23 @@ CREATE TABLE amplitude_sync.sync_state (
     position    pg_catalog.int8,  -- watermark syncs: the event's cursor value (pruning)
     key_hash    pg_catalog.int8 NOT NULL GENERATED ALWAYS AS (amplitude_sync.record_key_hash(record_key)) STORED,
     PRIMARY KEY (sync_id, key_hash)
-) WITH (fillfactor = 90);  -- room on each page, so a changed record's row is rewritten in place (a HOT update)
+) WITH (fillfactor = 90);  -- room on each page, so a merged record's row is rewritten in place (a HOT update)
+CREATE TABLE amplitude_sync.state_changes (LIKE amplitude_sync.state_entries INCLUDING GENERATED,
+    PRIMARY KEY (sync_id, key_hash)
+) WITH (fillfactor = 90);
 -- A watermark run loads, and prunes, the ledger entries above or below a position.
-CREATE INDEX sync_state_position ON amplitude_sync.sync_state (sync_id, position) WHERE position IS NOT NULL;
+CREATE INDEX state_entries_position ON amplitude_sync.state_entries (sync_id, position) WHERE position IS NOT NULL;
+CREATE INDEX state_changes_position ON amplitude_sync.state_changes (sync_id, position) WHERE position IS NOT NULL;
+-- Each record once: its change if it has one, else its entry. (As the
+-- caller: the tables' row security shows each role its own syncs' state.)
+CREATE VIEW amplitude_sync.sync_state WITH (security_invoker = true) AS
+    SELECT c.sync_id, c.record_key, c.fingerprint, c.sent_at, c.rejected_reason, c.position, c.key_hash
+    FROM amplitude_sync.state_changes c
+    UNION ALL
+    SELECT e.sync_id, e.record_key, e.fingerprint, e.sent_at, e.rejected_reason, e.position, e.key_hash
+    FROM amplitude_sync.state_entries e
+    WHERE NOT EXISTS (SELECT FROM amplitude_sync.state_changes c
+                      WHERE c.sync_id OPERATOR(pg_catalog.=) e.sync_id AND c.key_hash OPERATOR(pg_catalog.=) e.key_hash);
 -- A sync's state goes with the sync. (Not a foreign key: a run writes a state
 -- row per record, millions for a large source, and a foreign key checks each
 -- one with a query of its own. Instead a run locks its sync's row once per
@@ -240,9 +263,11 @@ RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
-        TRUNCATE amplitude_sync.sync_state;
+        TRUNCATE amplitude_sync.state_entries, amplitude_sync.state_changes;
     ELSE
-        DELETE FROM amplitude_sync.sync_state st USING dropped_syncs d
+        DELETE FROM amplitude_sync.state_entries st USING dropped_syncs d
+        WHERE st.sync_id OPERATOR(pg_catalog.=) d.sync_id;
+        DELETE FROM amplitude_sync.state_changes st USING dropped_syncs d
         WHERE st.sync_id OPERATOR(pg_catalog.=) d.sync_id;
     END IF;
     RETURN NULL;
@@ -268,14 +293,18 @@ CREATE TABLE amplitude_sync.sync_claims (
 );
 
 ALTER TABLE amplitude_sync.syncs ENABLE ROW LEVEL SECURITY;
-ALTER TABLE amplitude_sync.sync_state ENABLE ROW LEVEL SECURITY;
+ALTER TABLE amplitude_sync.state_entries ENABLE ROW LEVEL SECURITY;
+ALTER TABLE amplitude_sync.state_changes ENABLE ROW LEVEL SECURITY;
 ALTER TABLE amplitude_sync.sync_claims ENABLE ROW LEVEL SECURITY;
 CREATE POLICY own_syncs ON amplitude_sync.syncs FOR SELECT
     USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c
                                    WHERE c.oid OPERATOR(pg_catalog.=) source_view::pg_catalog.oid), 'MEMBER'));
-CREATE POLICY own_state ON amplitude_sync.sync_state FOR SELECT
+CREATE POLICY own_state ON amplitude_sync.state_entries FOR SELECT
     USING (EXISTS (SELECT FROM amplitude_sync.syncs s
-                   WHERE s.sync_id OPERATOR(pg_catalog.=) sync_state.sync_id));
+                   WHERE s.sync_id OPERATOR(pg_catalog.=) state_entries.sync_id));
+CREATE POLICY own_state ON amplitude_sync.state_changes FOR SELECT
+    USING (EXISTS (SELECT FROM amplitude_sync.syncs s
+                   WHERE s.sync_id OPERATOR(pg_catalog.=) state_changes.sync_id));
 -- A run is visible to the role that ran it and to the owner of its sync.
 CREATE POLICY own_runs ON amplitude_sync.sync_runs FOR SELECT
     USING (pg_catalog.pg_has_role(run_by::pg_catalog.oid, 'MEMBER')
@@ -285,7 +314,8 @@ CREATE POLICY own_rejections ON amplitude_sync.rejected_records FOR SELECT
     USING (EXISTS (SELECT FROM amplitude_sync.sync_runs r
                    WHERE r.run_id OPERATOR(pg_catalog.=) rejected_records.run_id));
 -- Reading only: every write goes through the extension's functions.
-GRANT SELECT ON amplitude_sync.syncs, amplitude_sync.sync_state, amplitude_sync.sync_runs,
+GRANT SELECT ON amplitude_sync.syncs, amplitude_sync.sync_state, amplitude_sync.state_entries,
+                amplitude_sync.state_changes, amplitude_sync.sync_runs,
                 amplitude_sync.rejected_records TO PUBLIC;
 
 SELECT pg_catalog.pg_extension_config_dump('amplitude_sync.sync_runs', '');
@@ -293,7 +323,8 @@ SELECT pg_catalog.pg_extension_config_dump('amplitude_sync.sync_runs_run_id_seq'
 SELECT pg_catalog.pg_extension_config_dump('amplitude_sync.rejected_records', '');
 SELECT pg_catalog.pg_extension_config_dump('amplitude_sync.syncs', '');
 SELECT pg_catalog.pg_extension_config_dump('amplitude_sync.syncs_sync_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('amplitude_sync.sync_state', '');
+SELECT pg_catalog.pg_extension_config_dump('amplitude_sync.state_entries', '');
+SELECT pg_catalog.pg_extension_config_dump('amplitude_sync.state_changes', '');
 
 CREATE FUNCTION amplitude_sync.create_sync(
     name             pg_catalog.text,
@@ -612,8 +643,12 @@ COMMENT ON FUNCTION amplitude_sync.unschedule_sync(pg_catalog.text) IS
     'Removes the pg_cron job that schedule_sync made.';
 COMMENT ON TYPE amplitude_sync.run_report IS
     'What a run did: rows read, sent, rejected, not sent and unchanged (saved syncs), requests, retries, time.';
-COMMENT ON TABLE amplitude_sync.sync_state IS
-    'Per saved sync and record: the fingerprint of the payload Amplitude last confirmed.';
+COMMENT ON VIEW amplitude_sync.sync_state IS
+    'Per saved sync and record: the fingerprint of the payload Amplitude last confirmed (state_changes over state_entries).';
+COMMENT ON TABLE amplitude_sync.state_entries IS
+    'The bulk of the saved syncs'' state (see sync_state); a record''s row in state_changes replaces its row here.';
+COMMENT ON TABLE amplitude_sync.state_changes IS
+    'What runs wrote to the saved syncs'' state since their last merge into state_entries (see sync_state).';
 COMMENT ON TABLE amplitude_sync.sync_claims IS
     'The overlap guard of saved syncs: which session runs a sync, and its private lock key. Not readable by users.';
 

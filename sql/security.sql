@@ -266,7 +266,8 @@ SET ROLE regress_hostile;
 INSERT INTO amplitude_sync.syncs (name, server, object, behaviour, source, source_view, search_path)
 VALUES ('forged', 'amplitude_mock', 'user', 'update_or_create', 'x', 'hostile.players', 'hostile');
 UPDATE amplitude_sync.syncs SET source = 'x';
-DELETE FROM amplitude_sync.sync_state;
+DELETE FROM amplitude_sync.state_entries;
+DELETE FROM amplitude_sync.state_changes;
 DELETE FROM amplitude_sync.sync_runs;
 INSERT INTO amplitude_sync.rejected_records (run_id, row_number, outcome, reason) VALUES (1, 1, 'rejected', 'x');
 SELECT * FROM amplitude_sync.sync_claims;
@@ -328,7 +329,7 @@ SELECT count(*) > 0 AS blocked_has_state FROM amplitude_sync.sync_state WHERE sy
 DROP TABLE blocked_users;
 DROP TABLE blocked_users CASCADE;
 SELECT count(*) AS blocked_syncs FROM amplitude_sync.syncs WHERE name = 'blocked';
--- Its state goes with it (a trigger: sync_state has no foreign key).
+-- Its state goes with it (a trigger: the state has no foreign key).
 SELECT count(*) AS blocked_state FROM amplitude_sync.sync_state WHERE sync_id = :blocked_id;
 
 -- A schema merely named cron is not pg_cron: a role with CREATE on the

@@ -55,7 +55,7 @@ CALL amplitude_sync.run_sync('state_users') \gset
 -- with a million records of users no longer in the source beside the
 -- ten, the ten are still found unchanged and only the changed one is sent.
 SELECT sync_id AS state_users_id FROM amplitude_sync.syncs WHERE name = 'state_users' \gset
-INSERT INTO amplitude_sync.sync_state (sync_id, record_key, fingerprint, sent_at)
+INSERT INTO amplitude_sync.state_entries (sync_id, record_key, fingerprint, sent_at)
 SELECT :state_users_id, 'gone-' || g, md5(g::text)::uuid, now() FROM generate_series(1, 1000000) g;
 SELECT mock_reset();
 UPDATE state_customers SET plan = 'team' WHERE score = 7;
@@ -68,22 +68,62 @@ UPDATE state_customers SET plan = 'enterprise' WHERE score = 8;
 SELECT record_key, action FROM amplitude_sync.preview_sync('state_users', include_unchanged => true) ORDER BY 1;
 SELECT amplitude_sync.drop_sync('state_users');
 
--- A changed record's state row is rewritten in place, a HOT update (no new
--- index entry, half the write-ahead log): the table keeps room on its pages
--- (fillfactor), which a first run's thousand rows would otherwise fill.
+-- A first run writes state_entries; later runs write what changed into
+-- state_changes and leave state_entries alone (rewriting rows on random
+-- pages of a large table logs each page whole after a checkpoint), until
+-- the changes pass a tenth of the entries and are merged.
 CREATE TABLE state_many AS SELECT 'many-' || g AS user_id, 'free' AS plan FROM generate_series(1, 1000) g;
-SELECT name FROM amplitude_sync.create_sync('state_many', 'amplitude_mock', 'user', 'state_many');
+SELECT sync_id AS many_id FROM amplitude_sync.create_sync('state_many', 'amplitude_mock', 'user', 'state_many') \gset
+CREATE FUNCTION state_tables(sync int, OUT entries bigint, OUT changes bigint, OUT current bigint) LANGUAGE sql AS $$
+    SELECT (SELECT count(*) FROM amplitude_sync.state_entries WHERE sync_id = sync),
+           (SELECT count(*) FROM amplitude_sync.state_changes WHERE sync_id = sync),
+           (SELECT count(*) FROM amplitude_sync.sync_state WHERE sync_id = sync) $$;
 CALL amplitude_sync.run_sync('state_many') \gset
 \echo status=:status sent=:sent
+SELECT * FROM state_tables(:many_id);
 UPDATE state_many SET plan = 'pro' WHERE user_id = 'many-500';
 SELECT pg_stat_force_next_flush();
-SELECT n_tup_hot_upd AS hot_before FROM pg_stat_user_tables WHERE relid = 'amplitude_sync.sync_state'::regclass \gset
+SELECT n_tup_upd + n_tup_ins AS entries_written_before FROM pg_stat_user_tables
+WHERE relid = 'amplitude_sync.state_entries'::regclass \gset
 CALL amplitude_sync.run_sync('state_many') \gset
 \echo status=:status sent=:sent unchanged=:unchanged
 SELECT pg_stat_force_next_flush();
-SELECT n_tup_hot_upd - :hot_before AS hot_updates FROM pg_stat_user_tables
-WHERE relid = 'amplitude_sync.sync_state'::regclass;
+SELECT n_tup_upd + n_tup_ins - :entries_written_before AS entries_written FROM pg_stat_user_tables
+WHERE relid = 'amplitude_sync.state_entries'::regclass;
+SELECT * FROM state_tables(:many_id);
+-- sync_state shows the change, not the entry it replaces.
+SELECT st.fingerprint = c.fingerprint AS shows_change, st.fingerprint <> e.fingerprint AS entry_differs
+FROM amplitude_sync.sync_state st
+JOIN amplitude_sync.state_changes c USING (sync_id, key_hash) JOIN amplitude_sync.state_entries e USING (sync_id, key_hash)
+WHERE st.sync_id = :many_id AND st.record_key = 'many-500';
+-- Back to its first value: Amplitude holds 'pro', so the row is sent (the
+-- entry of 'free' it matches is out of date), and Amplitude holds 'free'.
+UPDATE state_many SET plan = 'free' WHERE user_id = 'many-500';
+CALL amplitude_sync.run_sync('state_many') \gset
+\echo status=:status sent=:sent unchanged=:unchanged
+SELECT u->'user_properties'->>'plan' AS plan FROM mock_users() u WHERE u->>'user_id' = 'many-500';
+-- A key with a row in both tables is forgotten once.
+SELECT amplitude_sync.resync('state_many', $$user_id IN ('many-500', 'many-501')$$) AS forgotten;
+CALL amplitude_sync.run_sync('state_many') \gset
+\echo status=:status sent=:sent unchanged=:unchanged
+-- 112 changed rows: over a tenth of the entries, merged after the run.
+UPDATE state_many SET plan = 'team' WHERE user_id COLLATE "C" < 'many-2';
+CALL amplitude_sync.run_sync('state_many') \gset
+\echo status=:status sent=:sent unchanged=:unchanged
+SELECT * FROM state_tables(:many_id);
+SELECT count(*) AS entries_of_team FROM amplitude_sync.state_entries e JOIN amplitude_sync.sync_state st USING (sync_id, key_hash)
+WHERE e.sync_id = :many_id AND e.fingerprint = st.fingerprint AND st.record_key COLLATE "C" < 'many-2';
+CALL amplitude_sync.run_sync('state_many') \gset
+\echo status=:status sent=:sent unchanged=:unchanged
+SELECT count(*) FILTER (WHERE u->'user_properties'->>'plan' = 'team') AS team, count(*) AS users
+FROM mock_users() u WHERE u->>'user_id' LIKE 'many-%';
+-- Dropping the sync deletes its rows in both tables.
+UPDATE state_many SET plan = 'pro' WHERE user_id = 'many-7';
+CALL amplitude_sync.run_sync('state_many') \gset
+SELECT * FROM state_tables(:many_id);
 SELECT amplitude_sync.drop_sync('state_many');
+SELECT * FROM state_tables(:many_id);
+DROP FUNCTION state_tables(int);
 
 -- Values stored out of line (TOAST) in the rows kept across the first
 -- commit are fetched before it: they reach Amplitude whole (cut to its
@@ -220,7 +260,7 @@ CALL amplitude_sync.run_sync('latin_users') \gset
 SELECT run_id, status, sent, rejected, unchanged FROM amplitude_sync.sync_runs ORDER BY run_id;
 SELECT count(*) AS keys_as_in_source FROM amplitude_sync.sync_state s JOIN latin_users u ON s.record_key = u.user_id
 WHERE s.key_hash = amplitude_sync.record_key_hash(u.user_id);
--- A run that writes much of sync_state (here a first run, into a table
+-- A run that writes much of state_entries (here a first run, into a table
 -- never analyzed) analyzes it, so the next run's load is planned for the
 -- rows there are (a sequential scan), not for the table PostgreSQL last
 -- measured (a bitmap of every row's address, 24 MB at 10,000,000 records).
@@ -228,15 +268,15 @@ WHERE s.key_hash = amplitude_sync.record_key_hash(u.user_id);
 CREATE TABLE stats_users AS SELECT 'stats-' || g AS user_id, 'free' AS plan FROM generate_series(1, 2000) g;
 SELECT sync_id AS stats_sync FROM amplitude_sync.create_sync('stats_users', 'amplitude_mock', 'user', 'stats_users') \gset
 SELECT pg_stat_force_next_flush();
-SELECT analyze_count AS analyzed_before FROM pg_stat_user_tables WHERE relid = 'amplitude_sync.sync_state'::regclass;
+SELECT analyze_count AS analyzed_before FROM pg_stat_user_tables WHERE relid = 'amplitude_sync.state_entries'::regclass;
 CALL amplitude_sync.run_sync('stats_users') \gset
 \echo status=:status sent=:sent
 UPDATE stats_users SET plan = 'pro' WHERE user_id = 'stats-7';
 CALL amplitude_sync.run_sync('stats_users') \gset
 \echo status=:status sent=:sent
 SELECT pg_stat_force_next_flush();
-SELECT analyze_count AS analyzed_after FROM pg_stat_user_tables WHERE relid = 'amplitude_sync.sync_state'::regclass;
-EXPLAIN (COSTS OFF) SELECT key_hash FROM amplitude_sync.sync_state WHERE sync_id = :stats_sync;
+SELECT analyze_count AS analyzed_after FROM pg_stat_user_tables WHERE relid = 'amplitude_sync.state_entries'::regclass;
+EXPLAIN (COSTS OFF) SELECT key_hash FROM amplitude_sync.state_entries WHERE sync_id = :stats_sync;
 \c regress_amp_state_ascii
 SET client_min_messages = warning;
 CREATE EXTENSION amplitude_sync;

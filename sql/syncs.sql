@@ -209,7 +209,8 @@ SELECT * FROM amplitude_sync.alter_sync('alice_sync', nulls => 'unset');
 SELECT amplitude_sync.drop_sync('alice_sync');
 -- No role but the extension writes the tables (security.sql covers every one).
 UPDATE amplitude_sync.syncs SET source = 'SELECT 1' WHERE name = 'alice_sync';
-DELETE FROM amplitude_sync.sync_state;
+DELETE FROM amplitude_sync.state_entries;
+DELETE FROM amplitude_sync.state_changes;
 -- Bob's own sync cannot read Alice's table: the source runs with its owner's rights.
 SELECT * FROM amplitude_sync.create_sync('bob_sync', 'amplitude_mock', 'user', 'alice_users');
 RESET ROLE;
@@ -228,11 +229,13 @@ SELECT amplitude_sync.schedule_sync('users', '*/15 * * * *');
 SELECT amplitude_sync.drop_sync('clicks');
 SELECT count(*) AS syncs_left FROM amplitude_sync.syncs WHERE name = 'clicks';
 SELECT count(*) AS state_left FROM amplitude_sync.sync_state WHERE sync_id NOT IN (SELECT sync_id FROM amplitude_sync.syncs);
--- sync_state has no foreign key: a new sync starts with no state, whatever
--- was left under its id.
+-- The state has no foreign key: a new sync starts with no state, whatever
+-- was left under its id (in either of its tables).
 SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END AS next_sync_id
 FROM amplitude_sync.syncs_sync_id_seq \gset
-INSERT INTO amplitude_sync.sync_state (sync_id, record_key, fingerprint, sent_at)
+INSERT INTO amplitude_sync.state_entries (sync_id, record_key, fingerprint, sent_at)
+VALUES (:next_sync_id, 'left-over', md5('left-over')::uuid, now());
+INSERT INTO amplitude_sync.state_changes (sync_id, record_key, fingerprint, sent_at)
 VALUES (:next_sync_id, 'left-over', md5('left-over')::uuid, now());
 SELECT sync_id = :next_sync_id AS same_id FROM amplitude_sync.create_sync('fresh', 'amplitude_mock', 'user',
     $$SELECT 'left-over' AS user_id$$);

@@ -8,8 +8,9 @@ SELECT mock_reset();
 SELECT format('host=%s port=%s dbname=%s user=%s', current_setting('unix_socket_directories'),
               current_setting('port'), current_database(), current_user) AS fresh_conn \gset
 
--- What the extension's catalog is made of, one line per fact.
-CREATE FUNCTION catalog_lines() RETURNS SETOF text LANGUAGE sql AS $$
+-- What the extension's catalog is made of, one line per fact (views' text
+-- in one IntervalStyle: pg_regress sets another than dblink's session).
+CREATE FUNCTION catalog_lines() RETURNS SETOF text LANGUAGE sql SET IntervalStyle = postgres AS $$
     WITH ext AS (SELECT oid FROM pg_extension WHERE extname = 'amplitude_sync'),
     tables AS (SELECT c.oid FROM pg_class c JOIN pg_depend d ON d.objid = c.oid AND d.classid = 'pg_class'::regclass
                WHERE d.refobjid = (SELECT oid FROM ext) AND d.deptype = 'e' AND c.relkind = 'r')
@@ -46,6 +47,19 @@ CREATE FUNCTION catalog_lines() RETURNS SETOF text LANGUAGE sql AS $$
                         FROM aclexplode(p.proacl) a WHERE a.grantee IN (0, p.proowner)), 'default')
            || ' ' || coalesce(p.proconfig::text, '') || ' ' || p.prosecdef || ' ' || coalesce(obj_description(p.oid, 'pg_proc'), '')
     FROM pg_proc p WHERE p.pronamespace = 'amplitude_sync'::regnamespace
+    UNION ALL
+    SELECT 'view ' || c.oid::regclass || ' ' || coalesce(c.reloptions::text, 'none') || ' '
+           || coalesce((SELECT string_agg(CASE WHEN a.grantee = 0 THEN 'public' ELSE 'owner' END || ':' || a.privilege_type,
+                                          ',' ORDER BY 1)
+                        FROM aclexplode(c.relacl) a WHERE a.grantee IN (0, c.relowner)), 'default')
+           || ' ' || md5(pg_get_viewdef(c.oid)) || ' ' || coalesce(obj_description(c.oid, 'pg_class'), '')
+    FROM pg_class c JOIN pg_depend d ON d.objid = c.oid AND d.classid = 'pg_class'::regclass
+    WHERE d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'amplitude_sync') AND d.deptype = 'e'
+      AND c.relkind = 'v'
+    UNION ALL
+    SELECT 'comment ' || c.oid::regclass || '.' || a.attname || ' ' || col_description(c.oid, a.attnum)
+    FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid
+    WHERE c.relnamespace = 'amplitude_sync'::regnamespace AND a.attnum > 0 AND col_description(c.oid, a.attnum) IS NOT NULL
     UNION ALL
     SELECT 'config dump ' || c::regclass FROM pg_extension, unnest(extconfig) c WHERE extname = 'amplitude_sync'
 $$;

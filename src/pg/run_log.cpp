@@ -340,8 +340,9 @@ void add_state_row(StateRows *rows, const std::string &state_key, const unsigned
 // source may repeat a key; the latest verdict on it counts), and a
 // confirmed record clears its rejection. The hashes ($5) are those the
 // table's key_hash column computes again: rows in the index's order, one
-// per key_hash.
-void upsert_state_rows(int sync_id, const StateRows *rows) {
+// per key_hash. Into state_changes, or state_entries for a sync with no
+// state (StateTables).
+void upsert_state_rows(int sync_id, StateTables *tables, const StateRows *rows) {
     int n = rows->n;
     int dims[1] = {n};
     int lbs[1] = {1};
@@ -356,8 +357,8 @@ void upsert_state_rows(int sync_id, const StateRows *rows) {
     RoleScope scope;
     enter_extension_scope(&scope);
     int rc = SPI_execute_with_args(
-        "WITH sync AS (" LOCK_SYNC ") "
-        "INSERT INTO amplitude_sync.sync_state (sync_id, record_key, fingerprint, sent_at, rejected_reason, position) "
+        psprintf("WITH sync AS (" LOCK_SYNC ") "
+        "INSERT INTO amplitude_sync.%s (sync_id, record_key, fingerprint, sent_at, rejected_reason, position) "
         "SELECT DISTINCT ON (h) sync.sync_id, k, f, pg_catalog.clock_timestamp(), r, p "
         "FROM sync, ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.uuid[]), "
         "pg_catalog.unnest($4::pg_catalog.text[]), pg_catalog.unnest($5::pg_catalog.int8[]), "
@@ -365,15 +366,17 @@ void upsert_state_rows(int sync_id, const StateRows *rows) {
         "ORDER BY h USING OPERATOR(pg_catalog.<), n USING OPERATOR(pg_catalog.>) "
         "ON CONFLICT (sync_id, key_hash) DO UPDATE SET record_key = EXCLUDED.record_key, fingerprint = EXCLUDED.fingerprint, "
         "sent_at = EXCLUDED.sent_at, rejected_reason = EXCLUDED.rejected_reason, position = EXCLUDED.position",
+                 tables->into_changes ? "state_changes" : "state_entries"),
         6, argtypes, args, nullptr, false, 0);
     if (rc != SPI_OK_INSERT) elog(ERROR, "amplitude_sync: could not remember the records in the sync's state");
     if (SPI_processed == 0) raise_sync_dropped(sync_id);
+    tables->written += static_cast<int64>(SPI_processed);
     leave_role_scope(&scope);
 }
 
 }  // namespace
 
-void run_log_store_confirmed(int sync_id, std::vector<ConfirmedRecord> *confirmed) {
+void run_log_store_confirmed(int sync_id, StateTables *tables, std::vector<ConfirmedRecord> *confirmed) {
     if (confirmed->empty()) return;
     BatchMemory memory;
     enter_batch_memory(&memory);
@@ -381,13 +384,13 @@ void run_log_store_confirmed(int sync_id, std::vector<ConfirmedRecord> *confirme
     begin_state_rows(&rows, static_cast<int>(confirmed->size()));
     for (const ConfirmedRecord &c : *confirmed)
         add_state_row(&rows, c.state_key, c.fingerprint.data(), nullptr, c.has_position, c.position);
-    upsert_state_rows(sync_id, &rows);
+    upsert_state_rows(sync_id, tables, &rows);
     leave_batch_memory(&memory);
     confirmed->clear();
 }
 
 // The refused payload (or row) is remembered, and a changed one is sent again.
-void run_log_remember_rejections(int sync_id, const std::vector<Rejection> *rejections) {
+void run_log_remember_rejections(int sync_id, StateTables *tables, const std::vector<Rejection> *rejections) {
     int n = 0;
     for (const Rejection &r : *rejections)
         n += r.outcome == Outcome::kRejected && !r.record.state_key.empty();
@@ -401,11 +404,42 @@ void run_log_remember_rejections(int sync_id, const std::vector<Rejection> *reje
         add_state_row(&rows, r.record.state_key, r.record.fingerprint.data(), &r.reason, r.record.has_position,
                       r.record.position);
     }
-    upsert_state_rows(sync_id, &rows);
+    upsert_state_rows(sync_id, tables, &rows);
     leave_batch_memory(&memory);
 }
 
-// Until autovacuum analyzes sync_state after a first run wrote millions of
+// The merge is due when the changes pass a tenth of the entries: a run
+// loads both (the more changes, the more it reads twice), and a merge
+// rewrites rows on most of the entries' pages whatever its size (the WAL
+// a run writing in place would log each time, once per ten runs that
+// change 1% of the records). The sync's row is locked as for any write of
+// its state (LOCK_SYNC).
+int64 run_log_merge_state_changes(int sync_id, const StateTables *tables) {
+    int64 into_entries = tables->into_changes ? 0 : tables->written;
+    int64 changes = tables->changes + (tables->into_changes ? tables->written : 0);
+    if (changes == 0 || changes * 10 <= tables->entries) return into_entries;
+    RoleScope scope;
+    enter_extension_scope(&scope);
+    Oid argtypes[1] = {INT4OID};
+    Datum args[1] = {Int32GetDatum(sync_id)};
+    if (SPI_execute_with_args(
+            "WITH sync AS (" LOCK_SYNC "), "
+            "moved AS (DELETE FROM amplitude_sync.state_changes c USING sync "
+            "WHERE c.sync_id OPERATOR(pg_catalog.=) sync.sync_id RETURNING c.*) "
+            "INSERT INTO amplitude_sync.state_entries (sync_id, record_key, fingerprint, sent_at, rejected_reason, position) "
+            "SELECT sync_id, record_key, fingerprint, sent_at, rejected_reason, position FROM moved "
+            "ORDER BY key_hash USING OPERATOR(pg_catalog.<) "
+            "ON CONFLICT (sync_id, key_hash) DO UPDATE SET record_key = EXCLUDED.record_key, "
+            "fingerprint = EXCLUDED.fingerprint, sent_at = EXCLUDED.sent_at, "
+            "rejected_reason = EXCLUDED.rejected_reason, position = EXCLUDED.position",
+            1, argtypes, args, nullptr, false, 0) != SPI_OK_INSERT)
+        elog(ERROR, "amplitude_sync: could not merge the sync's state changes");
+    into_entries += static_cast<int64>(SPI_processed);
+    leave_role_scope(&scope);
+    return into_entries;
+}
+
+// Until autovacuum analyzes state_entries after a first run wrote millions of
 // rows, PostgreSQL plans the next load for the table it last measured (none:
 // a few thousand rows) and reads it with a bitmap of every row's address: 26
 // MB more memory and more CPU at 10,000,000 records. As autovacuum decides
@@ -415,9 +449,9 @@ void run_log_remember_rejections(int sync_id, const std::vector<Rejection> *reje
 void run_log_refresh_state_statistics(int64 written) {
     constexpr int64 kAnalyzeFloor = 1000;
     if (written < kAnalyzeFloor) return;
-    Oid state = get_relname_relid("sync_state", get_namespace_oid("amplitude_sync", false));
+    Oid state = get_relname_relid("state_entries", get_namespace_oid("amplitude_sync", false));
     HeapTuple tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(state));
-    if (!HeapTupleIsValid(tuple)) elog(ERROR, "amplitude_sync: could not read the size of sync_state");
+    if (!HeapTupleIsValid(tuple)) elog(ERROR, "amplitude_sync: could not read the size of state_entries");
     double measured = reinterpret_cast<Form_pg_class>(GETSTRUCT(tuple))->reltuples;
     ReleaseSysCache(tuple);
     // (reltuples is -1 for a table never analyzed. The lock is held to the
@@ -427,8 +461,8 @@ void run_log_refresh_state_statistics(int64 written) {
         return;
     RoleScope scope;
     enter_extension_scope(&scope);
-    if (SPI_execute("ANALYZE amplitude_sync.sync_state", false, 0) != SPI_OK_UTILITY)
-        elog(ERROR, "amplitude_sync: could not analyze sync_state");
+    if (SPI_execute("ANALYZE amplitude_sync.state_entries", false, 0) != SPI_OK_UTILITY)
+        elog(ERROR, "amplitude_sync: could not analyze state_entries");
     leave_role_scope(&scope);
 }
 
@@ -455,7 +489,10 @@ void run_log_advance_watermark(int sync_id, int64 highest, int64 lookback) {
     if (SPI_execute_with_args("UPDATE amplitude_sync.syncs SET ledger_floor = pg_catalog.int8larger(COALESCE(ledger_floor, $3), $3) "
                               "WHERE sync_id OPERATOR(pg_catalog.=) $1",
                               3, argtypes, args, nullptr, false, 0) != SPI_OK_UPDATE ||
-        SPI_execute_with_args("DELETE FROM amplitude_sync.sync_state WHERE sync_id OPERATOR(pg_catalog.=) $1 "
+        SPI_execute_with_args("DELETE FROM amplitude_sync.state_entries WHERE sync_id OPERATOR(pg_catalog.=) $1 "
+                              "AND position OPERATOR(pg_catalog.<) $3",
+                              3, argtypes, args, nullptr, false, 0) != SPI_OK_DELETE ||
+        SPI_execute_with_args("DELETE FROM amplitude_sync.state_changes WHERE sync_id OPERATOR(pg_catalog.=) $1 "
                               "AND position OPERATOR(pg_catalog.<) $3",
                               3, argtypes, args, nullptr, false, 0) != SPI_OK_DELETE)
         elog(ERROR, "amplitude_sync: could not prune the sync's ledger");

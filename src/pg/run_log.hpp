@@ -67,16 +67,35 @@ void run_log_fail(RunLog *log, const char *error, const int64 *counts);
 // looks the key up by.
 int64 record_key_hash(const text *key);
 
+// A saved sync's state is two tables (see the install script): the bulk in
+// state_entries, what runs wrote since the sync's last merge in
+// state_changes. A run measures both as it loads them, and writes into
+// state_changes unless the sync has no state yet (a first run fills
+// state_entries directly: it has no rows to replace).
+struct StateTables {
+    int64 entries;      // the sync's rows in state_entries, as loaded
+    int64 changes;      // its rows in state_changes, as loaded
+    bool into_changes;  // where the run writes
+    int64 written;      // rows the run wrote
+};
+
 // Remembers a saved sync's confirmed records (and empties the vector).
-void run_log_store_confirmed(int sync_id,
+void run_log_store_confirmed(int sync_id, StateTables *tables,
                              std::vector<amplitude_sync::ConfirmedRecord> *confirmed);
 
 // Remembers, in a saved sync's state, the records rejected for a reason
 // only their row can change (the vector is left for run_log_store_rejections).
-void run_log_remember_rejections(int sync_id, const std::vector<amplitude_sync::Rejection> *rejections);
+void run_log_remember_rejections(int sync_id, StateTables *tables,
+                                 const std::vector<amplitude_sync::Rejection> *rejections);
 
-// After a run that wrote written state rows: when that is much of
-// sync_state (a first run), ANALYZE it, so that the next run's load is not
+// After a run, once its outcomes are committed: when the sync's
+// state_changes hold over a tenth of its state_entries, moves them into
+// state_entries (one statement). Returns the rows written into
+// state_entries by the run and the merge.
+int64 run_log_merge_state_changes(int sync_id, const StateTables *tables);
+
+// After a run that wrote written rows into state_entries: when that is much
+// of the table (a first run), ANALYZE it, so that the next run's load is not
 // planned for the table PostgreSQL last measured (see run_log.cpp).
 void run_log_refresh_state_statistics(int64 written);
 

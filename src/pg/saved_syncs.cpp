@@ -681,8 +681,10 @@ Datum amplitude_sync_create_sync(PG_FUNCTION_ARGS) {
             16, argtypes, args, nulls, false, 0) != SPI_OK_INSERT)
         elog(ERROR, "amplitude_sync: could not save the sync");
     // A new sync starts with no state, whatever an earlier sync under the
-    // same id left (sync_state has no foreign key; see the install script).
-    if (SPI_execute_with_args("DELETE FROM amplitude_sync.sync_state WHERE sync_id OPERATOR(pg_catalog.=) $1", 1,
+    // same id left (the state has no foreign key; see the install script).
+    if (SPI_execute_with_args("DELETE FROM amplitude_sync.state_entries WHERE sync_id OPERATOR(pg_catalog.=) $1", 1,
+                              argtypes, args, nullptr, false, 0) != SPI_OK_DELETE ||
+        SPI_execute_with_args("DELETE FROM amplitude_sync.state_changes WHERE sync_id OPERATOR(pg_catalog.=) $1", 1,
                               argtypes, args, nullptr, false, 0) != SPI_OK_DELETE)
         elog(ERROR, "amplitude_sync: could not clear the new sync's state");
     leave_role_scope(&scope);
@@ -791,16 +793,22 @@ Datum amplitude_sync_alter_sync(PG_FUNCTION_ARGS) {
     // Ledger entries from before this cursor have no known position: they
     // are kept for good (a watermark run loads the entries at or above its
     // bound, and prunes those below the floor).
-    if (cursor_changed && options.cursor_column &&
-        SPI_execute_with_args("UPDATE amplitude_sync.sync_state SET position = 9223372036854775807 "
-                              "WHERE sync_id OPERATOR(pg_catalog.=) $1",
-                              1, argtypes, args, nullptr, false, 0) != SPI_OK_UPDATE)
-        elog(ERROR, "amplitude_sync: could not keep the sync's ledger");
-    // A changed sync may take rows it rejected before: they are tried again.
-    if (SPI_execute_with_args("DELETE FROM amplitude_sync.sync_state WHERE sync_id OPERATOR(pg_catalog.=) $1 "
-                              "AND rejected_reason IS NOT NULL",
-                              1, argtypes, args, nullptr, false, 0) != SPI_OK_DELETE)
-        elog(ERROR, "amplitude_sync: could not forget the sync's rejections");
+    for (const char *table : {"state_entries", "state_changes"}) {
+        if (cursor_changed && options.cursor_column &&
+            SPI_execute_with_args(psprintf("UPDATE amplitude_sync.%s SET position = 9223372036854775807 "
+                                           "WHERE sync_id OPERATOR(pg_catalog.=) $1",
+                                           table),
+                                  1, argtypes, args, nullptr, false, 0) != SPI_OK_UPDATE)
+            elog(ERROR, "amplitude_sync: could not keep the sync's ledger");
+        // A changed sync may take rows it rejected before: they are tried
+        // again. (A rejection in state_changes may leave the key's older
+        // entry: what Amplitude holds, against which the row is compared.)
+        if (SPI_execute_with_args(psprintf("DELETE FROM amplitude_sync.%s WHERE sync_id OPERATOR(pg_catalog.=) $1 "
+                                           "AND rejected_reason IS NOT NULL",
+                                           table),
+                                  1, argtypes, args, nullptr, false, 0) != SPI_OK_DELETE)
+            elog(ERROR, "amplitude_sync: could not forget the sync's rejections");
+    }
     leave_role_scope(&scope);
     if (strcmp(sync.name, name) != 0) follow_cron_jobs(name, sync.name);
     if (sync.source_view != old_view) {
@@ -884,14 +892,21 @@ Datum amplitude_sync_resync(PG_FUNCTION_ARGS) {
     enter_extension_scope(&scope);
     Oid argtypes[2] = {INT4OID, TEXTARRAYOID};
     Datum args[2] = {Int32GetDatum(sync.sync_id), keys};
-    int rc = all ? SPI_execute_with_args("DELETE FROM amplitude_sync.sync_state WHERE sync_id OPERATOR(pg_catalog.=) $1",
-                                         1, argtypes, args, nullptr, false, 0)
-                 : SPI_execute_with_args("DELETE FROM amplitude_sync.sync_state WHERE sync_id OPERATOR(pg_catalog.=) $1 "
-                                         "AND key_hash OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT "
-                                         "amplitude_sync.record_key_hash(k) FROM pg_catalog.unnest($2) AS k))",
-                                         2, argtypes, args, nullptr, false, 0);
-    if (rc != SPI_OK_DELETE) elog(ERROR, "amplitude_sync: could not forget the sync's state");
-    int64 forgotten = static_cast<int64>(SPI_processed);
+    // (A key may have a row in both tables: it counts once.)
+    const char *which = all ? "" : " AND key_hash OPERATOR(pg_catalog.=) ANY (forgotten.hashes)";
+    int rc = SPI_execute_with_args(
+        psprintf("WITH forgotten AS (SELECT ARRAY(SELECT amplitude_sync.record_key_hash(k) "
+                 "FROM pg_catalog.unnest($2::pg_catalog.text[]) AS k) AS hashes), "
+                 "entries AS (DELETE FROM amplitude_sync.state_entries USING forgotten "
+                 "WHERE sync_id OPERATOR(pg_catalog.=) $1%s RETURNING key_hash), "
+                 "changes AS (DELETE FROM amplitude_sync.state_changes USING forgotten "
+                 "WHERE sync_id OPERATOR(pg_catalog.=) $1%s RETURNING key_hash) "
+                 "SELECT pg_catalog.count(*) FROM (SELECT key_hash FROM entries UNION SELECT key_hash FROM changes) k",
+                 which, which),
+        2, argtypes, args, all ? " n" : nullptr, false, 0);
+    if (rc != SPI_OK_SELECT || SPI_processed != 1) elog(ERROR, "amplitude_sync: could not forget the sync's state");
+    bool isnull;
+    int64 forgotten = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
     leave_role_scope(&scope);
     SPI_finish();
     PG_RETURN_INT64(forgotten);
@@ -946,6 +961,7 @@ Datum run_saved_sync(FunctionCallInfo fcinfo, TupleDesc report_desc) {
     SPI_commit();
 
     RunCounts counts{};
+    StateTables state_tables{};
     volatile bool counted = false;  // set in PG_TRY, read in PG_CATCH
     Segments segments{};
     segments.hooks.commit = commit_segment;
@@ -961,6 +977,7 @@ Datum run_saved_sync(FunctionCallInfo fcinfo, TupleDesc report_desc) {
         spec.log = &log;
         spec.segments = &segments.hooks;
         spec.counts = &counts;
+        spec.state_tables = &state_tables;
         spec.report_desc = report_desc;
         counted = true;
         result = execute_send_run(fcinfo, &conn, &spec);
@@ -990,10 +1007,14 @@ Datum run_saved_sync(FunctionCallInfo fcinfo, TupleDesc report_desc) {
     }
     PG_END_TRY();
     release_sync_run(key);
-    // The run's outcomes are committed before its state is analyzed: an
-    // ANALYZE that fails (a cancel) cannot take them back.
+    // The run's outcomes are committed before its state changes are merged
+    // and its state analyzed: a merge or an ANALYZE that fails (a cancel)
+    // cannot take them back. (Another run of the sync that starts meanwhile
+    // reads the state before or after the merge: the same records.)
     SPI_commit();
-    run_log_refresh_state_statistics(counts.sent + counts.rejected);
+    int64 into_entries = run_log_merge_state_changes(sync.sync_id, &state_tables);
+    SPI_commit();
+    run_log_refresh_state_statistics(into_entries);
     Datum report = SPI_datumTransfer(result, false, -1);
     SPI_finish();
     return report;

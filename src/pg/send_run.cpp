@@ -209,6 +209,9 @@ struct SendRun {
     // preview (create or update); rejected records, by key.
     CompactHashSet confirmed;
     CompactHashSet known_keys;
+    // While loading: the keys in state_changes, whose rows in state_entries
+    // are out of date.
+    std::unique_ptr<CompactHashSet> changed_keys;
     struct Rejected {
         Fingerprint fingerprint;
         std::string reason;  // previews only
@@ -481,10 +484,11 @@ std::vector<ColumnInput> column_inputs(TupleDesc desc, const ColumnReader *reade
 }
 
 void store_outcomes(RunLog *log, SendRun *run, const SendSpec *spec) {
-    if (spec->sync_id) run_log_remember_rejections(spec->sync_id, &run->main->delivery.rejections());
+    if (spec->state_tables)
+        run_log_remember_rejections(spec->sync_id, spec->state_tables, &run->main->delivery.rejections());
     run_log_store_rejections(log, &run->main->delivery.rejections());
     if (run->events) run_log_store_rejections(log, &run->events->delivery.rejections());
-    if (spec->sync_id) run_log_store_confirmed(spec->sync_id, &run->main->delivery.confirmed());
+    if (spec->state_tables) run_log_store_confirmed(spec->sync_id, spec->state_tables, &run->main->delivery.confirmed());
 }
 
 const char *action_name(RowAction action) {
@@ -673,13 +677,17 @@ void prepare_fingerprints(SendRun *run, TupleDesc desc, const ColumnReader *read
     AMP_CXX(run->fingerprint = std::make_unique<RowFingerprint>(run->signature));
 }
 
-// One pass over the sync's state (in the extension's scope): the first
-// counts, the second fills (state_index.hpp).
+// One pass over one of the sync's state tables (in the extension's scope):
+// the first counts, the second fills (state_index.hpp). A key's row in
+// state_changes replaces its row in state_entries, so state_changes is read
+// first and the entries of the keys it holds are left out.
 struct StateReceiver {
     RowReceiver receiver;
     SendRun *run;
     bool filling;    // the second pass
+    bool changes;    // reading state_changes
     bool keys;       // the known keys too (previews of identifications)
+    int64 rows;      // rows read
     MemoryContext row_context;
 };
 
@@ -689,13 +697,16 @@ bool receive_state_row(TupleTableSlot *slot, RowReceiver *receiver) {
     slot_getallattrs(slot);
     MemoryContext outer = MemoryContextSwitchTo(r->row_context);
     uint64_t k = static_cast<uint64_t>(DatumGetInt64(slot->tts_values[0]));  // key_hash
+    ++r->rows;
     if (!r->filling) {
         // Counting needs only the bucket, which an entry takes from its key
-        // (state_entry). (Rejected records are counted too; the fill leaves
-        // their places out.)
+        // (state_entry). (Rejected records are counted too, and entries
+        // replaced by changes; the fill leaves their places out.)
+        if (r->changes) run->changed_keys->count(k);
         run->confirmed.count(k);
         if (r->keys) run->known_keys.count(k);
-    } else {
+    } else if (r->changes || run->changed_keys->size() == 0 || !run->changed_keys->contains(k)) {
+        if (r->changes) run->changed_keys->fill(k);
         Fingerprint f;
         memcpy(f.data(), DatumGetUUIDP(slot->tts_values[1])->data, f.size());
         if (!slot->tts_isnull[2]) {
@@ -711,7 +722,8 @@ bool receive_state_row(TupleTableSlot *slot, RowReceiver *receiver) {
     return true;
 }
 
-void scan_sync_state(const SendSpec *spec, SendRun *run, bool filling) {
+// Returns the rows read.
+int64 scan_sync_state(const SendSpec *spec, SendRun *run, bool changes, bool filling) {
     RoleScope scope;
     enter_extension_scope(&scope);
     Oid types[2] = {INT4OID, INT8OID};
@@ -720,8 +732,8 @@ void scan_sync_state(const SendSpec *spec, SendRun *run, bool filling) {
     // needs the ledger from its bound up (entries whose position is unknown
     // were given the highest one: see alter_sync).
     const char *query = psprintf(
-        "SELECT %s FROM amplitude_sync.sync_state WHERE sync_id OPERATOR(pg_catalog.=) $1%s",
-        filling ? "key_hash, fingerprint, rejected_reason" : "key_hash",
+        "SELECT %s FROM amplitude_sync.%s WHERE sync_id OPERATOR(pg_catalog.=) $1%s",
+        filling ? "key_hash, fingerprint, rejected_reason" : "key_hash", changes ? "state_changes" : "state_entries",
         spec->has_state_floor ? " AND position OPERATOR(pg_catalog.>=) $2" : "");
     // (Not read-only: that takes the active snapshot, which a procedure
     // that committed has none of; this takes a fresh one, as the source.)
@@ -731,25 +743,54 @@ void scan_sync_state(const SendSpec *spec, SendRun *run, bool filling) {
     init_row_receiver(&receiver.receiver, receive_state_row);
     receiver.run = run;
     receiver.filling = filling;
+    receiver.changes = changes;
     receiver.keys = run->preview && !run->append;
+    receiver.rows = 0;
     receiver.row_context = AllocSetContextCreate(CurrentMemoryContext, "amplitude_sync state row",
                                                  ALLOCSET_SMALL_SIZES);
     fetch_rows(portal, FETCH_ALL, &receiver.receiver);
     MemoryContextDelete(receiver.row_context);
     SPI_cursor_close(portal);
     leave_role_scope(&scope);
+    return receiver.rows;
+}
+
+// Whether the sync has rows in state_changes below its state floor (which
+// the load does not read).
+bool has_unread_changes(const SendSpec *spec) {
+    RoleScope scope;
+    enter_extension_scope(&scope);
+    Oid types[1] = {INT4OID};
+    Datum args[1] = {Int32GetDatum(spec->sync_id)};
+    if (SPI_execute_with_args("SELECT FROM amplitude_sync.state_changes WHERE sync_id OPERATOR(pg_catalog.=) $1 "
+                              "LIMIT 1",
+                              1, types, args, nullptr, false, 1) != SPI_OK_SELECT)
+        elog(ERROR, "amplitude_sync: could not read the sync's state");
+    bool found = SPI_processed > 0;
+    leave_role_scope(&scope);
+    return found;
 }
 
 // Loads what the sync's state holds into the run (the compact set of what
 // Amplitude confirmed, the rejected records), once per run: two passes, so
-// that loading never holds more than the set.
-void load_sync_state(const SendSpec *spec, SendRun *run) {
+// that loading never holds more than the set. Measures the two tables into
+// tables, and chooses where the run writes.
+void load_sync_state(const SendSpec *spec, SendRun *run, StateTables *tables) {
     bool keys = run->preview && !run->append;
-    AMP_CXX(run->confirmed.begin(kStateCountBound); if (keys) run->known_keys.begin(kStateCountBound));
-    scan_sync_state(spec, run, false);
-    AMP_CXX(run->confirmed.begin_fill(); if (keys) run->known_keys.begin_fill());
-    scan_sync_state(spec, run, true);
-    AMP_CXX(run->confirmed.end_fill(); if (keys) run->known_keys.end_fill());
+    AMP_CXX(run->changed_keys = std::make_unique<CompactHashSet>(); run->changed_keys->begin(kStateCountBound);
+            run->confirmed.begin(kStateCountBound); if (keys) run->known_keys.begin(kStateCountBound));
+    tables->changes = scan_sync_state(spec, run, true, false);
+    tables->entries = scan_sync_state(spec, run, false, false);
+    AMP_CXX(run->changed_keys->begin_fill(); run->confirmed.begin_fill(); if (keys) run->known_keys.begin_fill());
+    if (tables->changes > 0) scan_sync_state(spec, run, true, true);
+    AMP_CXX(run->changed_keys->end_fill());
+    scan_sync_state(spec, run, false, true);
+    AMP_CXX(run->confirmed.end_fill(); if (keys) run->known_keys.end_fill(); run->changed_keys.reset());
+    // A sync with no state yet fills state_entries directly (nothing there
+    // to replace); from then on its runs write state_changes.
+    tables->into_changes = tables->entries > 0 || tables->changes > 0 ||
+                           (spec->has_state_floor && has_unread_changes(spec));
+    tables->written = 0;
 }
 
 // Prepares the query and opens a cursor on it, in the source's scope.
@@ -1141,7 +1182,8 @@ Datum execute_send_run(FunctionCallInfo fcinfo, const AmpConnection *conn, const
     instr_time read_time;            // fetching rows and reading their values
     INSTR_TIME_SET_ZERO(read_time);
     // A saved sync compares rows with its state, loaded once.
-    if (spec->sync_id) load_sync_state(spec, run);
+    StateTables preview_tables;
+    if (spec->sync_id) load_sync_state(spec, run, spec->state_tables ? spec->state_tables : &preview_tables);
     bool more = true;
     bool idle = false;  // the last batch had nothing to send
     while (more && run->state() == DeliveryState::kRunning) {

@@ -51,6 +51,7 @@ struct SendSpec {
     RunLog *log;                  // run_sync starts the run record itself; NULL: the run does
     RunSegments *segments;        // commit as it goes, or NULL
     RunCounts *counts;            // kept up to date after each batch, or NULL
+    StateTables *state_tables;    // saved syncs that write their state: measured and written as the run goes
     // Watermark syncs (events with a cursor_column): the column and its type;
     // the run reads rows at or above bound (has_bound; the query's $1) and
     // loads the ledger entries at or above it; lookback in the cursor's
