@@ -7,6 +7,9 @@
 #     reference), the first CALL run_sync, 1% changed, nothing changed
 #     (twice: the first cleans up after the 1% run), and a one-shot send of
 #     the changed 1% alone (the 1% run's goal: <= unchanged + that send);
+#   - the merge of the state's changes: a run that takes them past a tenth
+#     of the entries (changing the users the 1% runs did not, up to 11%),
+#     the unchanged run after it, and the one-shot send of that change;
 #   - an event sync in watermark mode (cursor_column => 'id', lookback =>
 #     '1000'): the first run, then a run after 1% new rows (rows_read shows
 #     what it read).
@@ -163,6 +166,20 @@ for run in $(seq 1 "$RUNS"); do
         "CALL amplitude_sync.run_sync('bench-events')"
     run_case "e0 COPY (events source) TO /dev/null" "" "COPY ($EVENTS_SOURCE) TO '/dev/null'"
 done
+# The merge: the runs above left their changes in state_changes (1% of
+# the users each); one run that takes them past a tenth of the entries
+# merges them into state_entries after it (a run at 1% a run does so every
+# tenth run), and the next run is the first to read the merged entries.
+if [ "$RUNS" -lt 10 ]; then
+    q -c "UPDATE users SET logins = logins + 1 WHERE id % 100 BETWEEN $((RUNS + 1)) AND 11" -c "VACUUM users" \
+      -c "CHECKPOINT" || exit 1
+    run_case "u6 run_sync users, $((11 - RUNS))% changed, merge due" "" "CALL amplitude_sync.run_sync('bench-users')"
+    q -c "CHECKPOINT" || exit 1
+    run_case "u7 run_sync users, unchanged after the merge" "" "CALL amplitude_sync.run_sync('bench-users')"
+    run_case "u8 amplitude_identify of the $((11 - RUNS))% (one-shot)" "" \
+        "SELECT status FROM amplitude_sync.amplitude_identify('sink', \$q\$$USERS_SOURCE WHERE id % 100 BETWEEN $((RUNS + 1)) AND 11\$q\$)"
+fi
+q -At -c "SELECT 'state tables after the merge: ' || (SELECT count(*) FROM amplitude_sync.state_entries) || ' entries, ' || (SELECT count(*) FROM amplitude_sync.state_changes) || ' changes'" >&2
 q -At -c "SELECT 'ledger entries: ' || count(*) FROM amplitude_sync.sync_state st JOIN amplitude_sync.syncs s USING (sync_id) WHERE s.name = 'bench-events'" >"$HARNESS_DIR/ledger.txt"
 
 [ -n "${BENCH_KEEP:-}" ] && log "keeping the cluster: PGHOST=$PGHOST PGPORT=$PGPORT PGDATABASE=bench"

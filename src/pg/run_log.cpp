@@ -366,7 +366,7 @@ void upsert_state_rows(int sync_id, StateTables *tables, const StateRows *rows) 
         "ORDER BY h USING OPERATOR(pg_catalog.<), n USING OPERATOR(pg_catalog.>) "
         "ON CONFLICT (sync_id, key_hash) DO UPDATE SET record_key = EXCLUDED.record_key, fingerprint = EXCLUDED.fingerprint, "
         "sent_at = EXCLUDED.sent_at, rejected_reason = EXCLUDED.rejected_reason, position = EXCLUDED.position",
-                 tables->into_changes ? "state_changes" : "state_entries"),
+                 kStateTableNames[tables->into_changes ? 1 : 0]),
         6, argtypes, args, nullptr, false, 0);
     if (rc != SPI_OK_INSERT) elog(ERROR, "amplitude_sync: could not remember the records in the sync's state");
     if (SPI_processed == 0) raise_sync_dropped(sync_id);
@@ -488,13 +488,13 @@ void run_log_advance_watermark(int sync_id, int64 highest, int64 lookback) {
     args[2] = Int64GetDatum(floor);
     if (SPI_execute_with_args("UPDATE amplitude_sync.syncs SET ledger_floor = pg_catalog.int8larger(COALESCE(ledger_floor, $3), $3) "
                               "WHERE sync_id OPERATOR(pg_catalog.=) $1",
-                              3, argtypes, args, nullptr, false, 0) != SPI_OK_UPDATE ||
-        SPI_execute_with_args("DELETE FROM amplitude_sync.state_entries WHERE sync_id OPERATOR(pg_catalog.=) $1 "
-                              "AND position OPERATOR(pg_catalog.<) $3",
-                              3, argtypes, args, nullptr, false, 0) != SPI_OK_DELETE ||
-        SPI_execute_with_args("DELETE FROM amplitude_sync.state_changes WHERE sync_id OPERATOR(pg_catalog.=) $1 "
-                              "AND position OPERATOR(pg_catalog.<) $3",
-                              3, argtypes, args, nullptr, false, 0) != SPI_OK_DELETE)
+                              3, argtypes, args, nullptr, false, 0) != SPI_OK_UPDATE)
         elog(ERROR, "amplitude_sync: could not prune the sync's ledger");
+    for (const char *table : kStateTableNames)
+        if (SPI_execute_with_args(psprintf("DELETE FROM amplitude_sync.%s WHERE sync_id OPERATOR(pg_catalog.=) $1 "
+                                           "AND position OPERATOR(pg_catalog.<) $3",
+                                           table),
+                                  3, argtypes, args, nullptr, false, 0) != SPI_OK_DELETE)
+            elog(ERROR, "amplitude_sync: could not prune the sync's ledger");
     leave_role_scope(&scope);
 }

@@ -72,6 +72,8 @@ int64 record_key_hash(const text *key);
 // state_changes. A run measures both as it loads them, and writes into
 // state_changes unless the sync has no state yet (a first run fills
 // state_entries directly: it has no rows to replace).
+// The two, for statements that apply to a sync's whole state (schema amplitude_sync).
+constexpr const char *kStateTableNames[] = {"state_entries", "state_changes"};
 struct StateTables {
     int64 entries;      // the sync's rows in state_entries, as loaded
     int64 changes;      // its rows in state_changes, as loaded

@@ -682,11 +682,10 @@ Datum amplitude_sync_create_sync(PG_FUNCTION_ARGS) {
         elog(ERROR, "amplitude_sync: could not save the sync");
     // A new sync starts with no state, whatever an earlier sync under the
     // same id left (the state has no foreign key; see the install script).
-    if (SPI_execute_with_args("DELETE FROM amplitude_sync.state_entries WHERE sync_id OPERATOR(pg_catalog.=) $1", 1,
-                              argtypes, args, nullptr, false, 0) != SPI_OK_DELETE ||
-        SPI_execute_with_args("DELETE FROM amplitude_sync.state_changes WHERE sync_id OPERATOR(pg_catalog.=) $1", 1,
-                              argtypes, args, nullptr, false, 0) != SPI_OK_DELETE)
-        elog(ERROR, "amplitude_sync: could not clear the new sync's state");
+    for (const char *table : kStateTableNames)
+        if (SPI_execute_with_args(psprintf("DELETE FROM amplitude_sync.%s WHERE sync_id OPERATOR(pg_catalog.=) $1", table),
+                                  1, argtypes, args, nullptr, false, 0) != SPI_OK_DELETE)
+            elog(ERROR, "amplitude_sync: could not clear the new sync's state");
     leave_role_scope(&scope);
     Datum row = sync_row(sync.sync_id);
     SPI_finish();
@@ -793,7 +792,7 @@ Datum amplitude_sync_alter_sync(PG_FUNCTION_ARGS) {
     // Ledger entries from before this cursor have no known position: they
     // are kept for good (a watermark run loads the entries at or above its
     // bound, and prunes those below the floor).
-    for (const char *table : {"state_entries", "state_changes"}) {
+    for (const char *table : kStateTableNames) {
         if (cursor_changed && options.cursor_column &&
             SPI_execute_with_args(psprintf("UPDATE amplitude_sync.%s SET position = 9223372036854775807 "
                                            "WHERE sync_id OPERATOR(pg_catalog.=) $1",

@@ -733,7 +733,7 @@ int64 scan_sync_state(const SendSpec *spec, SendRun *run, bool changes, bool fil
     // were given the highest one: see alter_sync).
     const char *query = psprintf(
         "SELECT %s FROM amplitude_sync.%s WHERE sync_id OPERATOR(pg_catalog.=) $1%s",
-        filling ? "key_hash, fingerprint, rejected_reason" : "key_hash", changes ? "state_changes" : "state_entries",
+        filling ? "key_hash, fingerprint, rejected_reason" : "key_hash", kStateTableNames[changes ? 1 : 0],
         spec->has_state_floor ? " AND position OPERATOR(pg_catalog.>=) $2" : "");
     // (Not read-only: that takes the active snapshot, which a procedure
     // that committed has none of; this takes a fresh one, as the source.)
