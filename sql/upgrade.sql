@@ -133,6 +133,10 @@ CALL amplitude_sync.run_sync('users') \gset
 UPDATE upgrade_customers SET plan = 'pro' WHERE user_id = 'upgrade-7';
 CALL amplitude_sync.run_sync('users') \gset
 \echo status=:status sent=:sent unchanged=:unchanged
+-- 1.0's state is the entries; the changed record went to state_changes.
+SELECT (SELECT count(*) FROM amplitude_sync.state_entries) AS entries,
+       (SELECT count(*) FROM amplitude_sync.state_changes) AS changes,
+       (SELECT count(*) FROM amplitude_sync.sync_state) AS current;
 CALL amplitude_sync.run_sync('signups') \gset
 \echo status=:status sent=:sent unchanged=:unchanged
 SELECT u->>'user_id' AS user_id, u->'user_properties'->>'plan' AS plan FROM dblink(:'fresh_conn',
@@ -150,10 +154,11 @@ UNION ALL
  EXCEPT SELECT 'only fresh: ' || l FROM catalog_lines() l)
 ORDER BY 1;
 -- TRUNCATE of syncs (surgery by the extension's owner) takes the state with
--- it (sync_state has no foreign key): no later sync inherits it.
+-- it, both tables (the state has no foreign key): no later sync inherits it.
 SELECT count(*) > 0 AS has_state FROM amplitude_sync.sync_state;
 TRUNCATE amplitude_sync.syncs CASCADE;
-SELECT count(*) AS state_left FROM amplitude_sync.sync_state;
+SELECT (SELECT count(*) FROM amplitude_sync.state_entries) AS entries_left,
+       (SELECT count(*) FROM amplitude_sync.state_changes) AS changes_left;
 
 \c contrib_regression
 DROP DATABASE regress_amp_upgrade;
