@@ -434,8 +434,6 @@ COMMENT ON FUNCTION amplitude_sync.unschedule_sync(pg_catalog.text) IS
     'Removes the pg_cron job that schedule_sync made.';
 COMMENT ON TYPE amplitude_sync.run_report IS
     'What a run did: rows read, sent, rejected, not sent and unchanged (saved syncs), requests, retries, time.';
-COMMENT ON TABLE amplitude_sync.sync_state IS
-    'Per saved sync and record: the fingerprint of the payload Amplitude last confirmed.';
 COMMENT ON TABLE amplitude_sync.sync_claims IS
     'The overlap guard of saved syncs: which session runs a sync, and its private lock key. Not readable by users.';
 
@@ -491,12 +489,6 @@ COMMENT ON COLUMN amplitude_sync.syncs.batch_size IS 'Records per request (NULL:
 COMMENT ON COLUMN amplitude_sync.syncs.min_id_length IS 'Shortest user_id/device_id accepted.';
 COMMENT ON COLUMN amplitude_sync.syncs.created_at IS 'When the sync was created.';
 COMMENT ON COLUMN amplitude_sync.syncs.updated_at IS 'When it was last changed.';
-COMMENT ON COLUMN amplitude_sync.sync_state.sync_id IS 'The sync.';
-COMMENT ON COLUMN amplitude_sync.sync_state.record_key IS 'user_id, device_id, group type and value, or insert_id.';
-COMMENT ON COLUMN amplitude_sync.sync_state.fingerprint IS '128-bit hash of the column values of the row Amplitude confirmed (or refused), with the columns and settings that shape its payload.';
-COMMENT ON COLUMN amplitude_sync.sync_state.sent_at IS 'When Amplitude confirmed (or refused) it.';
-COMMENT ON COLUMN amplitude_sync.sync_state.rejected_reason IS 'Set when the record was rejected: it is not sent again until its row changes (resync forces it).';
-COMMENT ON COLUMN amplitude_sync.sync_state.position IS 'Watermark syncs: the event''s cursor value; entries below the ledger floor are pruned.';
 COMMENT ON COLUMN amplitude_sync.syncs.cursor_column IS 'Events: the column a watermark run reads new rows by (created_at, a serial id), or NULL.';
 COMMENT ON COLUMN amplitude_sync.syncs.lookback IS 'Watermark mode: how far below the watermark a run reads again, for late rows (''1 hour'', or a number of ids).';
 COMMENT ON COLUMN amplitude_sync.syncs.watermark IS 'Watermark mode: the highest cursor value of the last complete run (microseconds for times and dates).';
@@ -765,7 +757,6 @@ COMMENT ON FUNCTION amplitude_sync.record_key_hash(pg_catalog.text) IS
 ALTER TABLE amplitude_sync.sync_state SET (fillfactor = 90);
 ALTER TABLE amplitude_sync.sync_state
     ADD COLUMN key_hash pg_catalog.int8 NOT NULL GENERATED ALWAYS AS (amplitude_sync.record_key_hash(record_key)) STORED;
-COMMENT ON COLUMN amplitude_sync.sync_state.key_hash IS 'record_key_hash(record_key): the key the state is looked up by.';
 -- Two keys of a sync with the same hash keep one row: an identification
 -- is then sent again by the next run; an event stays taken for sent (1.1
 -- runs look events up by the hash alone).
@@ -808,13 +799,6 @@ COMMENT ON TABLE amplitude_sync.state_entries IS
     'The bulk of the saved syncs'' state (see sync_state); a record''s row in state_changes replaces its row here.';
 COMMENT ON TABLE amplitude_sync.state_changes IS
     'What runs wrote to the saved syncs'' state since their last merge into state_entries (see sync_state).';
-COMMENT ON COLUMN amplitude_sync.state_entries.sync_id IS NULL;
-COMMENT ON COLUMN amplitude_sync.state_entries.record_key IS NULL;
-COMMENT ON COLUMN amplitude_sync.state_entries.fingerprint IS NULL;
-COMMENT ON COLUMN amplitude_sync.state_entries.sent_at IS NULL;
-COMMENT ON COLUMN amplitude_sync.state_entries.rejected_reason IS NULL;
-COMMENT ON COLUMN amplitude_sync.state_entries.position IS NULL;
-COMMENT ON COLUMN amplitude_sync.state_entries.key_hash IS NULL;
 COMMENT ON COLUMN amplitude_sync.sync_state.sync_id IS 'The sync.';
 COMMENT ON COLUMN amplitude_sync.sync_state.record_key IS 'user_id, device_id, group type and value, or insert_id.';
 COMMENT ON COLUMN amplitude_sync.sync_state.fingerprint IS '128-bit hash of the column values of the row Amplitude confirmed (or refused), with the columns and settings that shape its payload.';
