@@ -63,6 +63,16 @@ BEGIN
         PERFORM pg_sleep(0.05);
     END LOOP;
 END $$;
+-- Whether the backend pid waits on a lock, within 10 s.
+CREATE FUNCTION waits_on_lock(p int) RETURNS bool LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1..200 LOOP
+        PERFORM pg_stat_clear_snapshot();
+        IF EXISTS (SELECT FROM pg_stat_activity WHERE pid = p AND wait_event_type = 'Lock') THEN RETURN true; END IF;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+    RETURN false;
+END $$;
 CREATE FUNCTION wait_for_requests(n int) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     FOR i IN 1..100 LOOP

@@ -123,6 +123,102 @@ CALL amplitude_sync.run_sync('state_many') \gset
 SELECT * FROM state_tables(:many_id);
 SELECT amplitude_sync.drop_sync('state_many');
 SELECT * FROM state_tables(:many_id);
+
+-- alter_sync forgets rejections: one held in state_changes goes with the
+-- entry it replaced (else that entry, 'free', would count again while
+-- Amplitude holds 'pro', and the row back at 'free' would never be sent).
+UPDATE state_many SET plan = 'free';
+SELECT sync_id AS many_id FROM amplitude_sync.create_sync('state_many', 'amplitude_mock', 'user', 'state_many') \gset
+CALL amplitude_sync.run_sync('state_many') \gset
+UPDATE state_many SET plan = 'pro' WHERE user_id = 'many-7';
+CALL amplitude_sync.run_sync('state_many') \gset
+\echo status=:status sent=:sent
+SELECT mock_faults('[{"action": "invalid", "field": "user_id", "values": ["many-7"], "times": -1}]');
+UPDATE state_many SET plan = 'gold' WHERE user_id = 'many-7';
+CALL amplitude_sync.run_sync('state_many') \gset
+\echo status=:status sent=:sent rejected=:rejected
+SELECT mock_call('DELETE', '/_mock/faults') IS NOT NULL AS faults_cleared;
+SELECT 'changes' AS state_table, rejected_reason IS NOT NULL AS rejected FROM amplitude_sync.state_changes
+WHERE sync_id = :many_id AND record_key = 'many-7'
+UNION ALL
+SELECT 'entries', rejected_reason IS NOT NULL FROM amplitude_sync.state_entries
+WHERE sync_id = :many_id AND record_key = 'many-7';
+SELECT name FROM amplitude_sync.alter_sync('state_many', batch_size => 50);
+UPDATE state_many SET plan = 'free' WHERE user_id = 'many-7';
+CALL amplitude_sync.run_sync('state_many') \gset
+\echo status=:status sent=:sent unchanged=:unchanged
+SELECT u->'user_properties'->>'plan' AS plan FROM mock_users() u WHERE u->>'user_id' = 'many-7';
+SELECT amplitude_sync.drop_sync('state_many');
+
+-- The merge is part of its run, and resync and alter_sync wait for it: a
+-- second session holds a row the merge must rewrite while a resync (then an
+-- alter_sync) starts; each then sees the merged state, and forgets all of it.
+SELECT format('host=%s port=%s dbname=%s user=%s', current_setting('unix_socket_directories'),
+              current_setting('port'), current_database(), current_user) AS self_conn \gset
+SELECT dblink_connect('blocker', :'self_conn'), dblink_connect('runner', :'self_conn'),
+       dblink_connect('other', :'self_conn');
+SELECT pid AS runner_pid FROM dblink('runner', 'SELECT pg_backend_pid()') AS t(pid int) \gset
+SELECT pid AS other_pid FROM dblink('other', 'SELECT pg_backend_pid()') AS t(pid int) \gset
+CREATE TABLE state_merging AS SELECT 'merging-' || g AS user_id, 'free' AS plan FROM generate_series(1, 100) g;
+SELECT sync_id AS merging_id FROM amplitude_sync.create_sync('state_merging', 'amplitude_mock', 'user', 'state_merging') \gset
+CALL amplitude_sync.run_sync('state_merging') \gset
+INSERT INTO state_merging SELECT 'merging-' || g, 'free' FROM generate_series(101, 120) g;
+UPDATE state_merging SET plan = 'pro' WHERE user_id = 'merging-1';
+SELECT dblink_exec('blocker', 'BEGIN');
+SELECT k FROM dblink('blocker', $$SELECT record_key FROM amplitude_sync.state_entries
+    WHERE record_key = 'merging-1' FOR UPDATE$$) AS t(k text);
+SELECT dblink_send_query('runner', $$CALL amplitude_sync.run_sync('state_merging')$$);
+SELECT waits_on_lock(:runner_pid) AS merge_waits;
+SELECT dblink_send_query('other', $$SELECT amplitude_sync.resync('state_merging')$$);
+SELECT waits_on_lock(:other_pid) AS resync_waits;
+SELECT dblink_exec('blocker', 'COMMIT');
+SELECT status, sent FROM dblink_get_result('runner') AS t(run_id int8, status text, rows_read int8, sent int8,
+    rejected int8, not_sent int8, unchanged int8, requests int8, retries int8, elapsed interval);
+SELECT forgotten FROM dblink_get_result('other') AS t(forgotten int8);
+-- (Each connection's result is read to its end, so it takes the next query.)
+SELECT count(*) AS more_results FROM dblink_get_result('runner') AS t(x text)
+UNION ALL SELECT count(*) FROM dblink_get_result('other') AS t(x text);
+SELECT * FROM state_tables(:merging_id);
+CALL amplitude_sync.run_sync('state_merging') \gset
+\echo status=:status sent=:sent unchanged=:unchanged
+-- The same with alter_sync and a rejection the merge moves.
+INSERT INTO state_merging SELECT 'merging-' || g, 'free' FROM generate_series(121, 140) g;
+UPDATE state_merging SET plan = 'gold' WHERE user_id = 'merging-1';
+SELECT mock_faults('[{"action": "invalid", "field": "user_id", "values": ["merging-1"], "times": -1}]');
+SELECT dblink_exec('blocker', 'BEGIN');
+SELECT k FROM dblink('blocker', $$SELECT record_key FROM amplitude_sync.state_entries
+    WHERE record_key = 'merging-1' FOR UPDATE$$) AS t(k text);
+SELECT dblink_send_query('runner', $$CALL amplitude_sync.run_sync('state_merging')$$);
+SELECT waits_on_lock(:runner_pid) AS merge_waits;
+SELECT dblink_send_query('other', $$SELECT name FROM amplitude_sync.alter_sync('state_merging', batch_size => 50)$$);
+SELECT waits_on_lock(:other_pid) AS alter_waits;
+SELECT dblink_exec('blocker', 'COMMIT');
+SELECT status, sent, rejected FROM dblink_get_result('runner') AS t(run_id int8, status text, rows_read int8, sent int8,
+    rejected int8, not_sent int8, unchanged int8, requests int8, retries int8, elapsed interval);
+SELECT name FROM dblink_get_result('other') AS t(name text);
+SELECT count(*) AS more_results FROM dblink_get_result('runner') AS t(x text)
+UNION ALL SELECT count(*) FROM dblink_get_result('other') AS t(x text);
+SELECT mock_call('DELETE', '/_mock/faults') IS NOT NULL AS faults_cleared;
+SELECT count(*) AS rejections_left FROM amplitude_sync.sync_state WHERE sync_id = :merging_id AND rejected_reason IS NOT NULL;
+CALL amplitude_sync.run_sync('state_merging') \gset
+\echo status=:status sent=:sent unchanged=:unchanged
+SELECT u->'user_properties'->>'plan' AS plan FROM mock_users() u WHERE u->>'user_id' = 'merging-1';
+SELECT dblink_disconnect('blocker'), dblink_disconnect('runner'), dblink_disconnect('other');
+SELECT amplitude_sync.drop_sync('state_merging');
+DROP TABLE state_merging;
+-- A merge of more changes than a statement takes (65,536) goes by ranges of
+-- key_hash, in one transaction: every change moves.
+CREATE TABLE state_bulk AS SELECT 'bulk-' || g AS user_id, 'free' AS plan FROM generate_series(1, 10) g;
+SELECT sync_id AS bulk_id FROM amplitude_sync.create_sync('state_bulk', 'amplitude_mock', 'user', 'state_bulk') \gset
+CALL amplitude_sync.run_sync('state_bulk') \gset
+INSERT INTO amplitude_sync.state_changes (sync_id, record_key, fingerprint, sent_at)
+SELECT :bulk_id, 'bulk-gone-' || g, md5(g::text)::uuid, now() FROM generate_series(1, 140000) g;
+UPDATE state_bulk SET plan = 'pro' WHERE user_id = 'bulk-1';
+CALL amplitude_sync.run_sync('state_bulk') \gset
+\echo status=:status sent=:sent unchanged=:unchanged
+SELECT * FROM state_tables(:bulk_id);
+SELECT amplitude_sync.drop_sync('state_bulk');
+DROP TABLE state_bulk;
 DROP FUNCTION state_tables(int);
 
 -- Values stored out of line (TOAST) in the rows kept across the first

@@ -408,6 +408,41 @@ void run_log_remember_rejections(int sync_id, StateTables *tables, const std::ve
     leave_batch_memory(&memory);
 }
 
+int64 run_log_forget_state(int sync_id, const char *condition, int nargs, const Oid *types, const Datum *values,
+                           const char *nulls) {
+    RoleScope scope;
+    enter_extension_scope(&scope);
+    Oid *all_types = static_cast<Oid *>(palloc(sizeof(Oid) * (nargs + 1)));
+    Datum *all_values = static_cast<Datum *>(palloc(sizeof(Datum) * (nargs + 1)));
+    char *all_nulls = static_cast<char *>(palloc0(nargs + 2));
+    all_types[0] = INT4OID;
+    all_values[0] = Int32GetDatum(sync_id);
+    all_nulls[0] = ' ';
+    for (int i = 0; i < nargs; ++i) {
+        all_types[i + 1] = types[i];
+        all_values[i + 1] = values[i];
+        all_nulls[i + 1] = nulls ? nulls[i] : ' ';
+    }
+    if (SPI_execute_with_args("SELECT FROM amplitude_sync.syncs WHERE sync_id OPERATOR(pg_catalog.=) $1 "
+                              "FOR NO KEY UPDATE",
+                              1, all_types, all_values, all_nulls, false, 0) != SPI_OK_SELECT ||
+        SPI_execute_with_args(
+            psprintf("WITH changes AS (DELETE FROM amplitude_sync.state_changes "
+                     "WHERE sync_id OPERATOR(pg_catalog.=) $1 AND (%s) RETURNING key_hash), "
+                     "entries AS (DELETE FROM amplitude_sync.state_entries "
+                     "WHERE sync_id OPERATOR(pg_catalog.=) $1 AND ((%s) OR key_hash OPERATOR(pg_catalog.=) ANY "
+                     "(SELECT key_hash FROM changes)) RETURNING key_hash) "
+                     "SELECT pg_catalog.count(*) FROM (SELECT key_hash FROM changes UNION SELECT key_hash FROM entries) k",
+                     condition, condition),
+            nargs + 1, all_types, all_values, all_nulls, false, 0) != SPI_OK_SELECT ||
+        SPI_processed != 1)
+        elog(ERROR, "amplitude_sync: could not forget the sync's state");
+    bool isnull;
+    int64 forgotten = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+    leave_role_scope(&scope);
+    return forgotten;
+}
+
 // The merge is due when the changes pass a tenth of the entries: a run
 // loads both (the more changes, the more it reads twice), and a merge
 // rewrites rows on most of the entries' pages whatever its size (the WAL
@@ -422,19 +457,47 @@ int64 run_log_merge_state_changes(int sync_id, const StateTables *tables) {
     enter_extension_scope(&scope);
     Oid argtypes[1] = {INT4OID};
     Datum args[1] = {Int32GetDatum(sync_id)};
-    if (SPI_execute_with_args(
-            "WITH sync AS (" LOCK_SYNC "), "
-            "moved AS (DELETE FROM amplitude_sync.state_changes c USING sync "
-            "WHERE c.sync_id OPERATOR(pg_catalog.=) sync.sync_id RETURNING c.*) "
-            "INSERT INTO amplitude_sync.state_entries (sync_id, record_key, fingerprint, sent_at, rejected_reason, position) "
-            "SELECT sync_id, record_key, fingerprint, sent_at, rejected_reason, position FROM moved "
-            "ORDER BY key_hash USING OPERATOR(pg_catalog.<) "
-            "ON CONFLICT (sync_id, key_hash) DO UPDATE SET record_key = EXCLUDED.record_key, "
-            "fingerprint = EXCLUDED.fingerprint, sent_at = EXCLUDED.sent_at, "
-            "rejected_reason = EXCLUDED.rejected_reason, position = EXCLUDED.position",
-            1, argtypes, args, nullptr, false, 0) != SPI_OK_INSERT)
-        elog(ERROR, "amplitude_sync: could not merge the sync's state changes");
-    into_entries += static_cast<int64>(SPI_processed);
+    // The lock first, in a statement of its own: the merge's statements then
+    // reads the tables after a resync or alter_sync that held the sync's row
+    // has committed (and they wait for the merge).
+    if (SPI_execute_with_args("SELECT FROM amplitude_sync.syncs WHERE sync_id OPERATOR(pg_catalog.=) $1 FOR SHARE", 1,
+                              argtypes, args, nullptr, false, 0) != SPI_OK_SELECT)
+        elog(ERROR, "amplitude_sync: could not lock the sync");
+    if (SPI_processed == 0) {  // dropped meanwhile
+        leave_role_scope(&scope);
+        return into_entries;
+    }
+    // In ranges of key_hash of about kMergeChunk changes each: a statement
+    // holds its rows twice (the deleted rows, then sorted, in index order,
+    // for the entries' index), each time up to work_mem before spilling.
+    constexpr int64 kMergeChunk = 65536;
+    int64 chunks = (changes + kMergeChunk - 1) / kMergeChunk;
+    Oid types[3] = {INT4OID, INT8OID, INT8OID};
+    for (int64 i = 0; i < chunks; ++i) {
+        // [low, high] of the chunk: the int64 range cut into equal parts.
+        auto bound = [chunks](int64 k) {
+            unsigned __int128 offset = (static_cast<unsigned __int128>(k) << 64) / static_cast<uint64>(chunks);
+            return static_cast<int64>(static_cast<uint64>(offset) ^ (static_cast<uint64>(1) << 63));
+        };
+        int64 low = bound(i);
+        int64 high = i + 1 == chunks ? PG_INT64_MAX : bound(i + 1) - 1;
+        Datum values[3] = {Int32GetDatum(sync_id), Int64GetDatum(low), Int64GetDatum(high)};
+        if (SPI_execute_with_args(
+                "WITH sync AS (" LOCK_SYNC "), "
+                "moved AS (DELETE FROM amplitude_sync.state_changes c USING sync "
+                "WHERE c.sync_id OPERATOR(pg_catalog.=) sync.sync_id AND c.key_hash OPERATOR(pg_catalog.>=) $2 "
+                "AND c.key_hash OPERATOR(pg_catalog.<=) $3 RETURNING c.*) "
+                "INSERT INTO amplitude_sync.state_entries (sync_id, record_key, fingerprint, sent_at, rejected_reason, "
+                "position) "
+                "SELECT sync_id, record_key, fingerprint, sent_at, rejected_reason, position FROM moved "
+                "ORDER BY key_hash USING OPERATOR(pg_catalog.<) "
+                "ON CONFLICT (sync_id, key_hash) DO UPDATE SET record_key = EXCLUDED.record_key, "
+                "fingerprint = EXCLUDED.fingerprint, sent_at = EXCLUDED.sent_at, "
+                "rejected_reason = EXCLUDED.rejected_reason, position = EXCLUDED.position",
+                3, types, values, nullptr, false, 0) != SPI_OK_INSERT)
+            elog(ERROR, "amplitude_sync: could not merge the sync's state changes");
+        into_entries += static_cast<int64>(SPI_processed);
+    }
     leave_role_scope(&scope);
     return into_entries;
 }
@@ -490,11 +553,6 @@ void run_log_advance_watermark(int sync_id, int64 highest, int64 lookback) {
                               "WHERE sync_id OPERATOR(pg_catalog.=) $1",
                               3, argtypes, args, nullptr, false, 0) != SPI_OK_UPDATE)
         elog(ERROR, "amplitude_sync: could not prune the sync's ledger");
-    for (const char *table : kStateTableNames)
-        if (SPI_execute_with_args(psprintf("DELETE FROM amplitude_sync.%s WHERE sync_id OPERATOR(pg_catalog.=) $1 "
-                                           "AND position OPERATOR(pg_catalog.<) $3",
-                                           table),
-                                  3, argtypes, args, nullptr, false, 0) != SPI_OK_DELETE)
-            elog(ERROR, "amplitude_sync: could not prune the sync's ledger");
     leave_role_scope(&scope);
+    run_log_forget_state(sync_id, "position OPERATOR(pg_catalog.<) $2", 1, &argtypes[2], &args[2]);
 }

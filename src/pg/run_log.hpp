@@ -90,9 +90,19 @@ void run_log_store_confirmed(int sync_id, StateTables *tables,
 void run_log_remember_rejections(int sync_id, StateTables *tables,
                                  const std::vector<amplitude_sync::Rejection> *rejections);
 
+// Forgets the state of the sync's records whose row (in either table)
+// matches condition, SQL over a state table's columns with the sync as $1
+// and the arguments from $2: their changes, the entries those replace (an
+// entry left behind would count again) and their entries. Locks the sync's
+// row first (FOR NO KEY UPDATE), so that a merge in progress ends before
+// the statement reads the tables. Returns how many records it forgot.
+int64 run_log_forget_state(int sync_id, const char *condition, int nargs = 0, const Oid *types = nullptr,
+                           const Datum *values = nullptr, const char *nulls = nullptr);
+
 // After a run, once its outcomes are committed: when the sync's
 // state_changes hold over a tenth of its state_entries, moves them into
-// state_entries (one statement). Returns the rows written into
+// state_entries (one statement, after a lock on the sync's row that
+// resync and alter_sync wait for). Returns the rows written into
 // state_entries by the run and the merge.
 int64 run_log_merge_state_changes(int sync_id, const StateTables *tables);
 

@@ -682,11 +682,8 @@ Datum amplitude_sync_create_sync(PG_FUNCTION_ARGS) {
         elog(ERROR, "amplitude_sync: could not save the sync");
     // A new sync starts with no state, whatever an earlier sync under the
     // same id left (the state has no foreign key; see the install script).
-    for (const char *table : kStateTableNames)
-        if (SPI_execute_with_args(psprintf("DELETE FROM amplitude_sync.%s WHERE sync_id OPERATOR(pg_catalog.=) $1", table),
-                                  1, argtypes, args, nullptr, false, 0) != SPI_OK_DELETE)
-            elog(ERROR, "amplitude_sync: could not clear the new sync's state");
     leave_role_scope(&scope);
+    run_log_forget_state(sync.sync_id, "true");
     Datum row = sync_row(sync.sync_id);
     SPI_finish();
     PG_RETURN_DATUM(row);
@@ -792,23 +789,16 @@ Datum amplitude_sync_alter_sync(PG_FUNCTION_ARGS) {
     // Ledger entries from before this cursor have no known position: they
     // are kept for good (a watermark run loads the entries at or above its
     // bound, and prunes those below the floor).
-    for (const char *table : kStateTableNames) {
+    for (const char *table : kStateTableNames)
         if (cursor_changed && options.cursor_column &&
             SPI_execute_with_args(psprintf("UPDATE amplitude_sync.%s SET position = 9223372036854775807 "
                                            "WHERE sync_id OPERATOR(pg_catalog.=) $1",
                                            table),
                                   1, argtypes, args, nullptr, false, 0) != SPI_OK_UPDATE)
             elog(ERROR, "amplitude_sync: could not keep the sync's ledger");
-        // A changed sync may take rows it rejected before: they are tried
-        // again. (A rejection in state_changes may leave the key's older
-        // entry: what Amplitude holds, against which the row is compared.)
-        if (SPI_execute_with_args(psprintf("DELETE FROM amplitude_sync.%s WHERE sync_id OPERATOR(pg_catalog.=) $1 "
-                                           "AND rejected_reason IS NOT NULL",
-                                           table),
-                                  1, argtypes, args, nullptr, false, 0) != SPI_OK_DELETE)
-            elog(ERROR, "amplitude_sync: could not forget the sync's rejections");
-    }
     leave_role_scope(&scope);
+    // A changed sync may take rows it rejected before: they are tried again.
+    run_log_forget_state(sync.sync_id, "rejected_reason IS NOT NULL");
     if (strcmp(sync.name, name) != 0) follow_cron_jobs(name, sync.name);
     if (sync.source_view != old_view) {
         execute_as_extension(psprintf("DROP VIEW %s", qualified_relation_name(old_view)));
@@ -887,28 +877,50 @@ Datum amplitude_sync_resync(PG_FUNCTION_ARGS) {
             PG_RETURN_INT64(0);
         }
     }
-    RoleScope scope;
-    enter_extension_scope(&scope);
-    Oid argtypes[2] = {INT4OID, TEXTARRAYOID};
-    Datum args[2] = {Int32GetDatum(sync.sync_id), keys};
-    // (A key may have a row in both tables: it counts once.)
-    const char *which = all ? "" : " AND key_hash OPERATOR(pg_catalog.=) ANY (forgotten.hashes)";
-    int rc = SPI_execute_with_args(
-        psprintf("WITH forgotten AS (SELECT ARRAY(SELECT amplitude_sync.record_key_hash(k) "
-                 "FROM pg_catalog.unnest($2::pg_catalog.text[]) AS k) AS hashes), "
-                 "entries AS (DELETE FROM amplitude_sync.state_entries USING forgotten "
-                 "WHERE sync_id OPERATOR(pg_catalog.=) $1%s RETURNING key_hash), "
-                 "changes AS (DELETE FROM amplitude_sync.state_changes USING forgotten "
-                 "WHERE sync_id OPERATOR(pg_catalog.=) $1%s RETURNING key_hash) "
-                 "SELECT pg_catalog.count(*) FROM (SELECT key_hash FROM entries UNION SELECT key_hash FROM changes) k",
-                 which, which),
-        2, argtypes, args, all ? " n" : nullptr, false, 0);
-    if (rc != SPI_OK_SELECT || SPI_processed != 1) elog(ERROR, "amplitude_sync: could not forget the sync's state");
-    bool isnull;
-    int64 forgotten = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-    leave_role_scope(&scope);
+    Oid types[1] = {TEXTARRAYOID};
+    int64 forgotten =
+        all ? run_log_forget_state(sync.sync_id, "true")
+            : run_log_forget_state(sync.sync_id,
+                                   "key_hash OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT amplitude_sync.record_key_hash(k) "
+                                   "FROM pg_catalog.unnest($2::pg_catalog.text[]) AS k))",
+                                   1, types, &keys);
     SPI_finish();
     PG_RETURN_INT64(forgotten);
+}
+
+// The merge after a run (run_log_merge_state_changes), in a subtransaction:
+// a merge that fails (a cancel, a lock timeout) changes nothing, and the run
+// it follows succeeded all the same: a WARNING says so, and the next run
+// merges. Returns the rows written into state_entries.
+int64 merge_state_changes(int sync_id, const StateTables *tables) {
+    MemoryContext context = CurrentMemoryContext;
+    ResourceOwner owner = CurrentResourceOwner;
+    volatile int64 into_entries = tables->into_changes ? 0 : tables->written;
+    BeginInternalSubTransaction(nullptr);
+    MemoryContextSwitchTo(context);
+    PG_TRY();
+    {
+        into_entries = run_log_merge_state_changes(sync_id, tables);
+        ReleaseCurrentSubTransaction();
+        MemoryContextSwitchTo(context);
+        CurrentResourceOwner = owner;
+    }
+    PG_CATCH();
+    {
+        MemoryContextSwitchTo(context);
+        ErrorData *error = CopyErrorData();
+        FlushErrorState();
+        RollbackAndReleaseCurrentSubTransaction();
+        MemoryContextSwitchTo(context);
+        CurrentResourceOwner = owner;
+        ereport(WARNING, (errcode(error->sqlerrcode),
+                          errmsg("could not merge the state changes of sync %d: %s", sync_id, error->message),
+                          errdetail("The run succeeded; its state is complete in state_changes."),
+                          errhint("The next run merges them.")));
+        FreeErrorData(error);
+    }
+    PG_END_TRY();
+    return into_entries;
 }
 
 // Runs a saved sync for CALL run_sync and CALL run_sync_into; returns the
@@ -1005,14 +1017,14 @@ Datum run_saved_sync(FunctionCallInfo fcinfo, TupleDesc report_desc) {
         ReThrowError(error);
     }
     PG_END_TRY();
-    release_sync_run(key);
     // The run's outcomes are committed before its state changes are merged
     // and its state analyzed: a merge or an ANALYZE that fails (a cancel)
-    // cannot take them back. (Another run of the sync that starts meanwhile
-    // reads the state before or after the merge: the same records.)
+    // cannot take them back. The merge is part of the run: no other run of
+    // the sync starts before it ends (nor before the last commit).
     SPI_commit();
-    int64 into_entries = run_log_merge_state_changes(sync.sync_id, &state_tables);
+    int64 into_entries = merge_state_changes(sync.sync_id, &state_tables);
     SPI_commit();
+    release_sync_run(key);
     run_log_refresh_state_statistics(into_entries);
     Datum report = SPI_datumTransfer(result, false, -1);
     SPI_finish();
