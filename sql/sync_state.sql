@@ -203,6 +203,23 @@ SELECT count(*) AS rejections_left FROM amplitude_sync.sync_state WHERE sync_id 
 CALL amplitude_sync.run_sync('state_merging') \gset
 \echo status=:status sent=:sent unchanged=:unchanged
 SELECT u->'user_properties'->>'plan' AS plan FROM mock_users() u WHERE u->>'user_id' = 'merging-1';
+-- A merge that fails (here: a lock it waits for past lock_timeout) leaves
+-- the changes where they are and the run succeeded; the next run merges.
+UPDATE state_merging SET plan = 'team' WHERE user_id::text LIKE 'merging-1__';
+SELECT dblink_exec('blocker', 'BEGIN');
+SELECT k FROM dblink('blocker', $$SELECT record_key FROM amplitude_sync.state_entries
+    WHERE record_key = 'merging-100' FOR UPDATE$$) AS t(k text);
+SET lock_timeout = '200ms';
+CALL amplitude_sync.run_sync('state_merging') \gset
+RESET lock_timeout;
+\echo status=:status sent=:sent
+SELECT status FROM amplitude_sync.sync_runs WHERE run_id = :run_id;
+SELECT * FROM state_tables(:merging_id);
+SELECT dblink_exec('blocker', 'COMMIT');
+UPDATE state_merging SET plan = 'team' WHERE user_id = 'merging-2';
+CALL amplitude_sync.run_sync('state_merging') \gset
+\echo status=:status sent=:sent
+SELECT * FROM state_tables(:merging_id);
 SELECT dblink_disconnect('blocker'), dblink_disconnect('runner'), dblink_disconnect('other');
 SELECT amplitude_sync.drop_sync('state_merging');
 DROP TABLE state_merging;

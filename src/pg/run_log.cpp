@@ -443,16 +443,26 @@ int64 run_log_forget_state(int sync_id, const char *condition, int nargs, const 
     return forgotten;
 }
 
+namespace {
+int64 changes_after_run(const StateTables *tables) {
+    return tables->changes + (tables->into_changes ? tables->written : 0);
+}
+}  // namespace
+
 // The merge is due when the changes pass a tenth of the entries: a run
 // loads both (the more changes, the more it reads twice), and a merge
 // rewrites rows on most of the entries' pages whatever its size (the WAL
 // a run writing in place would log each time, once per ten runs that
-// change 1% of the records). The sync's row is locked as for any write of
-// its state (LOCK_SYNC).
+// change 1% of the records).
+bool run_log_merge_due(const StateTables *tables) {
+    int64 changes = changes_after_run(tables);
+    return changes > 0 && changes * 10 > tables->entries;
+}
+
+// The sync's row is locked as for any write of its state (LOCK_SYNC).
 int64 run_log_merge_state_changes(int sync_id, const StateTables *tables) {
-    int64 into_entries = tables->into_changes ? 0 : tables->written;
-    int64 changes = tables->changes + (tables->into_changes ? tables->written : 0);
-    if (changes == 0 || changes * 10 <= tables->entries) return into_entries;
+    int64 changes = changes_after_run(tables);
+    int64 merged = 0;
     RoleScope scope;
     enter_extension_scope(&scope);
     Oid argtypes[1] = {INT4OID};
@@ -465,7 +475,7 @@ int64 run_log_merge_state_changes(int sync_id, const StateTables *tables) {
         elog(ERROR, "amplitude_sync: could not lock the sync");
     if (SPI_processed == 0) {  // dropped meanwhile
         leave_role_scope(&scope);
-        return into_entries;
+        return 0;
     }
     // In ranges of key_hash of about kMergeChunk changes each: a statement
     // holds its rows twice (the deleted rows, then sorted, in index order,
@@ -496,10 +506,24 @@ int64 run_log_merge_state_changes(int sync_id, const StateTables *tables) {
                 "rejected_reason = EXCLUDED.rejected_reason, position = EXCLUDED.position",
                 3, types, values, nullptr, false, 0) != SPI_OK_INSERT)
             elog(ERROR, "amplitude_sync: could not merge the sync's state changes");
-        into_entries += static_cast<int64>(SPI_processed);
+        merged += static_cast<int64>(SPI_processed);
     }
     leave_role_scope(&scope);
-    return into_entries;
+    return merged;
+}
+
+// (count of a column the index does not hold: every heap page is read, and
+// reading a page prunes it.)
+void run_log_prune_state_entries(int sync_id) {
+    RoleScope scope;
+    enter_extension_scope(&scope);
+    Oid types[1] = {INT4OID};
+    Datum values[1] = {Int32GetDatum(sync_id)};
+    if (SPI_execute_with_args("SELECT pg_catalog.count(fingerprint) FROM amplitude_sync.state_entries "
+                              "WHERE sync_id OPERATOR(pg_catalog.=) $1",
+                              1, types, values, nullptr, false, 0) != SPI_OK_SELECT)
+        elog(ERROR, "amplitude_sync: could not read the sync's state");
+    leave_role_scope(&scope);
 }
 
 // Until autovacuum analyzes state_entries after a first run wrote millions of

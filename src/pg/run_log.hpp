@@ -99,12 +99,15 @@ void run_log_remember_rejections(int sync_id, StateTables *tables,
 int64 run_log_forget_state(int sync_id, const char *condition, int nargs = 0, const Oid *types = nullptr,
                            const Datum *values = nullptr, const char *nulls = nullptr);
 
-// After a run, once its outcomes are committed: when the sync's
-// state_changes hold over a tenth of its state_entries, moves them into
-// state_entries (one statement, after a lock on the sync's row that
-// resync and alter_sync wait for). Returns the rows written into
-// state_entries by the run and the merge.
+// After a run: whether the sync's state_changes hold over a tenth of its
+// state_entries, and then the merge that moves them into state_entries
+// (one transaction, after a lock on the sync's row that resync and
+// alter_sync wait for). Returns the rows merged.
+bool run_log_merge_due(const StateTables *tables);
 int64 run_log_merge_state_changes(int sync_id, const StateTables *tables);
+
+// Reads the sync's entries once (see saved_syncs.cpp, settle_state).
+void run_log_prune_state_entries(int sync_id);
 
 // After a run that wrote written rows into state_entries: when that is much
 // of the table (a first run), ANALYZE it, so that the next run's load is not

@@ -888,22 +888,22 @@ Datum amplitude_sync_resync(PG_FUNCTION_ARGS) {
     PG_RETURN_INT64(forgotten);
 }
 
-// The merge after a run (run_log_merge_state_changes), in a subtransaction:
-// a merge that fails (a cancel, a lock timeout) changes nothing, and the run
-// it follows succeeded all the same: a WARNING says so, and the next run
-// merges. Returns the rows written into state_entries.
-int64 merge_state_changes(int sync_id, const StateTables *tables) {
+// A step after a run, in a subtransaction: a step that fails (a cancel, a
+// lock timeout) changes nothing, and the run it follows succeeded all the
+// same: a WARNING says so (with detail and hint). Returns whether it ran.
+bool after_run_step(void (*step)(void *), void *arg, const char *failure, const char *detail, const char *hint) {
     MemoryContext context = CurrentMemoryContext;
     ResourceOwner owner = CurrentResourceOwner;
-    volatile int64 into_entries = tables->into_changes ? 0 : tables->written;
+    volatile bool done = false;
     BeginInternalSubTransaction(nullptr);
     MemoryContextSwitchTo(context);
     PG_TRY();
     {
-        into_entries = run_log_merge_state_changes(sync_id, tables);
+        step(arg);
         ReleaseCurrentSubTransaction();
         MemoryContextSwitchTo(context);
         CurrentResourceOwner = owner;
+        done = true;
     }
     PG_CATCH();
     {
@@ -913,14 +913,45 @@ int64 merge_state_changes(int sync_id, const StateTables *tables) {
         RollbackAndReleaseCurrentSubTransaction();
         MemoryContextSwitchTo(context);
         CurrentResourceOwner = owner;
-        ereport(WARNING, (errcode(error->sqlerrcode),
-                          errmsg("could not merge the state changes of sync %d: %s", sync_id, error->message),
-                          errdetail("The run succeeded; its state is complete in state_changes."),
-                          errhint("The next run merges them.")));
+        ereport(WARNING, (errcode(error->sqlerrcode), errmsg("%s: %s", failure, error->message),
+                          errdetail("%s", detail), errhint("%s", hint)));
         FreeErrorData(error);
     }
     PG_END_TRY();
-    return into_entries;
+    return done;
+}
+
+struct StateMerge {
+    int sync_id;
+    const StateTables *tables;
+    int64 merged;
+};
+
+void merge_step(void *arg) {
+    StateMerge *m = static_cast<StateMerge *>(arg);
+    m->merged = run_log_merge_state_changes(m->sync_id, m->tables);
+}
+
+void prune_step(void *arg) { run_log_prune_state_entries(static_cast<StateMerge *>(arg)->sync_id); }
+
+// After a run, once its outcomes are committed: the merge, when due, then
+// (once it is committed) one read of the merged entries, which prunes the
+// row versions the merge replaced while their pages are still logged in
+// this checkpoint cycle (the next run's read would log each page whole
+// again after a checkpoint: 0.8 GB at 10,000,000 records). Returns the
+// rows written into state_entries by the run and the merge.
+int64 settle_state(int sync_id, const char *sync_name, const StateTables *tables) {
+    int64 into_entries = tables->into_changes ? 0 : tables->written;
+    if (!run_log_merge_due(tables)) return into_entries;
+    StateMerge merge{sync_id, tables, 0};
+    const char *failure = psprintf("could not merge the state changes of sync \"%s\"", sync_name);
+    if (!after_run_step(merge_step, &merge, failure, "The run succeeded; its state is complete in state_changes.",
+                        "The next run merges them."))
+        return into_entries;
+    SPI_commit();
+    after_run_step(prune_step, &merge, psprintf("could not read the merged state of sync \"%s\"", sync_name),
+                   "The merge and the run succeeded.", "The next run reads the merged state.");
+    return into_entries + merge.merged;
 }
 
 // Runs a saved sync for CALL run_sync and CALL run_sync_into; returns the
@@ -1022,7 +1053,7 @@ Datum run_saved_sync(FunctionCallInfo fcinfo, TupleDesc report_desc) {
     // cannot take them back. The merge is part of the run: no other run of
     // the sync starts before it ends (nor before the last commit).
     SPI_commit();
-    int64 into_entries = merge_state_changes(sync.sync_id, &state_tables);
+    int64 into_entries = settle_state(sync.sync_id, sync.name, &state_tables);
     SPI_commit();
     release_sync_run(key);
     run_log_refresh_state_statistics(into_entries);
