@@ -66,6 +66,15 @@ SELECT u->>'user_id' AS user_id, u->'user_properties'->>'plan' AS plan FROM mock
 -- an update, the others unchanged.
 UPDATE state_customers SET plan = 'enterprise' WHERE score = 8;
 SELECT record_key, action FROM amplitude_sync.preview_sync('state_users', include_unchanged => true) ORDER BY 1;
+-- resync of two records finds their state by its index: it reads two rows
+-- of the sync's million, not all of them.
+SELECT pg_stat_force_next_flush();
+SELECT seq_tup_read AS entries_read_before FROM pg_stat_user_tables
+WHERE relid = 'amplitude_sync.state_entries'::regclass \gset
+SELECT amplitude_sync.resync('state_users', $$user_id IN ('state-00001', 'state-00002')$$) AS forgotten;
+SELECT pg_stat_force_next_flush();
+SELECT seq_tup_read - :entries_read_before < 100000 AS read_few FROM pg_stat_user_tables
+WHERE relid = 'amplitude_sync.state_entries'::regclass;
 SELECT amplitude_sync.drop_sync('state_users');
 
 -- A first run writes state_entries; later runs write what changed into

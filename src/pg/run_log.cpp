@@ -427,12 +427,17 @@ int64 run_log_forget_state(int sync_id, const char *condition, int nargs, const 
                               "FOR NO KEY UPDATE",
                               1, all_types, all_values, all_nulls, false, 0) != SPI_OK_SELECT ||
         SPI_execute_with_args(
+            // (Three deletes, each able to use an index: a row both of the
+            // last two reach is deleted once. The count takes a key once.)
             psprintf("WITH changes AS (DELETE FROM amplitude_sync.state_changes "
                      "WHERE sync_id OPERATOR(pg_catalog.=) $1 AND (%s) RETURNING key_hash), "
+                     "replaced AS (DELETE FROM amplitude_sync.state_entries e USING changes c "
+                     "WHERE e.sync_id OPERATOR(pg_catalog.=) $1 AND e.key_hash OPERATOR(pg_catalog.=) c.key_hash "
+                     "RETURNING e.key_hash), "
                      "entries AS (DELETE FROM amplitude_sync.state_entries "
-                     "WHERE sync_id OPERATOR(pg_catalog.=) $1 AND ((%s) OR key_hash OPERATOR(pg_catalog.=) ANY "
-                     "(SELECT key_hash FROM changes)) RETURNING key_hash) "
-                     "SELECT pg_catalog.count(*) FROM (SELECT key_hash FROM changes UNION SELECT key_hash FROM entries) k",
+                     "WHERE sync_id OPERATOR(pg_catalog.=) $1 AND (%s) RETURNING key_hash) "
+                     "SELECT pg_catalog.count(*) FROM (SELECT key_hash FROM changes UNION SELECT key_hash FROM replaced "
+                     "UNION SELECT key_hash FROM entries) k",
                      condition, condition),
             nargs + 1, all_types, all_values, all_nulls, false, 0) != SPI_OK_SELECT ||
         SPI_processed != 1)
@@ -443,25 +448,19 @@ int64 run_log_forget_state(int sync_id, const char *condition, int nargs, const 
     return forgotten;
 }
 
-namespace {
-int64 changes_after_run(const StateTables *tables) {
-    return tables->changes + (tables->into_changes ? tables->written : 0);
-}
-}  // namespace
-
 // The merge is due when the changes pass a tenth of the entries: a run
 // loads both (the more changes, the more it reads twice), and a merge
 // rewrites rows on most of the entries' pages whatever its size (the WAL
 // a run writing in place would log each time, once per ten runs that
 // change 1% of the records).
 bool run_log_merge_due(const StateTables *tables) {
-    int64 changes = changes_after_run(tables);
+    int64 changes = tables->changes + (tables->into_changes ? tables->written : 0);
     return changes > 0 && changes * 10 > tables->entries;
 }
 
 // The sync's row is locked as for any write of its state (LOCK_SYNC).
-int64 run_log_merge_state_changes(int sync_id, const StateTables *tables) {
-    int64 changes = changes_after_run(tables);
+int64 run_log_merge_state_changes(int sync_id) {
+    int64 changes = 0;
     int64 merged = 0;
     RoleScope scope;
     enter_extension_scope(&scope);
@@ -477,6 +476,15 @@ int64 run_log_merge_state_changes(int sync_id, const StateTables *tables) {
         leave_role_scope(&scope);
         return 0;
     }
+    // (What the run loaded is not all: a watermark run loads the changes
+    // at or above its bound. The chunks are sized on what is there.)
+    if (SPI_execute_with_args("SELECT pg_catalog.count(*) FROM amplitude_sync.state_changes "
+                              "WHERE sync_id OPERATOR(pg_catalog.=) $1",
+                              1, argtypes, args, nullptr, false, 0) != SPI_OK_SELECT ||
+        SPI_processed != 1)
+        elog(ERROR, "amplitude_sync: could not count the sync's state changes");
+    bool isnull;
+    changes = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
     // In ranges of key_hash of about kMergeChunk changes each: a statement
     // holds its rows twice (the deleted rows, then sorted, in index order,
     // for the entries' index), each time up to work_mem before spilling.

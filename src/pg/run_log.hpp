@@ -104,7 +104,7 @@ int64 run_log_forget_state(int sync_id, const char *condition, int nargs = 0, co
 // (one transaction, after a lock on the sync's row that resync and
 // alter_sync wait for). Returns the rows merged.
 bool run_log_merge_due(const StateTables *tables);
-int64 run_log_merge_state_changes(int sync_id, const StateTables *tables);
+int64 run_log_merge_state_changes(int sync_id);
 
 // Reads the sync's entries once (see saved_syncs.cpp, settle_state).
 void run_log_prune_state_entries(int sync_id);

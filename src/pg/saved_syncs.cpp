@@ -923,13 +923,12 @@ bool after_run_step(void (*step)(void *), void *arg, const char *failure, const 
 
 struct StateMerge {
     int sync_id;
-    const StateTables *tables;
     int64 merged;
 };
 
 void merge_step(void *arg) {
     StateMerge *m = static_cast<StateMerge *>(arg);
-    m->merged = run_log_merge_state_changes(m->sync_id, m->tables);
+    m->merged = run_log_merge_state_changes(m->sync_id);
 }
 
 void prune_step(void *arg) { run_log_prune_state_entries(static_cast<StateMerge *>(arg)->sync_id); }
@@ -943,7 +942,7 @@ void prune_step(void *arg) { run_log_prune_state_entries(static_cast<StateMerge 
 int64 settle_state(int sync_id, const char *sync_name, const StateTables *tables) {
     int64 into_entries = tables->into_changes ? 0 : tables->written;
     if (!run_log_merge_due(tables)) return into_entries;
-    StateMerge merge{sync_id, tables, 0};
+    StateMerge merge{sync_id, 0};
     const char *failure = psprintf("could not merge the state changes of sync \"%s\"", sync_name);
     if (!after_run_step(merge_step, &merge, failure, "The run succeeded; its state is complete in state_changes.",
                         "The next run merges them."))
@@ -1052,9 +1051,20 @@ Datum run_saved_sync(FunctionCallInfo fcinfo, TupleDesc report_desc) {
     // and its state analyzed: a merge or an ANALYZE that fails (a cancel)
     // cannot take them back. The merge is part of the run: no other run of
     // the sync starts before it ends (nor before the last commit).
-    SPI_commit();
-    int64 into_entries = settle_state(sync.sync_id, sync.name, &state_tables);
-    SPI_commit();
+    // (Whatever fails here, a commit included, the guard is released.)
+    volatile int64 into_entries = 0;
+    PG_TRY();
+    {
+        SPI_commit();
+        into_entries = settle_state(sync.sync_id, sync.name, &state_tables);
+        SPI_commit();
+    }
+    PG_CATCH();
+    {
+        release_sync_run(key);
+        PG_RE_THROW();
+    }
+    PG_END_TRY();
     release_sync_run(key);
     run_log_refresh_state_statistics(into_entries);
     Datum report = SPI_datumTransfer(result, false, -1);
