@@ -131,6 +131,16 @@ BEGIN
     CALL amplitude_sync.run_sync_into('hostile_players2', report);
     RAISE NOTICE 'run_sync_into: %', report.status;
 END $$;
+-- A run that writes state_changes and merges them (a new record: a third
+-- of the entries), then reads the merged entries, on this path too.
+INSERT INTO players VALUES ('player-7', 2);
+CALL amplitude_sync.run_sync('hostile_players2') \gset
+\echo status=:status sent=:sent
+SELECT (SELECT pg_catalog.count(*) FROM amplitude_sync.state_changes c JOIN amplitude_sync.syncs s USING (sync_id)
+        WHERE s.name OPERATOR(pg_catalog.=) 'hostile_players2') AS changes_left,
+       (SELECT pg_catalog.count(*) FROM amplitude_sync.state_entries e JOIN amplitude_sync.syncs s USING (sync_id)
+        WHERE s.name OPERATOR(pg_catalog.=) 'hostile_players2') AS entries;
+DELETE FROM players WHERE user_id OPERATOR(pg_catalog.=) 'player-7';
 SELECT count(*) AS other_runs_under_way FROM amplitude_sync.run_progress;
 -- (Terse: the hint depends on whether pg_cron is preloaded, which differs
 -- between the PostgreSQL versions the suite runs on.)
