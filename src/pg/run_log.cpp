@@ -408,24 +408,20 @@ void run_log_remember_rejections(int sync_id, StateTables *tables, const std::ve
     leave_batch_memory(&memory);
 }
 
-int64 run_log_forget_state(int sync_id, const char *condition, int nargs, const Oid *types, const Datum *values,
-                           const char *nulls) {
+int64 run_log_forget_state(int sync_id, const char *condition, int nargs, const Oid *types, const Datum *values) {
     RoleScope scope;
     enter_extension_scope(&scope);
     Oid *all_types = static_cast<Oid *>(palloc(sizeof(Oid) * (nargs + 1)));
     Datum *all_values = static_cast<Datum *>(palloc(sizeof(Datum) * (nargs + 1)));
-    char *all_nulls = static_cast<char *>(palloc0(nargs + 2));
     all_types[0] = INT4OID;
     all_values[0] = Int32GetDatum(sync_id);
-    all_nulls[0] = ' ';
     for (int i = 0; i < nargs; ++i) {
         all_types[i + 1] = types[i];
         all_values[i + 1] = values[i];
-        all_nulls[i + 1] = nulls ? nulls[i] : ' ';
     }
     if (SPI_execute_with_args("SELECT FROM amplitude_sync.syncs WHERE sync_id OPERATOR(pg_catalog.=) $1 "
                               "FOR NO KEY UPDATE",
-                              1, all_types, all_values, all_nulls, false, 0) != SPI_OK_SELECT ||
+                              1, all_types, all_values, nullptr, false, 0) != SPI_OK_SELECT ||
         SPI_execute_with_args(
             // (Three deletes, each able to use an index: a row both of the
             // last two reach is deleted once. The count takes a key once.)
@@ -439,7 +435,7 @@ int64 run_log_forget_state(int sync_id, const char *condition, int nargs, const 
                      "SELECT pg_catalog.count(*) FROM (SELECT key_hash FROM changes UNION SELECT key_hash FROM replaced "
                      "UNION SELECT key_hash FROM entries) k",
                      condition, condition),
-            nargs + 1, all_types, all_values, all_nulls, false, 0) != SPI_OK_SELECT ||
+            nargs + 1, all_types, all_values, nullptr, false, 0) != SPI_OK_SELECT ||
         SPI_processed != 1)
         elog(ERROR, "amplitude_sync: could not forget the sync's state");
     bool isnull;
@@ -460,8 +456,6 @@ bool run_log_merge_due(const StateTables *tables) {
 
 // The sync's row is locked as for any write of its state (LOCK_SYNC).
 int64 run_log_merge_state_changes(int sync_id) {
-    int64 changes = 0;
-    int64 merged = 0;
     RoleScope scope;
     enter_extension_scope(&scope);
     Oid argtypes[1] = {INT4OID};
@@ -484,19 +478,20 @@ int64 run_log_merge_state_changes(int sync_id) {
         SPI_processed != 1)
         elog(ERROR, "amplitude_sync: could not count the sync's state changes");
     bool isnull;
-    changes = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+    int64 changes = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
     // In ranges of key_hash of about kMergeChunk changes each: a statement
     // holds its rows twice (the deleted rows, then sorted, in index order,
     // for the entries' index), each time up to work_mem before spilling.
     constexpr int64 kMergeChunk = 65536;
     int64 chunks = (changes + kMergeChunk - 1) / kMergeChunk;
+    // [low, high] of chunk k: the int64 range cut into equal parts.
+    auto bound = [chunks](int64 k) {
+        unsigned __int128 offset = (static_cast<unsigned __int128>(k) << 64) / static_cast<uint64>(chunks);
+        return static_cast<int64>(static_cast<uint64>(offset) ^ (static_cast<uint64>(1) << 63));
+    };
     Oid types[3] = {INT4OID, INT8OID, INT8OID};
+    int64 merged = 0;
     for (int64 i = 0; i < chunks; ++i) {
-        // [low, high] of the chunk: the int64 range cut into equal parts.
-        auto bound = [chunks](int64 k) {
-            unsigned __int128 offset = (static_cast<unsigned __int128>(k) << 64) / static_cast<uint64>(chunks);
-            return static_cast<int64>(static_cast<uint64>(offset) ^ (static_cast<uint64>(1) << 63));
-        };
         int64 low = bound(i);
         int64 high = i + 1 == chunks ? PG_INT64_MAX : bound(i + 1) - 1;
         Datum values[3] = {Int32GetDatum(sync_id), Int64GetDatum(low), Int64GetDatum(high)};

@@ -97,7 +97,7 @@ void run_log_remember_rejections(int sync_id, StateTables *tables,
 // row first (FOR NO KEY UPDATE), so that a merge in progress ends before
 // the statement reads the tables. Returns how many records it forgot.
 int64 run_log_forget_state(int sync_id, const char *condition, int nargs = 0, const Oid *types = nullptr,
-                           const Datum *values = nullptr, const char *nulls = nullptr);
+                           const Datum *values = nullptr);
 
 // After a run: whether the sync's state_changes hold over a tenth of its
 // state_entries, and then the merge that moves them into state_entries
